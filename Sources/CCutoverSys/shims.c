@@ -1,7 +1,11 @@
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sys/socket.h>
+#include <time.h>
 #include "CCutoverSys.h"
 
-int cutover_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
-    return accept4(fd, addr, len, flags);
+int cutover_accept4(int fd, void *address, unsigned int *length, int flags) {
+    return accept4(fd, (struct sockaddr *)address, (socklen_t *)length, flags);
 }
 
 int cutover_errno(void) { return errno; }

@@ -2,21 +2,14 @@
 #define CCUTOVER_SYS_H
 // The few Linux interfaces Glibc's Swift module does not expose. Everything here is a thin
 // pass-through; error handling (errno) is done by the Swift syscall layer (Posix.swift).
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
-#include <errno.h>
+// The header avoids _GNU_SOURCE and socket headers so its types never clash with the ones
+// Swift's Glibc module already imports; the .c file defines what it needs.
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
-#include <sys/socket.h>
-#include <sys/uio.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <signal.h>
-#include <time.h>
 
-int cutover_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+/// accept4(2); `address` is a `struct sockaddr *`, `length` a `socklen_t *`.
+int cutover_accept4(int fd, void *address, unsigned int *length, int flags);
 int cutover_errno(void);
 void cutover_set_errno(int value);
 /// CLOCK_MONOTONIC in milliseconds (served by the vDSO: no syscall).

@@ -1,0 +1,99 @@
+/// A fixed-size byte buffer borrowed from a loop's `BufferPool`. Bytes are appended at `end`
+/// and consumed from `start`; when it empties both return to 0, so a connection that keeps up
+/// never moves memory.
+struct IOBuffer {
+    private(set) var base: UnsafeMutableRawPointer? = nil
+    private(set) var capacity = 0
+    var start = 0
+    var end = 0
+
+    var hasStorage: Bool { base != nil }
+    var isEmpty: Bool { start == end }
+    var count: Int { end - start }
+    var spaceAtEnd: Int { capacity - end }
+
+    var readableBytes: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: base.map { $0 + start }, count: end - start)
+    }
+
+    var writableBytes: UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: base.map { $0 + end }, count: capacity - end)
+    }
+
+    mutating func attach(_ pointer: UnsafeMutableRawPointer, capacity: Int) {
+        base = pointer
+        self.capacity = capacity
+        start = 0
+        end = 0
+    }
+
+    /// Gives the storage back (the caller returns it to the pool).
+    mutating func detach() -> UnsafeMutableRawPointer? {
+        defer {
+            base = nil
+            capacity = 0
+            start = 0
+            end = 0
+        }
+        return base
+    }
+
+    mutating func consume(_ count: Int) {
+        start += count
+        if start == end {
+            start = 0
+            end = 0
+        }
+    }
+
+    /// Moves unread bytes to the front when the free tail has become small, so a peer that
+    /// pipelines or sends in odd sizes never starves the buffer.
+    mutating func compactIfNeeded(minimumSpace: Int) {
+        guard start > 0, capacity - end < minimumSpace, let base else { return }
+        let pending = end - start
+        base.copyMemory(from: base + start, byteCount: pending)  // memmove semantics
+        start = 0
+        end = pending
+    }
+
+    /// Appends bytes; the caller checked the space.
+    mutating func append(_ bytes: UnsafeRawBufferPointer) {
+        guard let base, bytes.count > 0 else { return }
+        (base + end).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        end += bytes.count
+    }
+}
+
+/// Per-loop free list of equally sized buffers. Connections borrow buffers only while they have
+/// bytes in flight, so an idle keep-alive connection holds none (the memory target is ≤512 bytes
+/// per idle connection).
+final class BufferPool {
+    let bufferSize: Int
+    private var free: [UnsafeMutableRawPointer] = []
+    private let maxFree: Int
+
+    init(bufferSize: Int, maxFree: Int = 512) {
+        self.bufferSize = bufferSize
+        self.maxFree = maxFree
+        free.reserveCapacity(maxFree)
+    }
+
+    deinit {
+        for pointer in free { pointer.deallocate() }
+    }
+
+    func acquire(into buffer: inout IOBuffer) {
+        guard !buffer.hasStorage else { return }
+        let pointer = free.popLast() ?? UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 16)
+        buffer.attach(pointer, capacity: bufferSize)
+    }
+
+    func release(_ buffer: inout IOBuffer) {
+        guard let pointer = buffer.detach() else { return }
+        if free.count < maxFree {
+            free.append(pointer)
+        } else {
+            pointer.deallocate()
+        }
+    }
+}

@@ -1,0 +1,680 @@
+import CutoverHTTP
+import Glibc
+
+/// One client connection and the exchange it is in. Owned by one loop for its whole life.
+///
+/// Request path (see README "How a request flows"):
+///   read head → parse strictly → route by the loop's routing snapshot → take an idle upstream
+///   connection (or connect) → write the canonical head (+ body) upstream → read the response
+///   head → write the canonical head (+ body) to the client → park the upstream connection →
+///   parse the next request.
+///
+/// `drive()` runs the connection forward until nothing more can happen without a new event. It
+/// reads a socket only when its readiness flag is set (edge-triggered epoll) and treats a short
+/// read as "drained", so a keep-alive request costs one read and one write per direction.
+final class ClientConnection: Channel {
+    enum Phase {
+        /// Waiting for (more of) a request head. Pipelined bytes may already be buffered.
+        case awaitingHead
+        /// A request is routed to `upstream`; bodies stream both ways.
+        case proxying
+        /// After a 101: bytes are relayed both ways until either side closes.
+        case tunnel
+        /// The last response is being flushed; then write-shutdown and a short lingering read so
+        /// the client sees the response rather than a reset.
+        case closing
+        case closed
+    }
+
+    /// Per-request state, reset for every request on the connection.
+    struct Exchange {
+        var method: HTTPMethod = .get
+        var version: HTTPVersion = .http11
+        var keepAlive = true
+        var upgradeRequested = false
+        var requestBody = BodyRelay(framing: .none, rechunk: false)
+        var requestHasBody = false
+        var responseBody = BodyRelay(framing: .none, rechunk: false)
+        var responseHeadDone = false
+        /// A final response head (or a local response) was queued for the client: from then on
+        /// a failure can only be shown by closing the connection.
+        var finalResponseStarted = false
+        var sentContinue = false
+        var responseReusable = false
+        var attempts = 0
+        /// Length of the rewritten head at the start of the upstream output, to re-send it on a
+        /// retry after a stale keep-alive connection failed.
+        var headLength = 0
+    }
+
+    unowned let worker: ProxyWorker
+    private(set) var phase: Phase = .awaitingHead
+    private var input = IOBuffer()
+    private var output = IOBuffer()
+    private var readable = false
+    private var writable = true
+    private var peerClosed = false
+    private var failed = false
+    private var shutdownSent = false
+    /// The client's address as text, for X-Forwarded-For.
+    private let clientAddress: [UInt8]
+    private var parser: RequestHeadParser
+    private var responseParser: ResponseHeadParser
+    /// When the first byte of the current request head arrived (0: none yet).
+    private var headStartedAt: Int64 = 0
+    private var exchange = Exchange()
+    private var upstream: UpstreamConnection?
+    private var pool: LocalPool?
+
+    private static let maxAttempts = 3
+    private static let lingerMs = 2_000
+
+    init(fd: Int32, worker: ProxyWorker, clientAddress: [UInt8]) {
+        self.worker = worker
+        self.clientAddress = clientAddress
+        parser = RequestHeadParser(limits: worker.settings.http)
+        responseParser = ResponseHeadParser(limits: worker.settings.http)
+        super.init(fd: fd, loop: worker.loop)
+    }
+
+    var isIdle: Bool { phase == .awaitingHead && input.isEmpty && output.isEmpty }
+
+    override func handle(events: UInt32) {
+        if events & (Epoll.readable | Epoll.peerHangup | Epoll.hangup | Epoll.error) != 0 { readable = true }
+        if events & Epoll.writable != 0 { writable = true }
+        drive()
+    }
+
+    // MARK: The driver
+
+    func drive() {
+        var anyProgress = false
+        while phase != .closed {
+            var progressed = false
+            switch phase {
+            case .awaitingHead:
+                progressed = readClient()
+                if processHead() { progressed = true }
+            case .proxying:
+                if !exchange.requestBody.isFinished, readClient() { progressed = true }
+                if pumpRequest() { progressed = true }
+                if phase == .proxying, pumpResponse() { progressed = true }
+            case .tunnel:
+                progressed = pumpTunnel()
+            case .closing:
+                progressed = linger()
+            case .closed:
+                return
+            }
+            if flushClient() { progressed = true }
+            if !progressed { break }
+            anyProgress = true
+        }
+        guard phase != .closed else { return }
+        if input.isEmpty && phase != .tunnel { loop.buffers.release(&input) }
+        if output.isEmpty { loop.buffers.release(&output) }
+        updateDeadline(progressed: anyProgress)
+    }
+
+    private func updateDeadline(progressed: Bool) {
+        let timeouts = worker.settings.timeouts
+        switch phase {
+        case .awaitingHead:
+            if input.isEmpty {
+                headStartedAt = 0
+                if progressed || deadline == 0 { setDeadline(after: timeouts.clientIdleMs) }
+            } else if headStartedAt == 0 {
+                // A total deadline for the head (slowloris), not extended by trickled bytes.
+                headStartedAt = loop.now
+                setDeadline(after: timeouts.clientHeaderMs)
+            }
+        case .proxying:
+            guard progressed || deadline == 0 else { return }
+            if !exchange.responseHeadDone {
+                if upstream?.phase == .connecting {
+                    setDeadline(after: timeouts.connectMs)
+                } else if exchange.requestBody.isFinished {
+                    setDeadline(after: timeouts.upstreamHeaderMs)
+                } else {
+                    setDeadline(after: timeouts.clientBodyMs)
+                }
+            } else {
+                setDeadline(after: timeouts.clientBodyMs)
+            }
+        case .tunnel:
+            if progressed || deadline == 0 { setDeadline(after: timeouts.clientIdleMs) }
+        case .closing, .closed:
+            break
+        }
+    }
+
+    override func deadlineReached() {
+        switch phase {
+        case .awaitingHead:
+            if input.isEmpty {
+                close()
+            } else {
+                input.consume(input.count)
+                respondLocally(status: 408, message: "request head not received in time", keepAlive: false)
+            }
+        case .proxying:
+            if !exchange.responseHeadDone, let upstream {
+                if upstream.phase == .connecting {
+                    upstream.failed = true
+                    upstreamFailed(reason: "connect timeout")
+                } else if exchange.requestBody.isFinished {
+                    closeUpstream()
+                    failExchange(status: 504, message: "upstream did not answer in time")
+                } else {
+                    abort()
+                }
+            } else {
+                abort()
+            }
+        case .tunnel, .closing:
+            close()
+        case .closed:
+            return
+        }
+        drive()
+    }
+
+    // MARK: Client socket
+
+    /// Reads what the client sent. Returns true when something changed (bytes or EOF).
+    private func readClient() -> Bool {
+        guard readable, !peerClosed else { return false }
+        loop.buffers.acquire(into: &input)
+        input.compactIfNeeded(minimumSpace: input.capacity / 4)
+        let space = input.spaceAtEnd
+        guard space > 0 else { return false }
+        do {
+            switch try Posix.read(fd, input.writableBytes.baseAddress!, space) {
+            case .processed(0):
+                peerClosed = true
+                readable = false
+                return true
+            case .processed(let count):
+                input.end += count
+                if count < space { readable = false }
+                return true
+            case .wouldBlock:
+                readable = false
+                return false
+            }
+        } catch {
+            failed = true
+            peerClosed = true
+            readable = false
+            return true
+        }
+    }
+
+    /// Writes queued response bytes. Returns true when bytes left or the connection failed.
+    private func flushClient() -> Bool {
+        guard writable, !output.isEmpty, !failed else { return false }
+        let pending = output.count
+        do {
+            switch try Posix.write(fd, output.readableBytes.baseAddress!, pending) {
+            case .processed(let count):
+                output.consume(count)
+                if count < pending { writable = false }
+                return true
+            case .wouldBlock:
+                writable = false
+                return false
+            }
+        } catch {
+            failed = true
+            close()
+            return true
+        }
+    }
+
+    // MARK: Request head
+
+    private func processHead() -> Bool {
+        if input.isEmpty {
+            if peerClosed || worker.isDraining {
+                close()
+                return true
+            }
+            return false
+        }
+        switch parser.parse(input.readableBytes, fields: loop.fields) {
+        case .needMore:
+            if peerClosed {
+                close()  // the client gave up in the middle of a head: nothing to answer
+                return true
+            }
+            return false
+        case .invalid(let error):
+            parser.reset()
+            input.consume(input.count)
+            exchange = Exchange()
+            respondLocally(status: error.status, message: error.reason, keepAlive: false)
+            return true
+        case .complete(let head, let consumed):
+            parser.reset()
+            startExchange(head, consumed: consumed)
+            return true
+        }
+    }
+
+    private func startExchange(_ head: RequestHead, consumed: Int) {
+        let source = input.readableBytes
+        exchange = Exchange()
+        exchange.method = head.method
+        exchange.version = head.version
+        exchange.keepAlive = head.keepAlive && !worker.isDraining
+        exchange.upgradeRequested = !head.upgrade.isEmpty
+        exchange.requestHasBody = head.framing != .none
+        let routing = worker.currentRouting()
+
+        let authority = UnsafeRawBufferPointer(rebasing: source[head.authority.lowerBound..<head.authority.upperBound])
+        var path = UnsafeRawBufferPointer(rebasing: source[head.path.lowerBound..<head.path.upperBound])
+        if path.first != 0x2F { path = Self.rootPath }  // absolute-form without a path, or "*"
+        guard let appIndex = routing.match(authority: authority, path: path) else {
+            input.consume(consumed)
+            respondLocally(status: 404, message: "no app is configured for this host and path",
+                           keepAlive: exchange.keepAlive && !exchange.requestHasBody)
+            return
+        }
+        if case .contentLength(let length) = head.framing, let maxBody = worker.settings.limits.maxBody,
+           length > UInt64(maxBody) {
+            input.consume(consumed)
+            respondLocally(status: 413, message: "request body exceeds max_body", keepAlive: false)
+            return
+        }
+        let pool = routing.activePools[appIndex]
+        guard let server = pool.next() else {
+            input.consume(consumed)
+            respondLocally(status: 503, message: "no server available in the active pool",
+                           keepAlive: exchange.keepAlive && !exchange.requestHasBody)
+            return
+        }
+        guard let upstream = acquireUpstream(server) else {
+            input.consume(consumed)
+            respondLocally(status: 502, message: "could not connect to an upstream server",
+                           keepAlive: exchange.keepAlive && !exchange.requestHasBody)
+            return
+        }
+        loop.buffers.acquire(into: &upstream.output)
+        var writer = ByteWriter(upstream.output.writableBytes)
+        let id = worker.nextRequestID()
+        clientAddress.withUnsafeBytes { address in
+            RequestHeadWriter.write(
+                head, source: source, fields: loop.fields,
+                context: ForwardingContext(clientAddress: address, scheme: "http", generatedRequestID: id),
+                into: &writer)
+        }
+        input.consume(consumed)
+        if writer.overflowed {
+            upstream.owner = nil
+            if upstream.reused { worker.upstreamPool.park(upstream) } else { upstream.close() }
+            respondLocally(status: 431, message: "request head too large", keepAlive: false)
+            return
+        }
+        upstream.output.end += writer.count
+        exchange.headLength = writer.count
+        exchange.requestBody = BodyRelay(framing: head.framing, rechunk: true)
+        exchange.attempts = 1
+        responseParser.reset()
+        upstream.owner = self
+        self.upstream = upstream
+        self.pool = pool
+        phase = .proxying
+    }
+
+    private static let rootPathStorage: StaticString = "/"
+    private static var rootPath: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: rootPathStorage.utf8Start, count: 1)
+    }
+
+    private func acquireUpstream(_ server: ServerEntry) -> UpstreamConnection? {
+        if let idle = worker.upstreamPool.take(serverID: server.id) { return idle }
+        do {
+            return try UpstreamConnection.connect(to: server, loop: loop, idlePool: worker.upstreamPool)
+        } catch {
+            worker.log(.warning, "connect to \(server.name) failed: \(error)")
+            return nil
+        }
+    }
+
+    // MARK: Request body and upstream writes
+
+    private func pumpRequest() -> Bool {
+        guard let upstream else { return false }
+        var progressed = false
+        if !exchange.requestBody.isFinished && upstream.output.hasStorage {
+            switch exchange.requestBody.move(from: &input, to: &upstream.output) {
+            case .progressed, .finished:
+                progressed = true
+            case .blocked:
+                break
+            case .invalid(let reason):
+                closeUpstream()
+                failExchange(status: 400, message: reason)
+                return true
+            }
+            if let maxBody = worker.settings.limits.maxBody, exchange.requestBody.transferred > UInt64(maxBody) {
+                closeUpstream()
+                failExchange(status: 413, message: "request body exceeds max_body")
+                return true
+            }
+            if !exchange.requestBody.isFinished && peerClosed && input.isEmpty {
+                // An incomplete body never becomes a complete request upstream.
+                abort()
+                return true
+            }
+        }
+        if upstream.phase == .open && !upstream.output.isEmpty && upstream.writable {
+            let before = upstream.output.count
+            _ = upstream.flush()
+            if upstream.output.count != before { progressed = true }
+        }
+        return progressed
+    }
+
+    // MARK: Response
+
+    private func pumpResponse() -> Bool {
+        guard let upstream else { return false }
+        var progressed = upstream.readAvailable() > 0
+        if !exchange.responseHeadDone {
+            if upstream.input.isEmpty {
+                if upstream.failed || upstream.peerClosed {
+                    upstreamFailed(reason: upstream.phase == .connecting ? "connect failed" : "connection closed")
+                    return true
+                }
+                return progressed
+            }
+            return processResponseHead(upstream) || progressed
+        }
+        switch exchange.responseBody.move(from: &upstream.input, to: &output) {
+        case .progressed:
+            progressed = true
+        case .finished:
+            finishExchange()
+            return true
+        case .blocked:
+            break
+        case .invalid:
+            // The head went out already: the client must see a truncated response.
+            abort()
+            return true
+        }
+        if upstream.input.isEmpty && (upstream.peerClosed || upstream.failed) {
+            if !upstream.failed && exchange.responseBody.sourceEnded() {
+                finishExchange()
+            } else {
+                abort()
+            }
+            return true
+        }
+        return progressed
+    }
+
+    private func processResponseHead(_ upstream: UpstreamConnection) -> Bool {
+        switch responseParser.parse(upstream.input.readableBytes, requestMethod: exchange.method, fields: loop.fields) {
+        case .needMore:
+            if upstream.peerClosed || upstream.failed {
+                closeUpstream()
+                failExchange(status: 502, message: "upstream closed the connection mid-response")
+                return true
+            }
+            return false
+        case .invalid(let error):
+            worker.log(.warning, "invalid response from \(upstream.server.name): \(error.reason)")
+            closeUpstream()
+            failExchange(status: 502, message: "upstream sent an invalid response")
+            return true
+        case .complete(let head, let consumed):
+            return acceptResponseHead(head, consumed: consumed, upstream: upstream)
+        }
+    }
+
+    private func acceptResponseHead(_ head: ResponseHead, consumed: Int, upstream: UpstreamConnection) -> Bool {
+        let source = upstream.input.readableBytes
+        if head.isInformational && head.status != 101 {
+            // 1xx are forwarded in order, never to HTTP/1.0 clients, and at most one 100.
+            let forward = exchange.version == .http11 && !(head.status == 100 && exchange.sentContinue)
+            if forward {
+                guard writeResponseHead(head, source: source, framing: .none, keepAlive: true) else { return false }
+                if head.status == 100 { exchange.sentContinue = true }
+            }
+            upstream.input.consume(consumed)
+            responseParser.reset()
+            return true
+        }
+        if head.status == 101 {
+            guard exchange.upgradeRequested, exchange.requestBody.isFinished else {
+                closeUpstream()
+                failExchange(status: 502, message: "upstream switched protocols unasked")
+                return true
+            }
+            guard writeResponseHead(head, source: source, framing: .none, keepAlive: true) else { return false }
+            upstream.input.consume(consumed)
+            exchange.responseHeadDone = true
+            exchange.requestBody = BodyRelay(framing: .untilClose, rechunk: false)
+            exchange.responseBody = BodyRelay(framing: .untilClose, rechunk: false)
+            phase = .tunnel
+            return true
+        }
+        let framing: ClientFraming
+        switch head.framing {
+        case .none: framing = .none
+        case .contentLength(let length): framing = .contentLength(length)
+        case .chunked: framing = exchange.version == .http11 ? .chunked : .close
+        case .untilClose: framing = .close
+        }
+        // A response that arrives before the request body finished leaves unread body bytes
+        // on the client connection: they must never be parsed as a request, so close after.
+        let keepAlive = exchange.keepAlive && framing != .close && exchange.requestBody.isFinished
+            && !worker.isDraining
+        guard writeResponseHead(head, source: source, framing: framing, keepAlive: keepAlive) else { return false }
+        upstream.input.consume(consumed)
+        exchange.keepAlive = keepAlive
+        exchange.responseHeadDone = true
+        exchange.responseReusable = head.reusable
+        exchange.responseBody = BodyRelay(framing: head.framing, rechunk: framing == .chunked)
+        if exchange.responseBody.isFinished {
+            finishExchange()
+        }
+        return true
+    }
+
+    /// Queues a response head for the client. False when there is no room yet (the previous
+    /// bytes are still being flushed); the head is then written on a later pass.
+    private func writeResponseHead(
+        _ head: ResponseHead, source: UnsafeRawBufferPointer, framing: ClientFraming, keepAlive: Bool
+    ) -> Bool {
+        loop.buffers.acquire(into: &output)
+        output.compactIfNeeded(minimumSpace: output.capacity)
+        var writer = ByteWriter(output.writableBytes)
+        ResponseHeadWriter.write(head, source: source, fields: loop.fields, framing: framing,
+                                 keepAlive: keepAlive, clientVersion: exchange.version, into: &writer)
+        if writer.overflowed {
+            if output.isEmpty {
+                closeUpstream()
+                failExchange(status: 502, message: "upstream response head too large")
+                return false
+            }
+            return false
+        }
+        output.end += writer.count
+        if !head.isInformational { exchange.finalResponseStarted = true }
+        return true
+    }
+
+    private func finishExchange() {
+        if let upstream {
+            let reusable = exchange.responseReusable && exchange.requestBody.isFinished
+                && upstream.output.isEmpty && upstream.input.isEmpty
+                && !upstream.peerClosed && !upstream.failed && upstream.phase == .open
+            self.upstream = nil
+            if reusable {
+                worker.upstreamPool.park(upstream)
+            } else {
+                upstream.close()
+            }
+        }
+        pool = nil
+        if exchange.keepAlive && !worker.isDraining {
+            phase = .awaitingHead
+        } else {
+            startClosing()
+        }
+    }
+
+    // MARK: Failures and retries
+
+    /// The upstream failed before any response byte arrived. Retries on another server of the
+    /// same pool when that is safe (RFC 9110 §9.2.2): nothing of the request was sent, or a
+    /// reused keep-alive connection failed and the request is idempotent and bodiless.
+    private func upstreamFailed(reason: StaticString) {
+        guard let failedUpstream = upstream, let pool else { return }
+        let nothingSent = failedUpstream.bytesSent == 0
+        let staleReuse = failedUpstream.reused && exchange.method.isIdempotent && !exchange.requestHasBody
+        if (nothingSent || staleReuse) && exchange.attempts < Self.maxAttempts,
+           let server = pool.next(excluding: failedUpstream.reused ? -1 : failedUpstream.server.id),
+           let next = acquireUpstream(server) {
+            worker.log(.info, "retrying request on \(server.name) after \(reason) on \(failedUpstream.server.name)")
+            // The request bytes still sit in the failed connection's output buffer.
+            var requestBytes = failedUpstream.output
+            if !nothingSent {
+                requestBytes.start = 0
+                requestBytes.end = exchange.headLength
+            }
+            failedUpstream.output = IOBuffer()
+            closeUpstream()
+            loop.buffers.release(&next.output)
+            next.output = requestBytes
+            next.owner = self
+            upstream = next
+            exchange.attempts += 1
+            return
+        }
+        worker.log(.warning, "upstream \(failedUpstream.server.name): \(reason)")
+        closeUpstream()
+        failExchange(status: 502, message: "upstream connection failed")
+    }
+
+    /// Ends the exchange with a local error response if none started yet, else aborts.
+    private func failExchange(status: Int, message: StaticString) {
+        pool = nil
+        if exchange.finalResponseStarted {
+            abort()
+            return
+        }
+        respondLocally(status: status, message: message,
+                       keepAlive: exchange.keepAlive && exchange.requestBody.isFinished)
+    }
+
+    private func closeUpstream() {
+        guard let upstream else { return }
+        self.upstream = nil
+        upstream.close()
+    }
+
+    /// Ends everything at once: the client sees the connection close (and a truncated body if a
+    /// response was under way — never an invented final chunk).
+    private func abort() {
+        closeUpstream()
+        if exchange.finalResponseStarted {
+            // Deliver what was already queued, then close: truncation stays visible.
+            exchange.keepAlive = false
+            startClosing()
+        } else {
+            close()
+        }
+    }
+
+    // MARK: Local responses and closing
+
+    private func respondLocally(status: Int, message: StaticString, keepAlive: Bool) {
+        loop.buffers.acquire(into: &output)
+        output.compactIfNeeded(minimumSpace: 512)
+        var writer = ByteWriter(output.writableBytes)
+        LocalResponse.write(status: status, message: message, close: !keepAlive, into: &writer)
+        if !writer.overflowed { output.end += writer.count }
+        exchange.keepAlive = keepAlive
+        exchange.finalResponseStarted = true
+        if keepAlive && !worker.isDraining {
+            phase = .awaitingHead
+        } else {
+            startClosing()
+        }
+    }
+
+    private func startClosing() {
+        phase = .closing
+        input.consume(input.count)  // nothing after a closing response is processed
+        deadline = 0
+        setDeadline(after: Self.lingerMs)
+    }
+
+    /// Flushes, then half-closes and reads until the client closes (or the linger time ends):
+    /// closing with unread input would make the kernel send RST and could destroy the response.
+    private func linger() -> Bool {
+        if !output.isEmpty {
+            return false
+        }
+        if !shutdownSent {
+            shutdownSent = true
+            Posix.shutdownWrite(fd)
+            return true
+        }
+        guard readable else { return false }
+        loop.buffers.acquire(into: &input)
+        input.consume(input.count)
+        _ = readClient()
+        input.consume(input.count)
+        if peerClosed {
+            close()
+            return true
+        }
+        return readable
+    }
+
+    func close() {
+        guard phase != .closed else { return }
+        phase = .closed
+        closeUpstream()
+        loop.buffers.release(&input)
+        loop.buffers.release(&output)
+        loop.closeChannel(self)
+        worker.clientClosed()
+    }
+
+    // MARK: Tunnel
+
+    private func pumpTunnel() -> Bool {
+        guard let upstream else {
+            startClosing()
+            return true
+        }
+        var progressed = readClient()
+        loop.buffers.acquire(into: &upstream.output)
+        if case .progressed = exchange.requestBody.move(from: &input, to: &upstream.output) { progressed = true }
+        if upstream.writable && !upstream.output.isEmpty {
+            let before = upstream.output.count
+            _ = upstream.flush()
+            if before != upstream.output.count { progressed = true }
+        }
+        if upstream.readAvailable() > 0 { progressed = true }
+        loop.buffers.acquire(into: &output)
+        if case .progressed = exchange.responseBody.move(from: &upstream.input, to: &output) { progressed = true }
+        let clientDone = peerClosed && input.isEmpty
+        let upstreamDone = (upstream.peerClosed || upstream.failed) && upstream.input.isEmpty
+        if clientDone || upstreamDone || failed {
+            // Either side ending ends the tunnel; what the other side already sent is delivered.
+            if clientDone && !upstream.output.isEmpty && !upstream.failed { return progressed }
+            closeUpstream()
+            exchange.keepAlive = false
+            startClosing()
+            return true
+        }
+        return progressed
+    }
+}

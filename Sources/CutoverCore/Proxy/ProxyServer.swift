@@ -1,0 +1,129 @@
+import Dispatch
+import Foundation
+import Glibc
+
+/// The data plane: one `EventLoop` thread per worker, each with its own SO_REUSEPORT listeners,
+/// routing snapshot and upstream pools. The control plane talks to it only through the
+/// `RoutingPublisher` (switch, reload) and `stop`.
+public final class ProxyServer: @unchecked Sendable {
+    public let config: Config
+    public let publisher: RoutingPublisher
+    public let logger: Logger
+    /// The addresses actually bound (port 0 in the config becomes the kernel's choice).
+    public private(set) var listenAddresses: [SocketAddress] = []
+
+    private let settings: ProxySettings
+    private let shared: SharedProxyState
+    private var workers: [ProxyWorker] = []
+    private var finished: [DispatchSemaphore] = []
+    private var started = false
+
+    public init(config: Config, publisher: RoutingPublisher, logger: Logger) {
+        self.config = config
+        self.publisher = publisher
+        self.logger = logger
+        settings = ProxySettings(config: config)
+        shared = SharedProxyState(maxClients: Self.clientLimit(config.limits.maxConnections))
+    }
+
+    /// The number of worker loops for `workers auto` or a number.
+    public static func workerCount(_ configured: Int?) -> Int {
+        configured ?? max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    }
+
+    /// Each client may need an upstream descriptor too: keep half of the descriptor limit (less
+    /// a reserve) for upstream connections, so a flood of clients cannot starve them.
+    private static func clientLimit(_ configured: Int) -> Int {
+        var limit = rlimit()
+        getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max
+            setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+            getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+        }
+        let available = Int(clamping: limit.rlim_cur)
+        return max(1, min(configured, (available - 64) / 2))
+    }
+
+    /// Binds every listener on every loop and starts the loop threads.
+    public func start() throws {
+        precondition(!started, "start() called twice")
+        started = true
+        signal(SIGPIPE, SIG_IGN)  // a peer that vanished must not kill the process
+        let count = Self.workerCount(config.workers)
+        var loops: [EventLoop] = []
+        for index in 0..<count {
+            let loop = try EventLoop(index: index, bufferSize: settings.bufferSize, maxHeaders: settings.http.maxHeaders)
+            loops.append(loop)
+            workers.append(ProxyWorker(loop: loop, settings: settings, shared: shared, publisher: publisher, logger: logger))
+        }
+        for endpoint in config.listen {
+            guard var address = SocketAddress.resolve(host: endpoint.host, port: endpoint.port) else {
+                throw ConfigError(file: config.path, line: endpoint.line, message: "cannot resolve listen address '\(endpoint.host)'")
+            }
+            for worker in workers {
+                let fd: Int32
+                do {
+                    fd = try Listener.open(address)
+                } catch {
+                    throw StartupError("cannot listen on \(address): \(error)")
+                }
+                if address.port == 0, let bound = Posix.localAddress(fd) {
+                    address = bound  // the other loops share the port the kernel picked
+                }
+                try worker.addListener(fd: fd)
+            }
+            listenAddresses.append(address)
+        }
+        for worker in workers {
+            let done = DispatchSemaphore(value: 0)
+            finished.append(done)
+            let box = UncheckedBox(worker)
+            let thread = Thread {
+                box.value.loop.run()
+                done.signal()
+            }
+            thread.name = "cutover-loop-\(worker.loop.index)"
+            thread.start()
+        }
+        logger.log(.info, "listening on \(listenAddresses.map(\.description).joined(separator: ", ")) with \(count) worker(s)")
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `timeouts.drain`, closes
+    /// keep-alive connections, and returns when every loop has stopped.
+    public func stop() {
+        guard started else { return }
+        let drainMs = config.timeouts.drainMs
+        for worker in workers {
+            let box = UncheckedBox(worker)
+            worker.loop.execute {
+                let worker = box.value
+                worker.beginDrain { worker.loop.requestStop() }
+            }
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(drainMs)) {
+                box.value.loop.execute {
+                    box.value.closeAll()
+                    box.value.loop.requestStop()
+                }
+            }
+        }
+        for done in finished { done.wait() }
+        finished.removeAll()
+        logger.log(.info, "stopped")
+    }
+
+    /// Open client connections across all loops.
+    public var openConnections: Int { shared.openClients.load(ordering: .relaxed) }
+}
+
+public struct StartupError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Hands a loop-owned object to the loop's thread. Safe because the object is used by exactly
+/// one thread at a time: the creating thread before `start`, the loop thread after.
+struct UncheckedBox<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}

@@ -1,0 +1,199 @@
+import CutoverHTTP
+import Glibc
+
+/// A connection to one upstream server, owned by one loop. While it carries a request its
+/// `owner` drives it; while idle it sits in the loop's `UpstreamIdlePool` and any event on it
+/// (the server closed, or sent bytes nobody asked for) closes it — so a pooled connection is
+/// reused without a liveness syscall and without risking unread bytes.
+final class UpstreamConnection: Channel {
+    enum Phase {
+        case connecting
+        case open
+        case idle
+        case closed
+    }
+
+    let server: ServerEntry
+    var phase: Phase
+    /// Request bytes to send (head and re-framed body).
+    var output = IOBuffer()
+    /// Response bytes received.
+    var input = IOBuffer()
+    var readable = false
+    var writable = false
+    /// read() returned 0.
+    var peerClosed = false
+    /// A socket error was seen (reset, refused).
+    var failed = false
+    /// Taken from the idle pool rather than freshly connected.
+    var reused = false
+    /// Request bytes this connection accepted (retry rules depend on it).
+    var bytesSent = 0
+    var owner: ClientConnection?
+    unowned let idlePool: UpstreamIdlePool
+
+    init(fd: Int32, loop: EventLoop, server: ServerEntry, connected: Bool, idlePool: UpstreamIdlePool) {
+        self.server = server
+        self.idlePool = idlePool
+        phase = connected ? .open : .connecting
+        writable = connected
+        super.init(fd: fd, loop: loop)
+    }
+
+    override func handle(events: UInt32) {
+        if events & (Epoll.readable | Epoll.peerHangup | Epoll.hangup) != 0 { readable = true }
+        if events & Epoll.error != 0 {
+            readable = true
+            failed = true
+        }
+        if events & Epoll.writable != 0 {
+            writable = true
+            if phase == .connecting && !failed { phase = .open }
+        }
+        switch phase {
+        case .idle:
+            // The server closed or spoke out of turn: never reuse it.
+            idlePool.remove(self)
+            close()
+        case .connecting, .open:
+            owner?.drive()
+        case .closed:
+            break
+        }
+    }
+
+    override func deadlineReached() {
+        if phase == .idle {
+            idlePool.remove(self)
+            close()
+        }
+    }
+
+    /// Reads what is available into `input`. Returns bytes read; 0 when nothing was read.
+    /// A short read means the socket is drained (no extra read to see EAGAIN).
+    func readAvailable() -> Int {
+        guard readable, !peerClosed, !failed else { return 0 }
+        loop.buffers.acquire(into: &input)
+        input.compactIfNeeded(minimumSpace: input.capacity / 4)
+        let space = input.spaceAtEnd
+        guard space > 0 else { return 0 }
+        do {
+            switch try Posix.read(fd, input.writableBytes.baseAddress!, space) {
+            case .processed(0):
+                peerClosed = true
+                readable = false
+                return 0
+            case .processed(let count):
+                input.end += count
+                if count < space { readable = false }
+                return count
+            case .wouldBlock:
+                readable = false
+                return 0
+            }
+        } catch {
+            failed = true
+            readable = false
+            return 0
+        }
+    }
+
+    /// Writes pending output. Returns false when the connection failed.
+    func flush() -> Bool {
+        guard phase == .open, writable, !output.isEmpty else { return !failed }
+        do {
+            let pending = output.count
+            switch try Posix.write(fd, output.readableBytes.baseAddress!, pending) {
+            case .processed(let count):
+                output.consume(count)
+                bytesSent += count
+                if count < pending { writable = false }
+            case .wouldBlock:
+                writable = false
+            }
+            return true
+        } catch {
+            failed = true
+            return false
+        }
+    }
+
+    func releaseBuffers() {
+        loop.buffers.release(&input)
+        loop.buffers.release(&output)
+    }
+
+    func close() {
+        guard phase != .closed else { return }
+        phase = .closed
+        owner = nil
+        releaseBuffers()
+        loop.closeChannel(self)
+    }
+
+    /// Opens a non-blocking connection to `server` and registers it. Throws on immediate
+    /// failures (no descriptors, network unreachable): the caller treats those like a refused
+    /// connect.
+    static func connect(to server: ServerEntry, loop: EventLoop, idlePool: UpstreamIdlePool) throws(IOError) -> UpstreamConnection {
+        let fd = try Posix.socket(family: server.address.family)
+        do {
+            try Posix.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+            let connected = try Posix.connect(fd, server.address)
+            let connection = UpstreamConnection(
+                fd: fd, loop: loop, server: server, connected: connected, idlePool: idlePool)
+            try loop.register(connection)
+            return connection
+        } catch {
+            Posix.close(fd)
+            throw error
+        }
+    }
+}
+
+/// A loop's idle upstream connections, LIFO per server (the warmest connection first), bounded
+/// per server by `upstream_idle_per_server`, each closed after `upstream_idle`.
+final class UpstreamIdlePool {
+    private var idle: [[UpstreamConnection]] = []
+    let maxPerServer: Int
+    let idleTimeoutMs: Int
+
+    init(maxPerServer: Int, idleTimeoutMs: Int) {
+        self.maxPerServer = maxPerServer
+        self.idleTimeoutMs = idleTimeoutMs
+    }
+
+    func take(serverID: Int) -> UpstreamConnection? {
+        guard serverID < idle.count, let connection = idle[serverID].popLast() else { return nil }
+        connection.clearDeadline()
+        connection.reused = true
+        connection.phase = .open
+        connection.bytesSent = 0
+        return connection
+    }
+
+    /// Parks a connection that finished a response cleanly; closes it when the pool is full.
+    func park(_ connection: UpstreamConnection) {
+        let id = connection.server.id
+        while idle.count <= id { idle.append([]) }
+        connection.owner = nil
+        connection.releaseBuffers()
+        guard idle[id].count < maxPerServer, connection.phase == .open else {
+            connection.close()
+            return
+        }
+        connection.phase = .idle
+        connection.setDeadline(after: idleTimeoutMs)
+        idle[id].append(connection)
+    }
+
+    func remove(_ connection: UpstreamConnection) {
+        let id = connection.server.id
+        guard id < idle.count, let position = idle[id].firstIndex(where: { $0 === connection }) else { return }
+        idle[id].remove(at: position)
+    }
+
+    func closeAll() {
+        for list in idle { for connection in list { connection.close() } }
+        idle.removeAll()
+    }
+}

@@ -1,0 +1,138 @@
+import Synchronization
+
+/// One upstream server as the routing table knows it. `id` is stable for an address across
+/// reloads, so per-loop keep-alive pools survive a publish.
+public struct ServerEntry: Sendable, Equatable {
+    public let id: Int
+    public let name: String  // "127.0.0.1:8091" as configured
+    public let address: SocketAddress
+    /// Health and operator state fold into this flag (control plane); routable = healthy AND enabled.
+    public var routable: Bool
+}
+
+public struct AppRoute: Sendable {
+    public let name: String
+    /// Lowercased host names; `*` matches any host.
+    public let hosts: [String]
+    public let pathPrefix: String?
+    public let blue: [ServerEntry]
+    public let green: [ServerEntry]
+
+    public func servers(_ color: Color) -> [ServerEntry] { color == .blue ? blue : green }
+}
+
+/// The immutable routing state: apps, both pools of each, and the active color. A switch is a
+/// new table published atomically; loops pick it up at their next request.
+public final class RoutingTable: Sendable {
+    public let activeColor: Color
+    public let apps: [AppRoute]
+
+    public init(activeColor: Color, apps: [AppRoute]) {
+        self.activeColor = activeColor
+        self.apps = apps
+    }
+
+    /// Builds the table from a configuration, resolving server addresses (blocking: control
+    /// plane only). Unresolvable servers are configuration errors with their line.
+    public convenience init(config: Config, activeColor: Color, registry: ServerRegistry) throws(ConfigError) {
+        var apps: [AppRoute] = []
+        for app in config.apps {
+            func entries(_ endpoints: [Endpoint]) throws(ConfigError) -> [ServerEntry] {
+                var result: [ServerEntry] = []
+                for endpoint in endpoints {
+                    guard let address = SocketAddress.resolve(host: endpoint.host, port: endpoint.port) else {
+                        throw ConfigError(file: config.path, line: endpoint.line, message: "cannot resolve server '\(endpoint.host)'")
+                    }
+                    result.append(ServerEntry(
+                        id: registry.id(for: address), name: endpoint.description, address: address, routable: true))
+                }
+                return result
+            }
+            apps.append(AppRoute(
+                name: app.name, hosts: app.hosts, pathPrefix: app.pathPrefix,
+                blue: try entries(app.blue), green: try entries(app.green)))
+        }
+        self.init(activeColor: activeColor, apps: apps)
+    }
+
+    public func with(activeColor: Color) -> RoutingTable {
+        RoutingTable(activeColor: activeColor, apps: apps)
+    }
+}
+
+/// Assigns each distinct upstream address a small stable integer (the index of per-loop pools).
+public final class ServerRegistry: Sendable {
+    private let ids = Mutex<[SocketAddress: Int]>([:])
+
+    public init() {}
+
+    public func id(for address: SocketAddress) -> Int {
+        ids.withLock { table in
+            if let existing = table[address] { return existing }
+            let next = table.count
+            table[address] = next
+            return next
+        }
+    }
+
+    public var count: Int { ids.withLock { $0.count } }
+}
+
+/// Publishes routing tables to the data-plane loops.
+///
+/// The generation counter is read once per request (a plain load on x86). When it changed, the
+/// loop takes the lock once and copies its own reference to the new table, so there is no
+/// lock and no shared reference-count traffic per request. The table is stored before the
+/// generation is bumped (release/acquire), so a loop that sees the new generation sees the new
+/// table: a request parsed after `publish` returns is routed by it.
+public final class RoutingPublisher: Sendable {
+    private let generationCounter: Atomic<UInt64>
+    private let current: Mutex<(table: RoutingTable, generation: UInt64)>
+
+    public init(_ table: RoutingTable) {
+        generationCounter = Atomic(1)
+        current = Mutex((table, 1))
+    }
+
+    /// Publishes `table` and returns its generation. Safe from any thread; callers that
+    /// read-modify-write (switch) go through `update`.
+    @discardableResult
+    public func publish(_ table: RoutingTable) -> UInt64 {
+        update { _ in table }
+    }
+
+    /// Atomically derives a new table from the current one.
+    @discardableResult
+    public func update(_ transform: (RoutingTable) -> RoutingTable) -> UInt64 {
+        current.withLock { state in
+            let next = state.generation + 1
+            state = (transform(state.table), next)
+            generationCounter.store(next, ordering: .releasing)
+            return next
+        }
+    }
+
+    @inline(__always)
+    public var generation: UInt64 { generationCounter.load(ordering: .acquiring) }
+
+    public func snapshot() -> (table: RoutingTable, generation: UInt64) {
+        current.withLock { $0 }
+    }
+}
+
+extension RoutingPublisher {
+    /// Points every app at `color` in one publish (a stack never runs mixed versions).
+    /// Returns the new generation; requests parsed after this returns go to `color`.
+    @discardableResult
+    public func switchTo(_ color: Color) -> UInt64 {
+        update { $0.with(activeColor: color) }
+    }
+
+    /// Publishes the routing of a re-read configuration, keeping the active color.
+    @discardableResult
+    public func reload(_ config: Config, registry: ServerRegistry) throws(ConfigError) -> UInt64 {
+        let active = snapshot().table.activeColor
+        let table = try RoutingTable(config: config, activeColor: active, registry: registry)
+        return publish(table)
+    }
+}

@@ -1,0 +1,201 @@
+import CCutoverSys
+import Glibc
+
+// The only place that talks to the kernel and reads errno. Each wrapper retries EINTR, turns
+// EAGAIN into `.wouldBlock`, traps on EBADF/EFAULT (those are cutover's bugs, not the peer's)
+// and throws `IOError` for everything else. Typed throws: no allocation on the error path.
+
+public struct IOError: Error, CustomStringConvertible, Sendable {
+    public let errnoCode: Int32
+    public let function: StaticString
+
+    public init(errnoCode: Int32, function: StaticString) {
+        self.errnoCode = errnoCode
+        self.function = function
+    }
+
+    public var description: String {
+        "\(function) failed: \(String(cString: strerror(errnoCode))) (errno \(errnoCode))"
+    }
+}
+
+public enum IOResult<Value> {
+    case processed(Value)
+    case wouldBlock
+}
+
+@usableFromInline
+enum Posix {
+    @inline(__always) @usableFromInline
+    static func check<T: FixedWidthInteger>(
+        _ function: StaticString, _ body: () -> T
+    ) throws(IOError) -> IOResult<T> {
+        while true {
+            let result = body()
+            if result >= 0 { return .processed(result) }
+            let code = cutover_errno()
+            switch code {
+            case EINTR: continue
+            case EAGAIN: return .wouldBlock
+            case EBADF, EFAULT: fatalError("\(function): \(code) — a descriptor or pointer bug in cutover")
+            default: throw IOError(errnoCode: code, function: function)
+            }
+        }
+    }
+
+    @inline(__always) @usableFromInline
+    static func read(_ fd: Int32, _ pointer: UnsafeMutableRawPointer, _ count: Int) throws(IOError) -> IOResult<Int> {
+        try check("read") { Glibc.read(fd, pointer, count) }
+    }
+
+    @inline(__always) @usableFromInline
+    static func write(_ fd: Int32, _ pointer: UnsafeRawPointer, _ count: Int) throws(IOError) -> IOResult<Int> {
+        try check("write") { Glibc.write(fd, pointer, count) }
+    }
+
+    static func accept(_ fd: Int32) throws(IOError) -> IOResult<(Int32, sockaddr_storage)> {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = try withUnsafeMutablePointer(to: &storage) { pointer throws(IOError) in
+            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address throws(IOError) in
+                try check("accept4") {
+                    cutover_accept4(fd, address, &length, Int32(SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue))
+                }
+            }
+        }
+        switch result {
+        case .processed(let client): return .processed((client, storage))
+        case .wouldBlock: return .wouldBlock
+        }
+    }
+
+    /// close(2) is never retried on EINTR: on Linux the descriptor is gone either way.
+    static func close(_ fd: Int32) {
+        _ = Glibc.close(fd)
+    }
+
+    static func socket(family: Int32) throws(IOError) -> Int32 {
+        let type = Int32(SOCK_STREAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue)
+        switch try check("socket", { Glibc.socket(family, type, 0) }) {
+        case .processed(let fd): return fd
+        case .wouldBlock: throw IOError(errnoCode: EAGAIN, function: "socket")
+        }
+    }
+
+    static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32) throws(IOError) {
+        var value = value
+        _ = try check("setsockopt") {
+            setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size))
+        }
+    }
+
+    static func bind(_ fd: Int32, _ address: SocketAddress) throws(IOError) {
+        _ = try address.withSockAddr { pointer, length throws(IOError) in
+            try check("bind") { Glibc.bind(fd, pointer, length) }
+        }
+    }
+
+    static func listen(_ fd: Int32, backlog: Int32) throws(IOError) {
+        _ = try check("listen") { Glibc.listen(fd, backlog) }
+    }
+
+    /// Starts a non-blocking connect. `true` when it completed at once, `false` when in progress.
+    static func connect(_ fd: Int32, _ address: SocketAddress) throws(IOError) -> Bool {
+        let result = address.withSockAddr { pointer, length in Glibc.connect(fd, pointer, length) }
+        if result == 0 { return true }
+        let code = cutover_errno()
+        if code == EINPROGRESS || code == EINTR { return false }
+        throw IOError(errnoCode: code, function: "connect")
+    }
+
+    /// The pending error of a socket (why a non-blocking connect failed). Off the hot path.
+    static func socketError(_ fd: Int32) -> Int32 {
+        var value: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(fd, SOL_SOCKET, SO_ERROR, &value, &length) != 0 { return cutover_errno() }
+        return value
+    }
+
+    static func localAddress(_ fd: Int32) -> SocketAddress? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        return result == 0 ? SocketAddress(storage: storage) : nil
+    }
+
+    static func shutdownWrite(_ fd: Int32) {
+        _ = Glibc.shutdown(fd, Int32(SHUT_WR))
+    }
+
+    /// Makes the next close send RST instead of FIN: used to abort a response whose truncation
+    /// the client must see.
+    static func setLingerZero(_ fd: Int32) {
+        var value = linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &value, socklen_t(MemoryLayout<linger>.size))
+    }
+}
+
+@usableFromInline
+enum Epoll {
+    static let readable = UInt32(EPOLLIN.rawValue)
+    static let writable = UInt32(EPOLLOUT.rawValue)
+    static let peerHangup = UInt32(EPOLLRDHUP.rawValue)
+    static let hangup = UInt32(EPOLLHUP.rawValue)
+    static let error = UInt32(EPOLLERR.rawValue)
+    static let edgeTriggered = UInt32(EPOLLET.rawValue)
+
+    static func create() throws(IOError) -> Int32 {
+        switch try Posix.check("epoll_create1", { epoll_create1(Int32(EPOLL_CLOEXEC)) }) {
+        case .processed(let fd): return fd
+        case .wouldBlock: throw IOError(errnoCode: EAGAIN, function: "epoll_create1")
+        }
+    }
+
+    static func add(_ epollFD: Int32, fd: Int32, events: UInt32, token: UInt64) throws(IOError) {
+        var event = epoll_event()
+        event.events = events
+        event.data.u64 = token
+        _ = try Posix.check("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) }
+    }
+
+    static func remove(_ epollFD: Int32, fd: Int32) {
+        var event = epoll_event()
+        _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, &event)
+    }
+
+    @inline(__always)
+    static func wait(_ epollFD: Int32, _ events: UnsafeMutablePointer<epoll_event>, _ capacity: Int32, timeoutMs: Int32) throws(IOError) -> Int {
+        switch try Posix.check("epoll_wait", { epoll_wait(epollFD, events, capacity, timeoutMs) }) {
+        case .processed(let count): return Int(count)
+        case .wouldBlock: return 0
+        }
+    }
+}
+
+enum EventFD {
+    static func create() throws(IOError) -> Int32 {
+        switch try Posix.check("eventfd", { eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC)) }) {
+        case .processed(let fd): return fd
+        case .wouldBlock: throw IOError(errnoCode: EAGAIN, function: "eventfd")
+        }
+    }
+
+    static func signal(_ fd: Int32) {
+        var one: UInt64 = 1
+        _ = Glibc.write(fd, &one, 8)
+    }
+
+    static func drain(_ fd: Int32) {
+        var value: UInt64 = 0
+        _ = Glibc.read(fd, &value, 8)
+    }
+}
+
+/// Monotonic time from the vDSO: no syscall.
+@inline(__always)
+func monotonicMilliseconds() -> Int64 { Int64(cutover_monotonic_ms()) }
+
+@inline(__always)
+func monotonicNanoseconds() -> Int64 { Int64(cutover_monotonic_ns()) }
