@@ -236,7 +236,8 @@ final class ClientConnection: Channel {
     private func processHead() -> Bool {
         if input.isEmpty {
             if peerClosed || worker.isDraining {
-                close()
+                // Finish sending what is queued (a half-closed client still gets its responses).
+                if output.isEmpty { close() } else { startClosing() }
                 return true
             }
             return false
@@ -391,6 +392,7 @@ final class ClientConnection: Channel {
             }
             return processResponseHead(upstream) || progressed
         }
+        loop.buffers.acquire(into: &output)
         switch exchange.responseBody.move(from: &upstream.input, to: &output) {
         case .progressed:
             progressed = true

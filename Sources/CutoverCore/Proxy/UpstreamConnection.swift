@@ -52,7 +52,9 @@ final class UpstreamConnection: Channel {
         }
         switch phase {
         case .idle:
-            // The server closed or spoke out of turn: never reuse it.
+            // Writability edges are expected (the send buffer drained); anything else means
+            // the server closed or spoke out of turn: never reuse it.
+            guard events & ~Epoll.writable != 0 else { return }
             idlePool.remove(self)
             close()
         case .connecting, .open:
