@@ -158,10 +158,11 @@ do {
         } catch {
             fail("cutover demo: \(error)", code: 1)
         }
-        let text = DemoConfig.text(listen: listen, bluePort: bluePort, greenPort: greenPort)
+        // Port 0 asks the kernel for a free port; the config names the ports actually bound.
+        let text = DemoConfig.text(listen: listen, bluePort: blue.port, greenPort: green.port)
         let config: Config
         do { config = try ConfigParser.parse(text, path: "<demo>") } catch { fail(error.description, code: 2) }
-        logger.log(.info, "demo upstreams: blue on 127.0.0.1:\(bluePort), green on 127.0.0.1:\(greenPort)")
+        logger.log(.info, "demo upstreams: blue on 127.0.0.1:\(blue.port), green on 127.0.0.1:\(green.port)")
         logger.log(.info, "try: curl -i http://\(listen)/   (answers 'blue')")
         serve(config: config, logger: logger, signals: signals, reload: nil, extraStop: {
             blue.stop()

@@ -13,7 +13,7 @@ struct TestApp {
 }
 
 /// Starts a real `ProxyServer` on 127.0.0.1:0 with a generated config, in this process.
-final class ProxyHarness {
+final class ProxyHarness: @unchecked Sendable {
     let server: ProxyServer
     let publisher: RoutingPublisher
     let config: Config

@@ -1,0 +1,195 @@
+import Foundation
+import XCTest
+
+/// The `cutover` executable as a user runs it: exit codes, messages, `demo` answered by curl
+/// and Python's http.client, SIGHUP reload and SIGTERM drain.
+final class CommandLineTests: XCTestCase {
+
+    /// The built `cutover` binary, next to the test bundle.
+    static var binary: URL {
+        var directory = Bundle.main.bundleURL
+        for _ in 0..<3 where !FileManager.default.fileExists(atPath: directory.appendingPathComponent("cutover").path) {
+            directory = directory.deletingLastPathComponent()
+        }
+        return directory.appendingPathComponent("cutover")
+    }
+
+    static var repositoryRoot: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    }
+
+    struct Outcome {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    func run(_ arguments: [String]) throws -> Outcome {
+        let process = Process()
+        process.executableURL = Self.binary
+        process.arguments = arguments
+        process.currentDirectoryURL = Self.repositoryRoot
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Outcome(status: process.terminationStatus,
+                       stdout: String(decoding: stdout, as: UTF8.self), stderr: String(decoding: stderr, as: UTF8.self))
+    }
+
+    func testVersionHelpAndUsageErrors() throws {
+        XCTAssertTrue(try run(["--version"]).stdout.hasPrefix("cutover "))
+        XCTAssertTrue(try run(["--help"]).stdout.contains("cutover demo"))
+        let unknown = try run(["frobnicate"])
+        XCTAssertEqual(unknown.status, 2)
+        XCTAssertTrue(unknown.stderr.contains("unknown command 'frobnicate'"))
+        XCTAssertEqual(try run(["check", "--bogus"]).status, 2)
+    }
+
+    func testCheckAcceptsTheSampleConfigAndReportsFileAndLine() throws {
+        let good = try run(["check", "-c", "conf/cutover.conf"])
+        XCTAssertEqual(good.status, 0, good.stderr)
+        XCTAssertTrue(good.stdout.contains("conf/cutover.conf: ok"))
+
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let bad = folder.appendingPathComponent("bad.conf")
+        try "listen 127.0.0.1:8080\n\ntimeouts {\n    connect 2 seconds\n}\n".write(to: bad, atomically: true, encoding: .utf8)
+        let outcome = try run(["check", "-c", bad.path])
+        XCTAssertEqual(outcome.status, 1)
+        XCTAssertTrue(outcome.stderr.hasPrefix("\(bad.path):4: "), outcome.stderr)
+
+        let missing = try run(["check", "-c", folder.appendingPathComponent("nope.conf").path])
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertTrue(missing.stderr.contains("nope.conf:0: cannot read"), missing.stderr)
+    }
+
+    /// A running cutover process whose stderr is watched for log lines.
+    final class RunningProxy: @unchecked Sendable {
+        let process = Process()
+        private let lock = NSCondition()
+        private var log = ""
+
+        init(arguments: [String]) throws {
+            process.executableURL = CommandLineTests.binary
+            process.arguments = arguments
+            process.currentDirectoryURL = CommandLineTests.repositoryRoot
+            let err = Pipe()
+            process.standardError = err
+            process.standardOutput = FileHandle.nullDevice
+            err.fileHandleForReading.readabilityHandler = { [weak self] handle in
+                guard let self else { return }
+                let data = handle.availableData
+                self.lock.withLock {
+                    self.log += String(decoding: data, as: UTF8.self)
+                    self.lock.broadcast()
+                }
+            }
+            try process.run()
+        }
+
+        /// Waits for a log line containing `marker` (the process says when it is ready).
+        func waitForLog(_ marker: String, timeout: TimeInterval = 20) -> String? {
+            let deadline = Date().addingTimeInterval(timeout)
+            lock.lock()
+            defer { lock.unlock() }
+            while !log.contains(marker) {
+                if !lock.wait(until: deadline) { return nil }
+            }
+            return log
+        }
+
+        /// The port of the "listening on 127.0.0.1:PORT" line.
+        func listeningPort() -> UInt16? {
+            guard let log = waitForLog("listening on 127.0.0.1:"),
+                  let range = log.range(of: "listening on 127.0.0.1:") else { return nil }
+            return UInt16(log[range.upperBound...].prefix { $0.isNumber })
+        }
+
+        func terminate() -> Int32 {
+            process.terminate()  // SIGTERM
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+    }
+
+    func testDemoAnswersBlueToCurlAndPythonAndDrainsOnSIGTERM() throws {
+        let demo = try RunningProxy(arguments: ["demo", "--listen", "127.0.0.1:0", "--blue-port", "0", "--green-port", "0"])
+        let port = try XCTUnwrap(demo.listeningPort(), "demo did not report its port")
+
+        let curl = try run(executable: "/usr/bin/curl", ["-s", "-i", "http://127.0.0.1:\(port)/"])
+        XCTAssertTrue(curl.hasPrefix("HTTP/1.1 200 OK"), curl)
+        XCTAssertTrue(curl.contains("X-Color: blue"), curl)
+        XCTAssertTrue(curl.hasSuffix("\r\n\r\nblue\n"), curl)
+
+        // Python's http.client: keep-alive, a chunked upload, the status endpoint.
+        let script = """
+            import http.client, sys
+            c = http.client.HTTPConnection("127.0.0.1", \(port), timeout=10)
+            c.request("GET", "/api/system/status"); r = c.getresponse(); body = r.read()
+            assert r.status == 200 and b'"color":"blue"' in body, body
+            c.request("POST", "/upload", body=iter([b"a" * 1000, b"b" * 5000]), encode_chunked=True,
+                      headers={"Transfer-Encoding": "chunked"})
+            r = c.getresponse(); assert r.status == 200 and r.read() == b"blue\\n"
+            c.request("HEAD", "/"); r = c.getresponse(); assert r.read() == b"" and r.getheader("X-Color") == "blue"
+            print("ok")
+            """
+        XCTAssertEqual(try run(executable: "/usr/bin/env", ["python3", "-c", script]).trimmingCharacters(in: .whitespacesAndNewlines), "ok")
+
+        XCTAssertEqual(demo.terminate(), 0, "SIGTERM drains and exits 0")
+    }
+
+    func testRunReloadsRoutingOnSIGHUP() throws {
+        let first = try TestUpstream.named("first")
+        let second = try TestUpstream.named("second")
+        defer { first.stop(); second.stop() }
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-run-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let config = folder.appendingPathComponent("cutover.conf")
+        func write(upstream port: UInt16) throws {
+            try """
+                listen 127.0.0.1:0
+                workers 1
+                app web {
+                    host *
+                    blue 127.0.0.1:\(port)
+                    green 127.0.0.1:\(port)
+                }
+                """.write(to: config, atomically: true, encoding: .utf8)
+        }
+        try write(upstream: first.port)
+        let proxy = try RunningProxy(arguments: ["run", "-c", config.path])
+        let port = try XCTUnwrap(proxy.listeningPort())
+        XCTAssertEqual(try RawHTTPClient(port: port).request().bodyString, "first\n")
+
+        try write(upstream: second.port)
+        kill(proxy.process.processIdentifier, SIGHUP)
+        XCTAssertNotNil(proxy.waitForLog("configuration reloaded"))
+        XCTAssertEqual(try RawHTTPClient(port: port).request().bodyString, "second\n")
+
+        // A broken file leaves the running routing untouched.
+        try "listen 127.0.0.1:0\nbogus\n".write(to: config, atomically: true, encoding: .utf8)
+        kill(proxy.process.processIdentifier, SIGHUP)
+        XCTAssertNotNil(proxy.waitForLog("unknown directive"))
+        XCTAssertEqual(try RawHTTPClient(port: port).request().bodyString, "second\n")
+        XCTAssertEqual(proxy.terminate(), 0)
+    }
+
+    private func run(executable: String, _ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+}

@@ -1,0 +1,149 @@
+import CutoverCore
+import Foundation
+import XCTest
+
+/// The atomic switch contract: a request whose head is parsed after `publish` returns is routed
+/// by the new table; requests already routed finish where they started; keep-alive clients are
+/// not disconnected; several apps switch together.
+final class SwitchContractTests: XCTestCase {
+
+    /// Counters shared by the load threads.
+    final class LoadStats: @unchecked Sendable {
+        private let lock = NSLock()
+        private(set) var requests = 0
+        private(set) var afterSwitch = 0
+        private(set) var failures: [String] = []
+        private(set) var stale: [String] = []
+        private(set) var reconnects = 0
+
+        func record(_ body: (LoadStats) -> Void) { lock.withLock { body(self) } }
+        func countRequest(afterSwitch after: Bool) { lock.withLock { requests += 1; if after { afterSwitch += 1 } } }
+        func fail(_ message: String) { lock.withLock { failures.append(message) } }
+        func staleAnswer(_ message: String) { lock.withLock { stale.append(message) } }
+        func reconnected() { lock.withLock { reconnects += 1 } }
+        var snapshot: (requests: Int, afterSwitch: Int) { lock.withLock { (requests, afterSwitch) } }
+    }
+
+    func testSwitchUnderConcurrentKeepAliveLoadIsAtomicAcrossApps() throws {
+        let blueAPI = try TestUpstream.named("blue")
+        let greenAPI = try TestUpstream.named("green")
+        let blueWeb = try TestUpstream.named("blue")
+        let greenWeb = try TestUpstream.named("green")
+        defer { [blueAPI, greenAPI, blueWeb, greenWeb].forEach { $0.stop() } }
+        let proxy = try ProxyHarness(apps: [
+            TestApp(name: "api", hosts: ["api.test"], blue: [blueAPI.port], green: [greenAPI.port]),
+            TestApp(name: "web", hosts: ["*"], blue: [blueWeb.port], green: [greenWeb.port]),
+        ])
+        defer { proxy.stop() }
+
+        let stats = LoadStats()
+        let switchedAt = NSLock()
+        nonisolated(unsafe) var switchReturnedNs: UInt64 = .max
+        let stop = DispatchSemaphore(value: 0)
+        let stopFlag = NSLock()
+        nonisolated(unsafe) var stopping = false
+        let threads = 6
+        let group = DispatchGroup()
+        for thread in 0..<threads {
+            group.enter()
+            Thread.detachNewThread {
+                defer { group.leave() }
+                var client: RawHTTPClient
+                do { client = try proxy.client() } catch { stats.fail("connect: \(error)"); return }
+                var index = 0
+                while !stopFlag.withLock({ stopping }) {
+                    let host = (index + thread) % 2 == 0 ? "api.test" : "web.test"
+                    index += 1
+                    let sentNs = DispatchTime.now().uptimeNanoseconds
+                    do {
+                        let response = try client.request("GET", "/", host: host)
+                        let after = sentNs > switchedAt.withLock { switchReturnedNs }
+                        stats.countRequest(afterSwitch: after)
+                        if response.status != 200 { stats.fail("status \(response.status)") }
+                        if after && response.bodyString != "green\n" {
+                            stats.staleAnswer("\(host) answered \(response.bodyString) after the switch")
+                        }
+                    } catch {
+                        stats.fail("\(host): \(error)")
+                        stats.reconnected()
+                        guard let fresh = try? proxy.client() else { return }
+                        client = fresh
+                    }
+                }
+            }
+        }
+        // Switch once the load is running, then keep the load going well past the switch.
+        while stats.snapshot.requests < 300 { usleep(1_000) }
+        proxy.publisher.switchTo(.green)
+        switchedAt.withLock { switchReturnedNs = DispatchTime.now().uptimeNanoseconds }
+        while stats.snapshot.afterSwitch < 600 { usleep(1_000) }
+        stopFlag.withLock { stopping = true }
+        group.wait()
+        _ = stop
+
+        XCTAssertEqual(stats.failures, [], "no failed requests")
+        XCTAssertEqual(stats.stale, [], "no request sent after the switch returned was answered by blue")
+        XCTAssertEqual(stats.reconnects, 0, "keep-alive clients were not disconnected by the switch")
+        XCTAssertGreaterThan(blueAPI.requestCount + blueWeb.requestCount, 0)
+        XCTAssertGreaterThan(greenAPI.requestCount, 0)
+        XCTAssertGreaterThan(greenWeb.requestCount, 0)
+    }
+
+    func testRequestInFlightFinishesOnItsColorAndTheConnectionStays() throws {
+        let arrived = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let blue = try TestUpstream(name: "blue") { request, connection in
+            if request.target == "/slow" {
+                arrived.signal()
+                release.wait()
+            }
+            connection.respond(body: Array("blue\n".utf8))
+        }
+        let green = try TestUpstream.named("green")
+        defer { release.signal(); blue.stop(); green.stop() }
+        let proxy = try ProxyHarness(apps: [TestApp(name: "web", blue: [blue.port], green: [green.port])])
+        defer { proxy.stop() }
+
+        let client = try proxy.client()
+        try client.send("GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        XCTAssertEqual(arrived.wait(timeout: .now() + 10), .success)
+        proxy.publisher.switchTo(.green)
+        release.signal()
+        XCTAssertEqual(try client.readResponse().bodyString, "blue\n", "routed before the switch: finishes on blue")
+        XCTAssertEqual(try client.request().bodyString, "green\n", "same connection, next request: green")
+        XCTAssertEqual(try proxy.client().request().bodyString, "green\n")
+    }
+
+    func testGracefulStopFinishesInFlightRequestsAndClosesIdleConnections() throws {
+        let arrived = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let upstream = try TestUpstream(name: "blue") { request, connection in
+            if request.target == "/slow" {
+                arrived.signal()
+                release.wait()
+            }
+            connection.respond(body: Array("done".utf8))
+        }
+        defer { release.signal(); upstream.stop() }
+        let proxy = try ProxyHarness(apps: [TestApp(name: "web", blue: [upstream.port], green: [upstream.port])])
+
+        let idle = try proxy.client()
+        XCTAssertEqual(try idle.request().status, 200)
+        let busy = try proxy.client()
+        try busy.send("GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        XCTAssertEqual(arrived.wait(timeout: .now() + 10), .success)
+
+        let stopped = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            proxy.stop()
+            stopped.signal()
+        }
+        XCTAssertTrue(idle.waitForClose(timeout: 5), "idle keep-alive connections are closed at once")
+        release.signal()
+        let response = try busy.readResponse()
+        XCTAssertEqual(response.bodyString, "done", "the in-flight request completes")
+        XCTAssertEqual(response.header("Connection"), "close")
+        XCTAssertEqual(stopped.wait(timeout: .now() + 10), .success)
+        XCTAssertThrowsError(try RawHTTPClient(port: proxy.port, timeout: 1), "no longer accepting")
+    }
+}
