@@ -186,6 +186,8 @@ private struct OnceTracker {
         }
         firstLines[d.name] = d.line
     }
+
+    func contains(_ name: Substring) -> Bool { firstLines[name] != nil }
 }
 
 /// A (host, path prefix) pair that must belong to only one app.
@@ -335,6 +337,10 @@ private struct Reader {
             }
         }
         // A request line must fit in the header buffer, so a larger URI limit could never apply.
+        // The default follows a lowered max_header_bytes; only an explicit value can conflict.
+        if !once.contains("max_uri_bytes") {
+            l.maxURIBytes = min(l.maxURIBytes, l.maxHeaderBytes)
+        }
         if l.maxURIBytes > l.maxHeaderBytes {
             throw uriCheckLine.error("max_uri_bytes (\(l.maxURIBytes) bytes) must not exceed max_header_bytes (\(l.maxHeaderBytes) bytes)")
         }
