@@ -7,7 +7,7 @@ import Synchronization
 /// and `deadlineReached()`. Owned by its loop; every method runs on the loop's thread.
 class Channel {
     let fd: Int32
-    unowned let loop: EventLoop
+    unowned(unsafe) let loop: EventLoop
     /// Index in the loop's channel table; -1 when not registered.
     var slot: Int32 = -1
     /// Monotonic milliseconds at which `deadlineReached` runs; 0 = none.

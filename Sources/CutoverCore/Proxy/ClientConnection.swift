@@ -47,7 +47,7 @@ final class ClientConnection: Channel {
         var headLength = 0
     }
 
-    unowned let worker: ProxyWorker
+    unowned(unsafe) let worker: ProxyWorker
     private(set) var phase: Phase = .awaitingHead
     private var input = IOBuffer()
     private var output = IOBuffer()
@@ -390,7 +390,10 @@ final class ClientConnection: Channel {
                 }
                 return progressed
             }
-            return processResponseHead(upstream) || progressed
+            if processResponseHead(upstream) { progressed = true }
+            // Relay body bytes that arrived with the head in the same pass, so head and body
+            // leave in one write.
+            guard exchange.responseHeadDone, phase == .proxying, self.upstream === upstream else { return progressed }
         }
         loop.buffers.acquire(into: &output)
         switch exchange.responseBody.move(from: &upstream.input, to: &output) {

@@ -194,7 +194,7 @@ final class ProxyWorker {
 /// A listening socket of one loop (SO_REUSEPORT: every loop has its own and the kernel spreads
 /// connections across them).
 final class Listener: Channel {
-    unowned let worker: ProxyWorker
+    unowned(unsafe) let worker: ProxyWorker
 
     init(fd: Int32, worker: ProxyWorker) {
         self.worker = worker

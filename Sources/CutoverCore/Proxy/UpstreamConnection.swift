@@ -30,7 +30,7 @@ final class UpstreamConnection: Channel {
     /// Request bytes this connection accepted (retry rules depend on it).
     var bytesSent = 0
     var owner: ClientConnection?
-    unowned let idlePool: UpstreamIdlePool
+    unowned(unsafe) let idlePool: UpstreamIdlePool
 
     init(fd: Int32, loop: EventLoop, server: ServerEntry, connected: Bool, idlePool: UpstreamIdlePool) {
         self.server = server
