@@ -17,8 +17,8 @@ public struct ChunkedDecoder: Sendable {
     }
 
     @usableFromInline enum State: UInt8, Sendable {
-        case size, extensions, sizeLineFeed, data, dataCarriageReturn, dataLineFeed
-        case trailerLineStart, trailerLine, trailerLineFeed, finalLineFeed, done
+        case size, sizeWhitespace, extensions, sizeLineFeed, data, dataCarriageReturn, dataLineFeed
+        case trailerLineStart, trailerName, trailerLine, trailerLineFeed, finalLineFeed, done
     }
 
     @usableFromInline var state: State = .size
@@ -53,12 +53,27 @@ public struct ChunkedDecoder: Sendable {
                     sizeDigits += 1
                 } else if sizeDigits == 0 {
                     return (index - start, .invalid("invalid chunk size"))
-                } else if byte == 0x3B || byte == 0x20 || byte == 0x09 {  // ";" or BWS before it
+                } else if byte == 0x3B {  // ";"
                     state = .extensions
+                    lineBytes = 0
+                } else if byte == 0x20 || byte == 0x09 {  // BWS before ";"
+                    state = .sizeWhitespace
                     lineBytes = 0
                 } else if byte == 0x0D {
                     state = .sizeLineFeed
                 } else {
+                    return (index - start, .invalid("invalid chunk size"))
+                }
+            case .sizeWhitespace:
+                // Only BWS may follow the size before ";" (RFC 9112 §7.1.1): "5 6" or "5 x" is not
+                // a chunk-size line, and another hop could read it differently.
+                lineBytes += 1
+                if lineBytes > maxExtensionBytes { return (index - start, .invalid("chunk extension too long")) }
+                if byte == 0x3B {
+                    state = .extensions
+                } else if byte == 0x0D {
+                    state = .sizeLineFeed
+                } else if byte != 0x20 && byte != 0x09 {
                     return (index - start, .invalid("invalid chunk size"))
                 }
             case .extensions:
@@ -94,8 +109,18 @@ public struct ChunkedDecoder: Sendable {
                     state = .finalLineFeed
                 } else {
                     guard ByteClass.token.contains(byte) else { return (index - start, .invalid("invalid trailer field")) }
-                    state = .trailerLine
+                    state = .trailerName
                     trailerBytes += 1
+                }
+            case .trailerName:
+                // A trailer field line is `token ":" value` like a header (RFC 9112 §7.1.2):
+                // no whitespace before the colon, no line without one, no non-token byte in the name.
+                trailerBytes += 1
+                if trailerBytes > maxTrailerBytes { return (index - start, .invalid("trailer section too large")) }
+                if byte == 0x3A {
+                    state = .trailerLine
+                } else if !ByteClass.token.contains(byte) {
+                    return (index - start, .invalid("invalid trailer field name"))
                 }
             case .trailerLine:
                 trailerBytes += 1

@@ -53,24 +53,38 @@ public struct RequestHeadParser: Sendable {
             if buffer.count < 2 { return .needMore }
             if buffer[1] == 0x0A { start = 2 }
         }
-        switch scanner.scan(buffer, start: start) {
-        case .bareLineFeed:
-            return .invalid(HTTPParseError(400, "bare LF"))
-        case .needMore:
-            if !scanner.hasFirstLine && buffer.count - start > limits.maxURIBytes + 32 {
-                return .invalid(HTTPParseError(414, "request line too long"))
-            }
-            if buffer.count - start >= limits.maxHeaderBytes {
-                return .invalid(HTTPParseError(431, "request head too large"))
-            }
-            return .needMore
-        case .found(let end):
-            if end - start > limits.maxHeaderBytes {
-                return .invalid(HTTPParseError(431, "request head too large"))
-            }
-            switch parseHead(buffer, start: start, end: end, fields: fields) {
-            case .success(let head): return .complete(head, consumed: end)
-            case .failure(let error): return .invalid(error)
+        // HTTPLimits.maxHeaders holds even when the caller's field storage is larger.
+        let fields = fields.count > limits.maxHeaders
+            ? UnsafeMutableBufferPointer(rebasing: fields[0..<limits.maxHeaders]) : fields
+        // The scan never looks past the limits (the request line's while it is incomplete, then
+        // the head's): bytes beyond them must not change the outcome, or the same request would
+        // get 400, 414 or 431 depending on how it was split into reads (a 20 KiB target read at
+        // once was 431, read in pieces 414; a bare LF past 16 KiB was 400 or 431).
+        let lineLimit = start + limits.maxURIBytes + 33
+        let headLimit = start + limits.maxHeaderBytes
+        while true {
+            let bound = Swift.min(buffer.count, scanner.hasFirstLine ? headLimit : Swift.min(lineLimit, headLimit))
+            switch scanner.scan(UnsafeRawBufferPointer(rebasing: buffer[0..<bound]), start: start) {
+            case .bareLineFeed:
+                return .invalid(HTTPParseError(400, "bare LF"))
+            case .needMore:
+                if !scanner.hasFirstLine && bound - start > limits.maxURIBytes + 32 {
+                    return .invalid(HTTPParseError(414, "request line too long"))
+                }
+                if bound - start >= limits.maxHeaderBytes {
+                    return .invalid(HTTPParseError(431, "request head too large"))
+                }
+                // The request line ended below the line limit: scan the rest up to the head limit.
+                if bound < buffer.count { continue }
+                return .needMore
+            case .found(let end):
+                if end - start > limits.maxHeaderBytes {
+                    return .invalid(HTTPParseError(431, "request head too large"))
+                }
+                switch parseHead(buffer, start: start, end: end, fields: fields) {
+                case .success(let head): return .complete(head, consumed: end)
+                case .failure(let error): return .invalid(error)
+                }
             }
         }
     }
@@ -289,7 +303,8 @@ public struct RequestHeadParser: Sendable {
             head.keepAlive = connectionKeepAlive && !connectionClose
             head.expectContinue = false  // never a 1xx to an HTTP/1.0 client; body follows anyway
         }
-        if connectionUpgrade && !upgradeValue.isEmpty && !Self.mentionsH2C(buffer, upgradeValue) {
+        // RFC 9110 §7.8: an Upgrade received in an HTTP/1.0 request is ignored (never tunnelled).
+        if head.version == .http11 && connectionUpgrade && !upgradeValue.isEmpty && !Self.mentionsH2C(buffer, upgradeValue) {
             head.upgrade = upgradeValue
         }
         return nil

@@ -38,6 +38,9 @@ public struct ResponseHeadParser: Sendable {
         requestMethod: HTTPMethod,
         fields: UnsafeMutableBufferPointer<HeaderField>
     ) -> HeadParseResult<ResponseHead> {
+        // HTTPLimits.maxHeaders holds even when the caller's field storage is larger.
+        let fields = fields.count > limits.maxHeaders
+            ? UnsafeMutableBufferPointer(rebasing: fields[0..<limits.maxHeaders]) : fields
         switch scanner.scan(buffer, start: 0) {
         case .bareLineFeed:
             return .invalid(HTTPParseError(502, "bare LF in response"))
@@ -74,7 +77,8 @@ public struct ResponseHeadParser: Sendable {
         default: return .failure(HTTPParseError(502, "invalid status line"))
         }
         head.status = Int(buffer[9] &- 0x30) * 100 + Int(buffer[10] &- 0x30) * 10 + Int(buffer[11] &- 0x30)
-        if head.status < 100 { return .failure(HTTPParseError(502, "invalid status code")) }
+        // RFC 9110 §15: values outside 100...599 are invalid (a client cannot even classify them).
+        if head.status < 100 || head.status > 599 { return .failure(HTTPParseError(502, "invalid status code")) }
         var index = 12
         if buffer[index] == 0x20 {
             index += 1
@@ -146,6 +150,11 @@ public struct ResponseHeadParser: Sendable {
             }
         }
         if let invalid { return .failure(invalid) }
+        // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing; without
+        // this, "HTTP/1.0 + keep-alive + chunked" would be decoded and the connection pooled.
+        if transferEncodingSeen && head.version == .http10 {
+            return .failure(HTTPParseError(502, "Transfer-Encoding in an HTTP/1.0 response"))
+        }
         head.contentLength = contentLength
         head.reusable = head.version == .http11 ? !connectionClose : (connectionKeepAlive && !connectionClose)
 

@@ -63,6 +63,11 @@ enum Feed: CustomStringConvertible {
 /// Bytes of a string (ASCII/UTF-8) so test tables read naturally.
 func b(_ text: String) -> [UInt8] { Array(text.utf8) }
 
+/// `text` without its last `count` UTF-8 bytes (String.dropLast counts "\r\n" as one Character).
+func chop(_ text: String, _ count: Int) -> String {
+    String(decoding: Array(text.utf8).dropLast(count), as: UTF8.self)
+}
+
 func string(_ bytes: [UInt8], _ range: ByteRange) -> String {
     String(decoding: bytes[range.lowerBound..<range.upperBound], as: UTF8.self)
 }

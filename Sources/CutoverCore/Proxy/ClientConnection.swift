@@ -48,12 +48,16 @@ final class ClientConnection: Channel {
     }
 
     unowned(unsafe) let worker: ProxyWorker
+    private let transport: ClientTransport = .plain
     private(set) var phase: Phase = .awaitingHead
     private var input = IOBuffer()
     private var output = IOBuffer()
     private var readable = false
     private var writable = true
     private var peerClosed = false
+    /// The client's FIN was reported: the short-read rule no longer applies (no further edge
+    /// will announce the end of the stream).
+    private var hangupSeen = false
     private var failed = false
     private var shutdownSent = false
     /// The client's address as text, for X-Forwarded-For.
@@ -81,6 +85,7 @@ final class ClientConnection: Channel {
 
     override func handle(events: UInt32) {
         if events & (Epoll.readable | Epoll.peerHangup | Epoll.hangup | Epoll.error) != 0 { readable = true }
+        if events & (Epoll.peerHangup | Epoll.hangup) != 0 { hangupSeen = true }
         if events & Epoll.writable != 0 { writable = true }
         drive()
     }
@@ -188,21 +193,19 @@ final class ClientConnection: Channel {
         input.compactIfNeeded(minimumSpace: input.capacity / 4)
         let space = input.spaceAtEnd
         guard space > 0 else { return false }
-        do {
-            switch try Posix.read(fd, input.writableBytes.baseAddress!, space) {
-            case .processed(0):
-                peerClosed = true
-                readable = false
-                return true
-            case .processed(let count):
-                input.end += count
-                if count < space { readable = false }
-                return true
-            case .wouldBlock:
-                readable = false
-                return false
-            }
-        } catch {
+        switch transport.read(fd, into: input.writableBytes.baseAddress!, count: space) {
+        case .endOfStream:
+            peerClosed = true
+            readable = false
+            return true
+        case .bytes(let count):
+            input.end += count
+            if count < space && !hangupSeen { readable = false }
+            return true
+        case .wouldBlock:
+            readable = false
+            return false
+        case .failed:
             failed = true
             peerClosed = true
             readable = false
@@ -214,17 +217,15 @@ final class ClientConnection: Channel {
     private func flushClient() -> Bool {
         guard writable, !output.isEmpty, !failed else { return false }
         let pending = output.count
-        do {
-            switch try Posix.write(fd, output.readableBytes.baseAddress!, pending) {
-            case .processed(let count):
-                output.consume(count)
-                if count < pending { writable = false }
-                return true
-            case .wouldBlock:
-                writable = false
-                return false
-            }
-        } catch {
+        switch transport.write(fd, from: output.readableBytes.baseAddress!, count: pending) {
+        case .written(let count):
+            output.consume(count)
+            if count < pending { writable = false }
+            return true
+        case .wouldBlock:
+            writable = false
+            return false
+        case .failed:
             failed = true
             close()
             return true
@@ -627,7 +628,7 @@ final class ClientConnection: Channel {
         }
         if !shutdownSent {
             shutdownSent = true
-            Posix.shutdownWrite(fd)
+            transport.shutdownWrite(fd)
             return true
         }
         guard readable else { return false }

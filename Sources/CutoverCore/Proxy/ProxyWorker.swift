@@ -93,7 +93,9 @@ final class ProxyWorker {
     func acceptConnections(on listener: Listener) {
         while !acceptPaused && !isDraining {
             if shared.openClients.load(ordering: .relaxed) >= shared.maxClients {
-                pauseAccepting(retryAfterMs: nil, listener: listener)
+                // Resumed when a client of this loop closes, or by the retry in case the
+                // connection that frees a place belongs to another loop.
+                pauseAccepting(retryAfterMs: 100, listener: listener)
                 return
             }
             let accepted: (Int32, sockaddr_storage)
@@ -133,9 +135,9 @@ final class ProxyWorker {
         }
     }
 
-    private func pauseAccepting(retryAfterMs: Int?, listener: Listener) {
+    private func pauseAccepting(retryAfterMs: Int, listener: Listener) {
         acceptPaused = true
-        if let retryAfterMs { listener.setDeadline(after: retryAfterMs) }
+        listener.setDeadline(after: retryAfterMs)
     }
 
     func resumeAccepting() {

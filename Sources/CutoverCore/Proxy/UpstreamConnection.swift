@@ -23,6 +23,9 @@ final class UpstreamConnection: Channel {
     var writable = false
     /// read() returned 0.
     var peerClosed = false
+    /// The peer's FIN was reported: read until 0 even after a short read, since no further
+    /// edge will announce the end of the stream.
+    var hangupSeen = false
     /// A socket error was seen (reset, refused).
     var failed = false
     /// Taken from the idle pool rather than freshly connected.
@@ -42,6 +45,7 @@ final class UpstreamConnection: Channel {
 
     override func handle(events: UInt32) {
         if events & (Epoll.readable | Epoll.peerHangup | Epoll.hangup) != 0 { readable = true }
+        if events & (Epoll.peerHangup | Epoll.hangup) != 0 { hangupSeen = true }
         if events & Epoll.error != 0 {
             readable = true
             failed = true
@@ -87,7 +91,7 @@ final class UpstreamConnection: Channel {
                 return 0
             case .processed(let count):
                 input.end += count
-                if count < space { readable = false }
+                if count < space && !hangupSeen { readable = false }
                 return count
             case .wouldBlock:
                 readable = false
