@@ -11,12 +11,17 @@ public struct ForwardingContext {
     public var scheme: StaticString
     /// A fresh request id, used when the client sent no valid X-Request-Id.
     public var generatedRequestID: (UInt64, UInt64)
+    /// The Host sent for an HTTP/1.0 request that named none (the upstream server's
+    /// `host:port`): an HTTP/1.1 request upstream must carry one.
+    public var fallbackHost: UnsafeRawBufferPointer
 
     @inlinable
-    public init(clientAddress: UnsafeRawBufferPointer, scheme: StaticString, generatedRequestID: (UInt64, UInt64)) {
+    public init(clientAddress: UnsafeRawBufferPointer, scheme: StaticString, generatedRequestID: (UInt64, UInt64),
+                fallbackHost: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)) {
         self.clientAddress = clientAddress
         self.scheme = scheme
         self.generatedRequestID = generatedRequestID
+        self.fallbackHost = fallbackHost
     }
 }
 
@@ -39,7 +44,11 @@ public enum RequestHeadWriter {
         }
         writer.write(source, head.path)
         writer.write(" HTTP/1.1\r\nHost: ")
-        writer.write(source, head.authority)
+        if head.authority.isEmpty {
+            writer.write(context.fallbackHost)
+        } else {
+            writer.write(source, head.authority)
+        }
         writer.write("\r\n")
         let tunnels = !head.upgrade.isEmpty
         for index in 0..<head.fieldCount {
@@ -70,8 +79,10 @@ public enum RequestHeadWriter {
         writer.write(context.clientAddress)
         writer.write("\r\nX-Forwarded-Proto: ")
         writer.write(context.scheme)
-        writer.write("\r\nX-Forwarded-Host: ")
-        writer.write(source, head.authority)
+        if !head.authority.isEmpty {
+            writer.write("\r\nX-Forwarded-Host: ")
+            writer.write(source, head.authority)
+        }
         writer.write("\r\nX-Request-Id: ")
         if head.requestID.isEmpty {
             writer.writeHex16(context.generatedRequestID.0)

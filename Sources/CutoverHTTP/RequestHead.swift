@@ -23,6 +23,14 @@ public struct RequestHead: Sendable {
     public var requestID: ByteRange = .empty
 
     @inlinable public init() {}
+
+    /// Body bytes follow the head (chunked, or a Content-Length above 0).
+    @inlinable public var hasBody: Bool {
+        switch framing {
+        case .none, .contentLength(0), .untilClose: return false
+        case .contentLength, .chunked: return true
+        }
+    }
 }
 
 /// A strict, re-entrant request head parser (RFC 9112 §2–§7 with the rules of an edge proxy).
@@ -292,7 +300,8 @@ public struct RequestHeadParser: Sendable {
             if contentLength != nil { return HTTPParseError(400, "both Transfer-Encoding and Content-Length") }
             if chunkedCount != 1 || !chunkedIsLast { return HTTPParseError(400, "invalid chunked framing") }
             head.framing = .chunked
-        } else if let length = contentLength, length > 0 {
+        } else if let length = contentLength {
+            // Kept even when 0: a POST forwarded without any length may get 411 upstream.
             head.framing = .contentLength(length)
         } else {
             head.framing = .none

@@ -13,7 +13,8 @@ final class HeadWriterTests: XCTestCase {
 
     /// Parses `raw` (it must be a valid request) and writes the head forwarded upstream.
     func forward(_ raw: String, id: (UInt64, UInt64) = generatedID, scheme: StaticString = "http",
-                 file: StaticString = #filePath, line: UInt = #line) -> String {
+                 fallbackHost: String = "", file: StaticString = #filePath, line: UInt = #line) -> String {
+        let fallback = b(fallbackHost)
         let bytes = b(raw)
         let address = b(Self.clientAddress)
         return withFields(100) { fields in
@@ -25,30 +26,37 @@ final class HeadWriterTests: XCTestCase {
             var output = [UInt8](repeating: 0, count: 8192)
             let count = output.withUnsafeMutableBytes { out in
                 bytes.withUnsafeBytes { source in
-                    address.withUnsafeBytes { address in
+                    address.withUnsafeBytes { address in fallback.withUnsafeBytes { fallback in
                         var writer = ByteWriter(out)
-                        let context = ForwardingContext(clientAddress: address, scheme: scheme, generatedRequestID: id)
+                        let context = ForwardingContext(clientAddress: address, scheme: scheme, generatedRequestID: id,
+                                                        fallbackHost: fallback)
                         RequestHeadWriter.write(head, source: source, fields: fields, context: context, into: &writer)
                         XCTAssertFalse(writer.overflowed, file: file, line: line)
                         return writer.count
-                    }
+                    } }
                 }
             }
             let text = String(decoding: output[..<count], as: UTF8.self)
-            checkCanonical(Array(output[..<count]), framing: head.framing, file: file, line: line)
+            checkCanonical(Array(output[..<count]), framing: head.framing, expectForwardedHost: !head.authority.isEmpty,
+                           file: file, line: line)
             return text
         }
     }
 
     /// What the proxy sends must itself pass the strict parser with the same framing, carry
     /// exactly one framing header (or none) and never both CL and TE.
-    func checkCanonical(_ bytes: [UInt8], framing: BodyFraming, file: StaticString, line: UInt) {
+    func checkCanonical(_ bytes: [UInt8], framing: BodyFraming, expectForwardedHost: Bool = true,
+                        file: StaticString, line: UInt) {
         let text = String(decoding: bytes, as: UTF8.self).lowercased()
         let contentLengths = text.components(separatedBy: "\r\ncontent-length:").count - 1
         let transferEncodings = text.components(separatedBy: "\r\ntransfer-encoding:").count - 1
         XCTAssertLessThanOrEqual(contentLengths + transferEncodings, 1, "more than one framing header", file: file, line: line)
         XCTAssertEqual(text.components(separatedBy: "\r\nhost:").count - 1, 1, "exactly one Host", file: file, line: line)
-        for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"] {
+        // Without an authority from the client there is no X-Forwarded-Host.
+        let names = expectForwardedHost
+            ? ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"]
+            : ["x-forwarded-for", "x-forwarded-proto", "x-request-id"]
+        for name in names {
             XCTAssertEqual(text.components(separatedBy: "\r\n\(name):").count - 1, 1, "exactly one \(name)", file: file, line: line)
         }
         for feed in [Feed.whole, .byteByByte, .random(seed: 7)] {
@@ -90,7 +98,7 @@ final class HeadWriterTests: XCTestCase {
         XCTAssertEqual(forward("PUT /p HTTP/1.1\r\nContent-Length: 5, 5\r\nHost: a.example\r\ncontent-length: 5\r\n\r\n"),
                        "PUT /p HTTP/1.1\r\nHost: a.example\r\nContent-Length: 5\r\n" + Self.added())
         XCTAssertEqual(forward("POST /p HTTP/1.1\r\nHost: a.example\r\nContent-Length: 0\r\n\r\n"),
-                       "POST /p HTTP/1.1\r\nHost: a.example\r\n" + Self.added())
+                       "POST /p HTTP/1.1\r\nHost: a.example\r\nContent-Length: 0\r\n" + Self.added())
         XCTAssertEqual(forward("POST /p HTTP/1.1\r\nHost: a.example\r\nContent-Length: 999999999999999999\r\n\r\n"),
                        "POST /p HTTP/1.1\r\nHost: a.example\r\nContent-Length: 999999999999999999\r\n" + Self.added())
     }
@@ -338,5 +346,11 @@ final class HeadWriterTests: XCTestCase {
             XCTAssertEqual(writer.count, 3)
         }
         XCTAssertEqual(tiny, b("abc"))
+    }
+
+    func testHTTP10WithoutHostGetsTheUpstreamAsHostAndNoForwardedHost() {
+        XCTAssertEqual(forward("GET /x HTTP/1.0\r\n\r\n", fallbackHost: "10.0.0.7:8091"),
+                       "GET /x HTTP/1.1\r\nHost: 10.0.0.7:8091\r\nX-Forwarded-For: \(Self.clientAddress)\r\n"
+                       + "X-Forwarded-Proto: http\r\nX-Request-Id: \(Self.generatedHex)\r\n\r\n")
     }
 }

@@ -297,7 +297,8 @@ final class RequestParserTests: XCTestCase {
 
             // Content-Length
             c("Content-Length", post("Content-Length: 5\r\n"), ok(.post, path: "/upload", framing: .contentLength(5))),
-            c("Content-Length 0 is no body", post("Content-Length: 0\r\n"), ok(.post, path: "/upload")),
+            c("Content-Length 0 is kept (an empty body, forwarded with its length)", post("Content-Length: 0\r\n"),
+              ok(.post, path: "/upload", framing: .contentLength(0))),
             c("Content-Length with OWS", post("Content-Length: \t 7 \t\r\n"), ok(.post, path: "/upload", framing: .contentLength(7))),
             c("Content-Length leading zeros", post("Content-Length: 007\r\n"), ok(.post, path: "/upload", framing: .contentLength(7))),
             c("Content-Length 18 digits", post("Content-Length: 999999999999999999\r\n"),

@@ -197,7 +197,7 @@ final class DemoConnection: Channel {
                                         : (isHead ? responses.rootHead : responses.root)
                 keepAlive = head.keepAlive
                 input.consume(consumed)
-                if head.framing == .none {
+                if !head.hasBody {
                     queue(response)
                 } else {
                     body = BodyRelay(framing: head.framing, rechunk: false)

@@ -270,7 +270,7 @@ final class ClientConnection: Channel {
         exchange.version = head.version
         exchange.keepAlive = head.keepAlive && !worker.isDraining
         exchange.upgradeRequested = !head.upgrade.isEmpty
-        exchange.requestHasBody = head.framing != .none
+        exchange.requestHasBody = head.hasBody
         let routing = worker.currentRouting()
 
         let authority = UnsafeRawBufferPointer(rebasing: source[head.authority.lowerBound..<head.authority.upperBound])
@@ -305,10 +305,13 @@ final class ClientConnection: Channel {
         var writer = ByteWriter(upstream.output.writableBytes)
         let id = worker.nextRequestID()
         clientAddress.withUnsafeBytes { address in
-            RequestHeadWriter.write(
-                head, source: source, fields: loop.fields,
-                context: ForwardingContext(clientAddress: address, scheme: "http", generatedRequestID: id),
-                into: &writer)
+            server.hostHeader.withUnsafeBytes { fallbackHost in
+                RequestHeadWriter.write(
+                    head, source: source, fields: loop.fields,
+                    context: ForwardingContext(clientAddress: address, scheme: "http", generatedRequestID: id,
+                                               fallbackHost: fallbackHost),
+                    into: &writer)
+            }
         }
         input.consume(consumed)
         if writer.overflowed {

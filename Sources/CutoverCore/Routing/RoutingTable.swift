@@ -6,8 +6,18 @@ public struct ServerEntry: Sendable, Equatable {
     public let id: Int
     public let name: String  // "127.0.0.1:8091" as configured
     public let address: SocketAddress
+    /// `name` as bytes: the Host of a forwarded HTTP/1.0 request that named none.
+    public let hostHeader: [UInt8]
     /// Health and operator state fold into this flag (control plane); routable = healthy AND enabled.
     public var routable: Bool
+
+    public init(id: Int, name: String, address: SocketAddress, routable: Bool) {
+        self.id = id
+        self.name = name
+        self.address = address
+        self.hostHeader = Array(name.utf8)
+        self.routable = routable
+    }
 }
 
 public struct AppRoute: Sendable {
