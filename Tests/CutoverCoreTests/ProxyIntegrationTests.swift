@@ -382,7 +382,7 @@ final class ProxyIntegrationTests: XCTestCase {
         let web = try TestUpstream.named("web")
         defer { api.stop(); apiV2.stop(); web.stop() }
         let proxy = try ProxyHarness(apps: [
-            TestApp(name: "api", hosts: ["api.example.com"], path: "/", blue: [api.port], green: [api.port]),
+            TestApp(name: "api", hosts: ["api.example.com"], path: "/v1/", blue: [api.port], green: [api.port]),
             TestApp(name: "apiv2", hosts: ["api.example.com"], path: "/v2/", blue: [apiV2.port], green: [apiV2.port]),
             TestApp(name: "web", hosts: ["*"], blue: [web.port], green: [web.port]),
         ])
@@ -392,6 +392,8 @@ final class ProxyIntegrationTests: XCTestCase {
         XCTAssertEqual(try client.request("GET", "/v2/x", host: "API.example.com:8080").bodyString, "api-v2\n")
         XCTAssertEqual(try client.request("GET", "/v2/x", host: "www.example.com").bodyString, "web\n")
         XCTAssertEqual(try client.request("GET", "/", host: "unknown.test").bodyString, "web\n")
+        XCTAssertEqual(try client.request("GET", "/other", host: "api.example.com").bodyString, "web\n",
+                       "a path none of the host's apps claims falls through to the wildcard app")
 
         let onlyApi = try ProxyHarness(apps: [
             TestApp(name: "api", hosts: ["api.example.com"], path: "/api/", blue: [api.port], green: [api.port]),

@@ -51,26 +51,22 @@ final class LocalRouting {
     }
 
     /// The app for a request: `authority` is the Host (port and one trailing dot ignored,
-    /// case-insensitive), `path` the origin-form target.
+    /// case-insensitive), `path` the origin-form target. Routes are tried most specific first:
+    /// apps naming this host by longest prefix, then wildcard apps by longest prefix (so a
+    /// host's paths that none of its apps claim still reach a `host *` app).
     func match(authority: UnsafeRawBufferPointer, path: UnsafeRawBufferPointer) -> Int? {
         let host = Self.hostPart(authority)
         return names.withUnsafeBufferPointer { names -> Int? in
-            var exactHostKnown = false
-            for route in routes where route.hostLength >= 0 {
-                guard route.hostLength == host.count else { continue }
-                var equal = true
-                for offset in 0..<host.count where asciiLowercase(host[offset]) != names[route.hostOffset + offset] {
-                    equal = false
-                    break
+            for route in routes {
+                if route.hostLength >= 0 {
+                    guard route.hostLength == host.count else { continue }
+                    var equal = true
+                    for offset in 0..<host.count where asciiLowercase(host[offset]) != names[route.hostOffset + offset] {
+                        equal = false
+                        break
+                    }
+                    guard equal else { continue }
                 }
-                guard equal else { continue }
-                exactHostKnown = true
-                if Self.hasPrefix(path, names, route.prefixOffset, route.prefixLength) { return route.app }
-            }
-            // A host that has apps of its own never falls through to the wildcard: like a
-            // server block, the host picks the site, then the prefix picks the app.
-            if exactHostKnown { return nil }
-            for route in routes where route.hostLength < 0 {
                 if Self.hasPrefix(path, names, route.prefixOffset, route.prefixLength) { return route.app }
             }
             return nil
