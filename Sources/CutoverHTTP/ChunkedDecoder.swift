@@ -23,17 +23,22 @@ public struct ChunkedDecoder: Sendable {
 
     @usableFromInline var state: State = .size
     @usableFromInline var remaining: UInt64 = 0
-    @usableFromInline var sizeDigits = 0
-    @usableFromInline var lineBytes = 0
-    @usableFromInline var trailerBytes = 0
-    public let maxExtensionBytes: Int
-    public let maxTrailerBytes: Int
+    // Narrow fields: a decoder lives in every connection's exchange state, and idle
+    // connections should cost as little memory as possible.
+    @usableFromInline var sizeDigits: UInt8 = 0
+    @usableFromInline var lineBytes: Int32 = 0
+    @usableFromInline var trailerBytes: Int32 = 0
+    @usableFromInline let extensionLimit: Int32
+    @usableFromInline let trailerLimit: Int32
 
     @inlinable
     public init(maxExtensionBytes: Int = 4096, maxTrailerBytes: Int = 16 * 1024) {
-        self.maxExtensionBytes = maxExtensionBytes
-        self.maxTrailerBytes = maxTrailerBytes
+        extensionLimit = Int32(clamping: maxExtensionBytes)
+        trailerLimit = Int32(clamping: maxTrailerBytes)
     }
+
+    public var maxExtensionBytes: Int { Int(extensionLimit) }
+    public var maxTrailerBytes: Int { Int(trailerLimit) }
 
     @inlinable public var isDone: Bool { state == .done }
 
@@ -68,7 +73,7 @@ public struct ChunkedDecoder: Sendable {
                 // Only BWS may follow the size before ";" (RFC 9112 §7.1.1): "5 6" or "5 x" is not
                 // a chunk-size line, and another hop could read it differently.
                 lineBytes += 1
-                if lineBytes > maxExtensionBytes { return (index - start, .invalid("chunk extension too long")) }
+                if lineBytes > extensionLimit { return (index - start, .invalid("chunk extension too long")) }
                 if byte == 0x3B {
                     state = .extensions
                 } else if byte == 0x0D {
@@ -81,7 +86,7 @@ public struct ChunkedDecoder: Sendable {
                     state = .sizeLineFeed
                 } else {
                     lineBytes += 1
-                    if lineBytes > maxExtensionBytes { return (index - start, .invalid("chunk extension too long")) }
+                    if lineBytes > extensionLimit { return (index - start, .invalid("chunk extension too long")) }
                     if !isFieldValueByte(byte) { return (index - start, .invalid("invalid chunk extension")) }
                 }
             case .sizeLineFeed:
@@ -116,7 +121,7 @@ public struct ChunkedDecoder: Sendable {
                 // A trailer field line is `token ":" value` like a header (RFC 9112 §7.1.2):
                 // no whitespace before the colon, no line without one, no non-token byte in the name.
                 trailerBytes += 1
-                if trailerBytes > maxTrailerBytes { return (index - start, .invalid("trailer section too large")) }
+                if trailerBytes > trailerLimit { return (index - start, .invalid("trailer section too large")) }
                 if byte == 0x3A {
                     state = .trailerLine
                 } else if !ByteClass.token.contains(byte) {
@@ -124,7 +129,7 @@ public struct ChunkedDecoder: Sendable {
                 }
             case .trailerLine:
                 trailerBytes += 1
-                if trailerBytes > maxTrailerBytes { return (index - start, .invalid("trailer section too large")) }
+                if trailerBytes > trailerLimit { return (index - start, .invalid("trailer section too large")) }
                 if byte == 0x0D {
                     state = .trailerLineFeed
                 } else if !isFieldValueByte(byte) {

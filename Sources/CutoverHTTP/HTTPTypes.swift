@@ -95,14 +95,28 @@ public enum BodyFraming: Sendable, Equatable {
 
 /// Bounds the parser enforces; every violation is an error with the status a client must see.
 public struct HTTPLimits: Sendable {
-    public var maxHeaderBytes: Int
-    public var maxHeaders: Int
-    public var maxURIBytes: Int
+    // Stored narrow: every connection carries two parsers holding a copy.
+    @usableFromInline var headerBytes: Int32
+    @usableFromInline var headers: Int32
+    @usableFromInline var uriBytes: Int32
 
     public init(maxHeaderBytes: Int = 16 * 1024, maxHeaders: Int = 100, maxURIBytes: Int = 8 * 1024) {
-        self.maxHeaderBytes = maxHeaderBytes
-        self.maxHeaders = maxHeaders
-        self.maxURIBytes = maxURIBytes
+        headerBytes = Int32(clamping: maxHeaderBytes)
+        headers = Int32(clamping: maxHeaders)
+        uriBytes = Int32(clamping: maxURIBytes)
+    }
+
+    @inlinable public var maxHeaderBytes: Int {
+        get { Int(headerBytes) }
+        set { headerBytes = Int32(clamping: newValue) }
+    }
+    @inlinable public var maxHeaders: Int {
+        get { Int(headers) }
+        set { headers = Int32(clamping: newValue) }
+    }
+    @inlinable public var maxURIBytes: Int {
+        get { Int(uriBytes) }
+        set { uriBytes = Int32(clamping: newValue) }
     }
 }
 

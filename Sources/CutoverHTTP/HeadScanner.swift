@@ -7,9 +7,9 @@
 
 public struct HeadScanner: Sendable {
     /// Index the next scan starts from.
-    @usableFromInline var scanned: Int = 0
+    @usableFromInline var scanned: Int32 = 0
     /// Index just past the first LF, or 0 while the first line is incomplete.
-    @usableFromInline var firstLineEnd: Int = 0
+    @usableFromInline var firstLineEnd: Int32 = 0
 
     @inlinable
     public init() {}
@@ -30,21 +30,21 @@ public struct HeadScanner: Sendable {
     /// Scans `buffer[start...]` (the head begins at `start`) for the empty line ending the head.
     @inlinable
     public mutating func scan(_ buffer: UnsafeRawBufferPointer, start: Int) -> Outcome {
-        var index = Swift.max(scanned, start)
+        var index = Swift.max(Int(scanned), start)
         let count = buffer.count
         while index < count {
             if buffer[index] == 0x0A {
                 if index == start || buffer[index - 1] != 0x0D { return .bareLineFeed }
-                if firstLineEnd == 0 { firstLineEnd = index + 1 }
+                if firstLineEnd == 0 { firstLineEnd = Int32(truncatingIfNeeded: index + 1) }
                 // "\r\n\r\n": the line that just ended was empty.
                 if index - start >= 3 && buffer[index - 2] == 0x0A {
-                    scanned = index + 1
+                    scanned = Int32(truncatingIfNeeded: index + 1)
                     return .found(end: index + 1)
                 }
             }
             index += 1
         }
-        scanned = count
+        scanned = Int32(truncatingIfNeeded: count)
         return .needMore
     }
 

@@ -59,6 +59,8 @@ final class EventLoop {
     let fields: UnsafeMutableBufferPointer<HeaderField>
 
     private static let wakeToken = UInt64.max
+    /// Free I/O buffers kept mapped between bursts.
+    private static let bufferReserve = 32
 
     init(index: Int, bufferSize: Int, maxHeaders: Int) throws(IOError) {
         self.index = index
@@ -141,6 +143,7 @@ final class EventLoop {
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Int(capacity))
         defer { events.deallocate() }
         var nextScan: Int64 = .max
+        var nextMaintenance: Int64 = now + 1_000
         while !stopFlag.load(ordering: .acquiring) {
             let wake = min(nextDeadline, nextScan)
             let timeout: Int32 = wake == .max ? -1 : Int32(clamping: max(0, wake - monotonicMilliseconds()))
@@ -168,6 +171,12 @@ final class EventLoop {
             if now >= nextDeadline || now >= nextScan {
                 nextScan = scanDeadlines()
             }
+            if now >= nextMaintenance {
+                // Give back buffers a burst left behind; keep a reserve for the next requests.
+                buffers.trim(keep: Self.bufferReserve)
+                nextMaintenance = now + 1_000
+            }
+            if buffers.freeCount > Self.bufferReserve { nextScan = min(nextScan, nextMaintenance) }
         }
     }
 

@@ -1,3 +1,5 @@
+import Glibc
+
 /// A fixed-size byte buffer borrowed from a loop's `BufferPool`. Bytes are appended at `end`
 /// and consumed from `start`; when it empties both return to 0, so a connection that keeps up
 /// never moves memory.
@@ -67,24 +69,32 @@ struct IOBuffer {
 /// Per-loop free list of equally sized buffers. Connections borrow buffers only while they have
 /// bytes in flight, so an idle keep-alive connection holds none (the memory target is ≤512 bytes
 /// per idle connection).
+///
+/// Buffers are mapped directly (not malloc'd) so that memory taken during a burst really goes
+/// back to the system: `trim` unmaps free buffers beyond a small reserve, which malloc would
+/// keep in its heap. Steady traffic reuses the free list and makes no syscall.
 final class BufferPool {
     let bufferSize: Int
     private var free: [UnsafeMutableRawPointer] = []
     private let maxFree: Int
 
-    init(bufferSize: Int, maxFree: Int = 512) {
-        self.bufferSize = bufferSize
+    init(bufferSize: Int, maxFree: Int = 1024) {
+        // Whole pages: the mapping is the buffer.
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        self.bufferSize = (bufferSize + page - 1) / page * page
         self.maxFree = maxFree
         free.reserveCapacity(maxFree)
     }
 
     deinit {
-        for pointer in free { pointer.deallocate() }
+        for pointer in free { munmap(pointer, bufferSize) }
     }
+
+    var freeCount: Int { free.count }
 
     func acquire(into buffer: inout IOBuffer) {
         guard !buffer.hasStorage else { return }
-        let pointer = free.popLast() ?? UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 16)
+        let pointer = free.popLast() ?? map()
         buffer.attach(pointer, capacity: bufferSize)
     }
 
@@ -93,7 +103,24 @@ final class BufferPool {
         if free.count < maxFree {
             free.append(pointer)
         } else {
-            pointer.deallocate()
+            munmap(pointer, bufferSize)
         }
+    }
+
+    /// Unmaps free buffers beyond `keep` (called once a second by the loop).
+    func trim(keep: Int) {
+        while free.count > keep, let pointer = free.popLast() {
+            munmap(pointer, bufferSize)
+        }
+    }
+
+    private func map() -> UnsafeMutableRawPointer {
+        guard let pointer = mmap(nil, bufferSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              pointer != MAP_FAILED
+        else {
+            // Out of memory for a 20 KiB mapping: nothing sensible can continue.
+            fatalError("cutover: cannot map an I/O buffer of \(bufferSize) bytes")
+        }
+        return pointer
     }
 }

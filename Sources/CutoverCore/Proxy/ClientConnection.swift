@@ -60,8 +60,8 @@ final class ClientConnection: Channel {
     private var hangupSeen = false
     private var failed = false
     private var shutdownSent = false
-    /// The client's address as text, for X-Forwarded-For.
-    private let clientAddress: [UInt8]
+    /// The client's address, for X-Forwarded-For.
+    private let clientAddress: PeerAddress
     private var parser: RequestHeadParser
     private var responseParser: ResponseHeadParser
     /// When the first byte of the current request head arrived (0: none yet).
@@ -73,7 +73,7 @@ final class ClientConnection: Channel {
     private static let maxAttempts = 3
     private static let lingerMs = 2_000
 
-    init(fd: Int32, worker: ProxyWorker, clientAddress: [UInt8]) {
+    init(fd: Int32, worker: ProxyWorker, clientAddress: PeerAddress) {
         self.worker = worker
         self.clientAddress = clientAddress
         parser = RequestHeadParser(limits: worker.settings.http)
@@ -304,7 +304,7 @@ final class ClientConnection: Channel {
         loop.buffers.acquire(into: &upstream.output)
         var writer = ByteWriter(upstream.output.writableBytes)
         let id = worker.nextRequestID()
-        clientAddress.withUnsafeBytes { address in
+        clientAddress.withText { address in
             server.hostHeader.withUnsafeBytes { fallbackHost in
                 RequestHeadWriter.write(
                     head, source: source, fields: loop.fields,

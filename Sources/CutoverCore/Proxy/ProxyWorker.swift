@@ -122,8 +122,7 @@ final class ProxyWorker {
             let (fd, address) = accepted
             shared.openClients.add(1, ordering: .relaxed)
             _ = try? Posix.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
-            let text = SocketAddress(storage: address).map { Array($0.hostText.utf8) } ?? Array("unknown".utf8)
-            let client = ClientConnection(fd: fd, worker: self, clientAddress: text)
+            let client = ClientConnection(fd: fd, worker: self, clientAddress: PeerAddress(address))
             do {
                 try loop.register(client)
             } catch {
