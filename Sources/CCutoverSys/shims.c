@@ -10,6 +10,15 @@ int cutover_accept4(int fd, void *address, unsigned int *length, int flags) {
 
 int cutover_errno(void) { return errno; }
 
+int cutover_peer_credentials(int fd, unsigned int *uid, int *pid) {
+    struct ucred credentials;
+    socklen_t length = sizeof credentials;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -1;
+    *uid = credentials.uid;
+    *pid = credentials.pid;
+    return 0;
+}
+
 void cutover_set_errno(int value) { errno = value; }
 
 long long cutover_monotonic_ms(void) {

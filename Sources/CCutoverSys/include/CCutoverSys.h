@@ -12,6 +12,8 @@
 int cutover_accept4(int fd, void *address, unsigned int *length, int flags);
 int cutover_errno(void);
 void cutover_set_errno(int value);
+/// SO_PEERCRED of a Unix socket: the peer's uid and pid. 0 on success, -1 with errno set.
+int cutover_peer_credentials(int fd, unsigned int *uid, int *pid);
 /// CLOCK_MONOTONIC in milliseconds (served by the vDSO: no syscall).
 long long cutover_monotonic_ms(void);
 /// CLOCK_MONOTONIC in nanoseconds.

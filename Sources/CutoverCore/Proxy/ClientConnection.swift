@@ -45,6 +45,8 @@ final class ClientConnection: Channel {
         /// Length of the rewritten head at the start of the upstream output, to re-send it on a
         /// retry after a stale keep-alive connection failed.
         var headLength = 0
+        /// The color this request is counted in flight for (nil: not counted).
+        var inflightColor: Color? = nil
     }
 
     unowned(unsafe) let worker: ProxyWorker
@@ -59,7 +61,10 @@ final class ClientConnection: Channel {
     /// will announce the end of the stream).
     private var hangupSeen = false
     private var failed = false
+    /// The write side toward the client was shut down (closing, or a tunnel's upstream ended).
     private var shutdownSent = false
+    /// A tunnel passed the client's FIN on to the upstream.
+    private var tunnelUpstreamShut = false
     /// The client's address, for X-Forwarded-For.
     private let clientAddress: PeerAddress
     private var parser: RequestHeadParser
@@ -71,6 +76,8 @@ final class ClientConnection: Channel {
     private var pool: LocalPool?
 
     private static let maxAttempts = 3
+    /// Room a local response needs in the output buffer.
+    private static let localResponseRoom = 512
     private static let lingerMs = 2_000
 
     init(fd: Int32, worker: ProxyWorker, clientAddress: PeerAddress) {
@@ -96,6 +103,11 @@ final class ClientConnection: Channel {
         var anyProgress = false
         while phase != .closed {
             var progressed = false
+            if failed {
+                // The client reset the connection: nothing can be delivered any more.
+                close()
+                return
+            }
             switch phase {
             case .awaitingHead:
                 progressed = readClient()
@@ -148,7 +160,9 @@ final class ClientConnection: Channel {
             }
         case .tunnel:
             if progressed || deadline == 0 { setDeadline(after: timeouts.clientIdleMs) }
-        case .closing, .closed:
+        case .closing:
+            if progressed && !shutdownSent { setDeadline(after: timeouts.clientBodyMs) }
+        case .closed:
             break
         }
     }
@@ -243,6 +257,12 @@ final class ClientConnection: Channel {
             }
             return false
         }
+        // Parse the next request only when its answer could be queued: pipelined requests are
+        // parsed ahead a bounded amount, and a local response (404, 503…) is never dropped.
+        if output.hasStorage && !output.isEmpty {
+            output.compactIfNeeded(minimumSpace: Self.localResponseRoom)
+            if output.spaceAtEnd < Self.localResponseRoom { return false }
+        }
         switch parser.parse(input.readableBytes, fields: loop.fields) {
         case .needMore:
             if peerClosed {
@@ -252,12 +272,14 @@ final class ClientConnection: Channel {
             return false
         case .invalid(let error):
             parser.reset()
+            headStartedAt = 0
             input.consume(input.count)
             exchange = Exchange()
             respondLocally(status: error.status, message: error.reason, keepAlive: false)
             return true
         case .complete(let head, let consumed):
             parser.reset()
+            headStartedAt = 0  // the next head gets its own client_header deadline
             startExchange(head, consumed: consumed)
             return true
         }
@@ -295,7 +317,7 @@ final class ClientConnection: Channel {
                            keepAlive: exchange.keepAlive && !exchange.requestHasBody)
             return
         }
-        guard let upstream = acquireUpstream(server) else {
+        guard let upstream = acquireUpstream(server, color: pool.color) else {
             input.consume(consumed)
             respondLocally(status: 502, message: "could not connect to an upstream server",
                            keepAlive: exchange.keepAlive && !exchange.requestHasBody)
@@ -328,6 +350,7 @@ final class ClientConnection: Channel {
         upstream.owner = self
         self.upstream = upstream
         self.pool = pool
+        beginInflight(pool.color)
         phase = .proxying
     }
 
@@ -336,14 +359,28 @@ final class ClientConnection: Channel {
         UnsafeRawBufferPointer(start: rootPathStorage.utf8Start, count: 1)
     }
 
-    private func acquireUpstream(_ server: ServerEntry) -> UpstreamConnection? {
+    private func acquireUpstream(_ server: ServerEntry, color: Color) -> UpstreamConnection? {
         if let idle = worker.upstreamPool.take(serverID: server.id) { return idle }
         do {
-            return try UpstreamConnection.connect(to: server, loop: loop, idlePool: worker.upstreamPool)
+            return try UpstreamConnection.connect(
+                to: server, color: color, loop: loop, idlePool: worker.upstreamPool, counters: worker.counters)
         } catch {
             worker.log(.warning, "connect to \(server.name) failed: \(error)")
+            worker.counters.connectFailed(serverID: server.id)
             return nil
         }
+    }
+
+    /// Counts this request in flight for its color until it ends, however it ends.
+    private func beginInflight(_ color: Color) {
+        exchange.inflightColor = color
+        worker.counters.add(1, DataPlaneCounters.inflightField(color), loop: loop.index)
+    }
+
+    private func endInflight() {
+        guard let color = exchange.inflightColor else { return }
+        exchange.inflightColor = nil
+        worker.counters.add(-1, DataPlaneCounters.inflightField(color), loop: loop.index)
     }
 
     // MARK: Request body and upstream writes
@@ -504,10 +541,11 @@ final class ClientConnection: Channel {
         ResponseHeadWriter.write(head, source: source, fields: loop.fields, framing: framing,
                                  keepAlive: keepAlive, clientVersion: exchange.version, into: &writer)
         if writer.overflowed {
+            // Parse the head again on a later pass, from its start.
+            responseParser.reset()
             if output.isEmpty {
                 closeUpstream()
                 failExchange(status: 502, message: "upstream response head too large")
-                return false
             }
             return false
         }
@@ -517,10 +555,9 @@ final class ClientConnection: Channel {
     }
 
     private func finishExchange() {
+        endInflight()
         if let upstream {
-            let reusable = exchange.responseReusable && exchange.requestBody.isFinished
-                && upstream.output.isEmpty && upstream.input.isEmpty
-                && !upstream.peerClosed && !upstream.failed && upstream.phase == .open
+            let reusable = exchange.responseReusable && exchange.requestBody.isFinished && upstream.isCleanForReuse()
             self.upstream = nil
             if reusable {
                 worker.upstreamPool.park(upstream)
@@ -544,10 +581,14 @@ final class ClientConnection: Channel {
     private func upstreamFailed(reason: StaticString) {
         guard let failedUpstream = upstream, let pool else { return }
         let nothingSent = failedUpstream.bytesSent == 0
+        if !failedUpstream.reused && nothingSent {
+            // A fresh connection that failed before carrying a byte: a passive health signal.
+            worker.counters.connectFailed(serverID: failedUpstream.server.id)
+        }
         let staleReuse = failedUpstream.reused && exchange.method.isIdempotent && !exchange.requestHasBody
         if (nothingSent || staleReuse) && exchange.attempts < Self.maxAttempts,
            let server = pool.next(excluding: failedUpstream.reused ? -1 : failedUpstream.server.id),
-           let next = acquireUpstream(server) {
+           let next = acquireUpstream(server, color: pool.color) {
             worker.log(.info, "retrying request on \(server.name) after \(reason) on \(failedUpstream.server.name)")
             // The request bytes still sit in the failed connection's output buffer.
             var requestBytes = failedUpstream.output
@@ -572,6 +613,7 @@ final class ClientConnection: Channel {
     /// Ends the exchange with a local error response if none started yet, else aborts.
     private func failExchange(status: Int, message: StaticString) {
         pool = nil
+        endInflight()
         if exchange.finalResponseStarted {
             abort()
             return
@@ -589,6 +631,7 @@ final class ClientConnection: Channel {
     /// Ends everything at once: the client sees the connection close (and a truncated body if a
     /// response was under way — never an invented final chunk).
     private func abort() {
+        endInflight()
         closeUpstream()
         if exchange.finalResponseStarted {
             // Deliver what was already queued, then close: truncation stays visible.
@@ -606,7 +649,13 @@ final class ClientConnection: Channel {
         output.compactIfNeeded(minimumSpace: 512)
         var writer = ByteWriter(output.writableBytes)
         LocalResponse.write(status: status, message: message, close: !keepAlive, into: &writer)
-        if !writer.overflowed { output.end += writer.count }
+        guard !writer.overflowed else {
+            // Only reachable mid-response (the head went out, then the exchange failed):
+            // the client sees the truncation.
+            close()
+            return
+        }
+        output.end += writer.count
         exchange.keepAlive = keepAlive
         exchange.finalResponseStarted = true
         if keepAlive && !worker.isDraining {
@@ -619,8 +668,10 @@ final class ClientConnection: Channel {
     private func startClosing() {
         phase = .closing
         input.consume(input.count)  // nothing after a closing response is processed
+        // Flushing the last response is bounded like any write to a slow client; the short
+        // linger starts after the half-close.
         deadline = 0
-        setDeadline(after: Self.lingerMs)
+        setDeadline(after: worker.settings.timeouts.clientBodyMs)
     }
 
     /// Flushes, then half-closes and reads until the client closes (or the linger time ends):
@@ -632,6 +683,8 @@ final class ClientConnection: Channel {
         if !shutdownSent {
             shutdownSent = true
             transport.shutdownWrite(fd)
+            deadline = 0
+            setDeadline(after: Self.lingerMs)
             return true
         }
         guard readable else { return false }
@@ -649,6 +702,7 @@ final class ClientConnection: Channel {
     func close() {
         guard phase != .closed else { return }
         phase = .closed
+        endInflight()
         closeUpstream()
         loop.buffers.release(&input)
         loop.buffers.release(&output)
@@ -674,14 +728,26 @@ final class ClientConnection: Channel {
         if upstream.readAvailable() > 0 { progressed = true }
         loop.buffers.acquire(into: &output)
         if case .progressed = exchange.responseBody.move(from: &upstream.input, to: &output) { progressed = true }
-        let clientDone = peerClosed && input.isEmpty
-        let upstreamDone = (upstream.peerClosed || upstream.failed) && upstream.input.isEmpty
-        if clientDone || upstreamDone || failed {
-            // Either side ending ends the tunnel; what the other side already sent is delivered.
-            if clientDone && !upstream.output.isEmpty && !upstream.failed { return progressed }
+        if failed || upstream.failed || upstream.writeFailed {
             closeUpstream()
-            exchange.keepAlive = false
-            startClosing()
+            close()
+            return true
+        }
+        // Each direction ends on its own: a client's FIN is passed on once its bytes were
+        // delivered, and the upstream may keep answering until it closes too.
+        if peerClosed && input.isEmpty && upstream.output.isEmpty && !tunnelUpstreamShut {
+            tunnelUpstreamShut = true
+            Posix.shutdownWrite(upstream.fd)
+            progressed = true
+        }
+        if upstream.peerClosed && upstream.input.isEmpty && output.isEmpty && !shutdownSent {
+            shutdownSent = true
+            transport.shutdownWrite(fd)
+            progressed = true
+        }
+        if tunnelUpstreamShut && shutdownSent {
+            closeUpstream()
+            close()
             return true
         }
         return progressed

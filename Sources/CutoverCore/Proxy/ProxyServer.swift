@@ -9,6 +9,8 @@ public final class ProxyServer: @unchecked Sendable {
     public let config: Config
     public let publisher: RoutingPublisher
     public let logger: Logger
+    /// Requests in flight and upstream connections per color, connect failures per server.
+    public let counters: DataPlaneCounters
     /// The addresses actually bound (port 0 in the config becomes the kernel's choice).
     public private(set) var listenAddresses: [SocketAddress] = []
 
@@ -23,6 +25,7 @@ public final class ProxyServer: @unchecked Sendable {
         self.publisher = publisher
         self.logger = logger
         settings = ProxySettings(config: config)
+        counters = DataPlaneCounters(loops: Self.workerCount(config.workers))
         shared = SharedProxyState(maxClients: Self.clientLimit(config.limits.maxConnections))
     }
 
@@ -55,7 +58,8 @@ public final class ProxyServer: @unchecked Sendable {
         for index in 0..<count {
             let loop = try EventLoop(index: index, bufferSize: settings.bufferSize, maxHeaders: settings.http.maxHeaders)
             loops.append(loop)
-            workers.append(ProxyWorker(loop: loop, settings: settings, shared: shared, publisher: publisher, logger: logger))
+            workers.append(ProxyWorker(
+                loop: loop, settings: settings, shared: shared, publisher: publisher, counters: counters, logger: logger))
         }
         for endpoint in config.listen {
             guard var address = SocketAddress.resolve(host: endpoint.host, port: endpoint.port) else {

@@ -38,6 +38,7 @@ final class ProxyWorker {
     let settings: ProxySettings
     let shared: SharedProxyState
     let publisher: RoutingPublisher
+    let counters: DataPlaneCounters
     let logger: Logger
     let upstreamPool: UpstreamIdlePool
     private(set) var routing: LocalRouting
@@ -49,8 +50,10 @@ final class ProxyWorker {
     private let requestIDPrefix: UInt64
     private(set) var isDraining = false
 
-    init(loop: EventLoop, settings: ProxySettings, shared: SharedProxyState, publisher: RoutingPublisher, logger: Logger) {
+    init(loop: EventLoop, settings: ProxySettings, shared: SharedProxyState, publisher: RoutingPublisher,
+         counters: DataPlaneCounters, logger: Logger) {
         self.loop = loop
+        self.counters = counters
         self.settings = settings
         self.shared = shared
         self.publisher = publisher
@@ -115,7 +118,9 @@ final class ProxyWorker {
                 case ECONNABORTED, EPROTO, EPERM:
                     continue
                 default:
+                    // Unexpected: look again shortly so an edge-triggered listener never stalls.
                     log(.error, "accept: \(error)")
+                    pauseAccepting(retryAfterMs: 100, listener: listener)
                     return
                 }
             }

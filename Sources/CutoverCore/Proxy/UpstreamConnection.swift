@@ -26,18 +26,27 @@ final class UpstreamConnection: Channel {
     /// The peer's FIN was reported: read until 0 even after a short read, since no further
     /// edge will announce the end of the stream.
     var hangupSeen = false
-    /// A socket error was seen (reset, refused).
+    /// A socket error was seen on read or connect (reset, refused).
     var failed = false
+    /// A write failed (the server reset or closed): nothing more is sent, but what the server
+    /// already answered is still read.
+    var writeFailed = false
     /// Taken from the idle pool rather than freshly connected.
     var reused = false
     /// Request bytes this connection accepted (retry rules depend on it).
     var bytesSent = 0
     var owner: ClientConnection?
     unowned(unsafe) let idlePool: UpstreamIdlePool
+    unowned(unsafe) let counters: DataPlaneCounters
+    /// The color whose pool opened this connection (for the per-color connection count).
+    let color: Color
 
-    init(fd: Int32, loop: EventLoop, server: ServerEntry, connected: Bool, idlePool: UpstreamIdlePool) {
+    init(fd: Int32, loop: EventLoop, server: ServerEntry, color: Color, connected: Bool,
+         idlePool: UpstreamIdlePool, counters: DataPlaneCounters) {
         self.server = server
         self.idlePool = idlePool
+        self.counters = counters
+        self.color = color
         phase = connected ? .open : .connecting
         writable = connected
         super.init(fd: fd, loop: loop)
@@ -48,7 +57,10 @@ final class UpstreamConnection: Channel {
         if events & (Epoll.peerHangup | Epoll.hangup) != 0 { hangupSeen = true }
         if events & Epoll.error != 0 {
             readable = true
-            failed = true
+            // A failed connect is final. On an open connection, bytes that arrived before a
+            // reset are still readable (an early 413 before the RST its unread body caused):
+            // reads find the error after them.
+            if phase == .connecting { failed = true }
         }
         if events & Epoll.writable != 0 {
             writable = true
@@ -106,7 +118,7 @@ final class UpstreamConnection: Channel {
 
     /// Writes pending output. Returns false when the connection failed.
     func flush() -> Bool {
-        guard phase == .open, writable, !output.isEmpty else { return !failed }
+        guard phase == .open, writable, !writeFailed, !output.isEmpty else { return !failed }
         do {
             let pending = output.count
             switch try Posix.write(fd, output.readableBytes.baseAddress!, pending) {
@@ -119,9 +131,24 @@ final class UpstreamConnection: Channel {
             }
             return true
         } catch {
-            failed = true
+            writeFailed = true
+            readable = true  // look for a response or the error the server left
             return false
         }
+    }
+
+    /// True when the connection may carry another request: nothing unread in the socket (a
+    /// read that filled the buffer leaves `readable` set: one more read must find it empty)
+    /// and no end of stream reported.
+    func isCleanForReuse() -> Bool {
+        guard phase == .open, !failed, !writeFailed, !peerClosed, !hangupSeen, output.isEmpty, input.isEmpty else {
+            return false
+        }
+        if readable {
+            _ = readAvailable()
+            return input.isEmpty && !peerClosed && !failed && !readable
+        }
+        return true
     }
 
     func releaseBuffers() {
@@ -132,6 +159,7 @@ final class UpstreamConnection: Channel {
     func close() {
         guard phase != .closed else { return }
         phase = .closed
+        counters.add(-1, DataPlaneCounters.upstreamField(color), loop: loop.index)
         owner = nil
         releaseBuffers()
         loop.closeChannel(self)
@@ -140,14 +168,18 @@ final class UpstreamConnection: Channel {
     /// Opens a non-blocking connection to `server` and registers it. Throws on immediate
     /// failures (no descriptors, network unreachable): the caller treats those like a refused
     /// connect.
-    static func connect(to server: ServerEntry, loop: EventLoop, idlePool: UpstreamIdlePool) throws(IOError) -> UpstreamConnection {
+    static func connect(
+        to server: ServerEntry, color: Color, loop: EventLoop, idlePool: UpstreamIdlePool, counters: DataPlaneCounters
+    ) throws(IOError) -> UpstreamConnection {
         let fd = try Posix.socket(family: server.address.family)
         do {
             try Posix.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
             let connected = try Posix.connect(fd, server.address)
             let connection = UpstreamConnection(
-                fd: fd, loop: loop, server: server, connected: connected, idlePool: idlePool)
+                fd: fd, loop: loop, server: server, color: color, connected: connected, idlePool: idlePool,
+                counters: counters)
             try loop.register(connection)
+            counters.add(1, DataPlaneCounters.upstreamField(color), loop: loop.index)
             return connection
         } catch {
             Posix.close(fd)

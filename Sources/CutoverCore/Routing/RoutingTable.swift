@@ -146,3 +146,21 @@ extension RoutingPublisher {
         return publish(table)
     }
 }
+
+extension RoutingTable {
+    /// The same table with every server's routable flag recomputed (health and drain changes).
+    public func withRoutability(_ isRoutable: (_ app: String, _ color: Color, _ server: ServerEntry) -> Bool) -> RoutingTable {
+        let apps = apps.map { app in
+            func update(_ servers: [ServerEntry], _ color: Color) -> [ServerEntry] {
+                servers.map { server in
+                    var copy = server
+                    copy.routable = isRoutable(app.name, color, server)
+                    return copy
+                }
+            }
+            return AppRoute(name: app.name, hosts: app.hosts, pathPrefix: app.pathPrefix,
+                            blue: update(app.blue, .blue), green: update(app.green, .green))
+        }
+        return RoutingTable(activeColor: activeColor, apps: apps)
+    }
+}

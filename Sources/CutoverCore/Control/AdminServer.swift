@@ -1,0 +1,219 @@
+import CCutoverSys
+import Foundation
+import Glibc
+
+/// The admin Unix socket: one thread accepts, one short-lived thread serves each client (a few
+/// operators and scripts, never the request path). Every client is bounded: a line longer than
+/// `AdminCommands.maxLineBytes` gets a JSON error and the connection is closed; a client that
+/// sends nothing for `idleTimeoutMs`, or stops reading its replies, is dropped; at most
+/// `maxClients` are served at once. Other clients and the data plane are never affected.
+public final class AdminServer: @unchecked Sendable {
+    public let path: String
+    private let handler: @Sendable (String, AuditActor) -> JSON
+    private let logger: Logger
+    private let idleTimeoutMs: Int
+    private let maxClients = 32
+    private var listenFD: Int32 = -1
+    private let lock = NSLock()
+    private var clients = 0
+    private var stopped = false
+    private var acceptThreadDone = DispatchSemaphore(value: 0)
+
+    public init(path: String, idleTimeoutMs: Int = 30_000, logger: Logger,
+                handler: @escaping @Sendable (String, AuditActor) -> JSON) {
+        self.path = path
+        self.handler = handler
+        self.logger = logger
+        self.idleTimeoutMs = idleTimeoutMs
+    }
+
+    /// Binds the socket with `mode` (and `group`, when given). A stale socket file is replaced;
+    /// a socket another running cutover answers on is an error.
+    public func start(mode: UInt32, group: String?) throws {
+        let folder = (path as NSString).deletingLastPathComponent
+        if !folder.isEmpty { try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) }
+        guard path.utf8.count < 108 else { throw StartupError("admin socket path is too long (max 107 bytes): \(path)") }
+        if FileManager.default.fileExists(atPath: path) {
+            if Self.answers(path) {
+                throw StartupError("admin socket \(path) is in use: another cutover is running with it (stop it, or use another admin_socket)")
+            }
+            unlink(path)  // stale: left by a process that died
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw StartupError("admin socket: socket() failed: \(String(cString: strerror(errno)))") }
+        // Create the socket file with no permissions, then set the configured mode: there is no
+        // moment at which it is wider than configured.
+        let previousMask = umask(0o777)
+        let bound = Self.withAddress(path) { bind(fd, $0, $1) }
+        umask(previousMask)
+        guard bound == 0 else {
+            let message = String(cString: strerror(errno))
+            close(fd)
+            throw StartupError("admin socket \(path): bind failed: \(message)")
+        }
+        chmod(path, mode_t(mode))
+        if let group {
+            guard let entry = getgrnam(group) else {
+                close(fd)
+                unlink(path)
+                throw StartupError("admin_group '\(group)' does not exist")
+            }
+            chown(path, uid_t.max, entry.pointee.gr_gid)
+        }
+        guard listen(fd, 16) == 0 else {
+            close(fd)
+            throw StartupError("admin socket \(path): listen failed")
+        }
+        listenFD = fd
+        let thread = Thread { [self] in acceptLoop() }
+        thread.name = "cutover-admin"
+        thread.start()
+        logger.log(.info, "admin socket \(path) (mode \(String(mode, radix: 8)))")
+    }
+
+    public func stop() {
+        let fd: Int32 = lock.withLock {
+            stopped = true
+            return listenFD
+        }
+        guard fd >= 0 else { return }
+        shutdown(fd, Int32(SHUT_RDWR))
+        acceptThreadDone.wait()
+        close(fd)
+        unlink(path)
+    }
+
+    private func acceptLoop() {
+        defer { acceptThreadDone.signal() }
+        while true {
+            let client = accept4Compat(listenFD)
+            if lock.withLock({ stopped }) {
+                if client >= 0 { close(client) }
+                return
+            }
+            guard client >= 0 else {
+                if errno == EINTR || errno == ECONNABORTED { continue }
+                if errno == EMFILE || errno == ENFILE {
+                    usleep(100_000)  // no descriptor now: try again shortly rather than spin
+                    continue
+                }
+                return
+            }
+            let admitted = lock.withLock { () -> Bool in
+                guard clients < maxClients else { return false }
+                clients += 1
+                return true
+            }
+            guard admitted else {
+                writeLine(client, (["ok": false, "error": "too many admin clients; try again"] as JSON).serialized())
+                close(client)
+                continue
+            }
+            let thread = Thread { [self] in
+                serve(client)
+                lock.withLock { clients -= 1 }
+            }
+            thread.name = "cutover-admin-client"
+            thread.start()
+        }
+    }
+
+    private func accept4Compat(_ fd: Int32) -> Int32 {
+        accept(fd, nil, nil)
+    }
+
+    private func serve(_ fd: Int32) {
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: idleTimeoutMs / 1000, tv_usec: (idleTimeoutMs % 1000) * 1000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let actor = Self.peer(fd)
+        var pending: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            while let newline = pending.firstIndex(of: 0x0A) {
+                var line = Array(pending[..<newline])
+                pending.removeSubrange(...newline)
+                if line.last == 0x0D { line.removeLast() }
+                guard respond(to: line, actor: actor, fd: fd) else { return }
+            }
+            if pending.count > AdminCommands.maxLineBytes {
+                let reply: JSON = ["ok": false, "error": .string("command line longer than \(AdminCommands.maxLineBytes) bytes")]
+                writeLine(fd, reply.serialized())
+                return
+            }
+            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+            if count > 0 {
+                pending.append(contentsOf: chunk[0..<count])
+                continue
+            }
+            if count < 0 && errno == EINTR { continue }
+            // EOF, or the idle timeout passed: a final unterminated line is still answered.
+            if count == 0 && !pending.isEmpty && pending.count <= AdminCommands.maxLineBytes {
+                _ = respond(to: pending, actor: actor, fd: fd)
+            }
+            return
+        }
+    }
+
+    /// Answers one line. False when the client stopped reading (the connection is dropped).
+    private func respond(to line: [UInt8], actor: AuditActor, fd: Int32) -> Bool {
+        if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { return true }  // blank lines are ignored
+        let reply: JSON
+        if line.count > AdminCommands.maxLineBytes {
+            reply = ["ok": false, "error": .string("command line longer than \(AdminCommands.maxLineBytes) bytes")]
+        } else if let text = String(validating: line, as: UTF8.self), !text.unicodeScalars.contains(where: { $0.value < 0x20 && $0 != "\t" }) {
+            reply = handler(text, actor)
+        } else {
+            reply = ["ok": false, "error": "commands are lines of printable text; try 'help'"]
+        }
+        return writeLine(fd, reply.serialized())
+    }
+
+    @discardableResult
+    private func writeLine(_ fd: Int32, _ text: String) -> Bool {
+        let bytes = Array((text + "\n").utf8)
+        var sent = 0
+        while sent < bytes.count {
+            let count = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
+            if count > 0 {
+                sent += count
+                continue
+            }
+            if count < 0 && errno == EINTR { continue }
+            return false
+        }
+        return true
+    }
+
+    /// The caller's identity from SO_PEERCRED, recorded for every state-changing command.
+    static func peer(_ fd: Int32) -> AuditActor {
+        var uid: UInt32 = 0
+        var pid: Int32 = 0
+        guard cutover_peer_credentials(fd, &uid, &pid) == 0 else {
+            return AuditActor(uid: UInt32.max, user: "unknown", pid: -1)
+        }
+        return AuditActor(uid: uid, user: AuditActor.userName(uid: uid), pid: pid)
+    }
+
+    /// True when a process accepts connections on the socket at `path`.
+    static func answers(_ path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return withAddress(path) { connect(fd, $0, $1) } == 0
+    }
+
+    static func withAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { target in
+            let bytes = Array(path.utf8.prefix(target.count - 1))
+            target.copyBytes(from: bytes)
+            target[bytes.count] = 0
+        }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+    }
+}
