@@ -2,23 +2,35 @@ import CutoverCore
 import Foundation
 import Glibc
 
-// The `cutover` command line. Exit codes: 0 ok, 1 failed, 2 usage.
+// The `cutover` command line. Exit codes: 0 ok, 1 refused or failed, 2 usage, 3 cannot reach
+// the admin socket.
 
-let version = "0.1.0"
+let version = "0.2.0"
 
 let usage = """
     cutover \(version) — an edge proxy for blue/green releases
 
-    Usage:
-      cutover run   [-c FILE]      run the proxy (default config: conf/cutover.conf)
-      cutover check [-c FILE]      validate a config file: exit 0, or 1 with FILE:LINE: message
+    Running:
+      cutover run   [-c FILE] [--reset-state]   run the proxy (default config: conf/cutover.conf)
+      cutover check [-c FILE]                   validate a config: exit 0, or 1 with FILE:LINE: message
       cutover demo  [--listen ADDR] [--blue-port N] [--green-port N]
-                                   run the proxy on its embedded default with two built-in
-                                   upstreams (blue on :8091, green on :8092)
-      cutover --help | --version
+                                                the proxy on its embedded default with built-in blue
+                                                (:8091) and green (:8092) upstreams and an admin socket
+    Operating a running proxy (over its admin socket):
+      cutover status | health | history [n]
+      cutover switch <blue|green> [--force] [--reason TEXT]
+      cutover rollback [--force] [--reason TEXT]
+      cutover verify <blue|green>
+      cutover drain <app> <host:port> | undrain <app> <host:port>
+      cutover reload
+        options: -c FILE (its admin_socket) or -s SOCKET; --json prints the raw reply
+    Audit trail:
+      cutover audit verify [-c FILE]            check the audit log's hash chain
+    cutover --help | --version
 
     Signals: SIGTERM/SIGINT drain in-flight requests (up to timeouts.drain) and exit 0;
-    SIGHUP re-reads the config file and publishes its routing (the active color is kept).
+    SIGHUP does what `cutover reload` does.
+    Exit codes: 0 ok, 1 refused or failed, 2 usage, 3 cannot reach the admin socket.
     """
 
 struct UsageError: Error { let message: String }
@@ -28,30 +40,34 @@ func fail(_ message: String, code: Int32) -> Never {
     exit(code)
 }
 
-/// Parses `-c FILE` style options; returns the value of `name` or the default.
-func option(_ arguments: [String], _ names: [String], default value: String?) throws -> String? {
-    var result = value
-    var index = 0
-    while index < arguments.count {
-        let argument = arguments[index]
-        if names.contains(argument) {
-            guard index + 1 < arguments.count else { throw UsageError(message: "\(argument) needs a value") }
-            result = arguments[index + 1]
-            index += 2
-            continue
-        }
-        index += 1
-    }
-    return result
-}
+/// Command-line words split into options (with or without values) and positional words.
+struct Arguments {
+    var values: [String: String] = [:]
+    var flags: Set<String> = []
+    var positional: [String] = []
 
-func rejectUnknown(_ arguments: [String], allowed: [String]) throws {
-    var index = 0
-    while index < arguments.count {
-        guard allowed.contains(arguments[index]) else {
-            throw UsageError(message: "unknown argument '\(arguments[index])'")
+    init(_ words: [String], valueOptions: Set<String>, flagOptions: Set<String>) throws {
+        var index = 0
+        while index < words.count {
+            let word = words[index]
+            if valueOptions.contains(word) {
+                guard index + 1 < words.count else { throw UsageError(message: "\(word) needs a value") }
+                values[word] = words[index + 1]
+                index += 2
+            } else if flagOptions.contains(word) {
+                flags.insert(word)
+                index += 1
+            } else if word.hasPrefix("-") && word.count > 1 {
+                throw UsageError(message: "unknown option '\(word)'")
+            } else {
+                positional.append(word)
+                index += 1
+            }
         }
-        index += 2
+    }
+
+    func value(_ names: String..., default fallback: String? = nil) -> String? {
+        names.lazy.compactMap { values[$0] }.first ?? fallback
     }
 }
 
@@ -73,50 +89,69 @@ func blockSignals() -> sigset_t {
     return set
 }
 
-/// Runs the proxy until SIGTERM/SIGINT. `reload` is called on SIGHUP.
-func serve(config: Config, logger: Logger, signals: sigset_t, reload: (() -> Config?)?, extraStop: () -> Void = {}) -> Never {
-    let registry = ServerRegistry()
-    let table: RoutingTable
+/// Runs until SIGTERM/SIGINT; SIGHUP reloads.
+func serve(_ runtime: CutoverRuntime, logger: Logger, signals: sigset_t, extraStop: () -> Void = {}) -> Never {
     do {
-        table = try RoutingTable(config: config, activeColor: config.initialColor, registry: registry)
-    } catch {
-        fail(error.description, code: 1)
-    }
-    let publisher = RoutingPublisher(table)
-    let server = ProxyServer(config: config, publisher: publisher, logger: logger)
-    do {
-        try server.start()
+        try runtime.start()
     } catch {
         fail("cutover: \(error)", code: 1)
     }
-    logger.log(.info, "active color \(table.activeColor.rawValue)")
     var waitSet = signals
     while true {
         var received: Int32 = 0
         sigwait(&waitSet, &received)
         if received == SIGHUP {
-            guard let reload, let next = reload() else {
+            let reply = runtime.controlPlane.reload(actor: .current())
+            if reply["ok"]?.boolValue != true {
                 logger.log(.warning, "SIGHUP: reload failed; the running configuration is unchanged")
-                continue
-            }
-            do {
-                let generation = try publisher.reload(next, registry: registry)
-                logger.log(.info, "SIGHUP: configuration reloaded (generation \(generation))")
-            } catch {
-                logger.log(.error, "SIGHUP: \(error.description); the running configuration is unchanged")
             }
             continue
         }
-        logger.log(.info, "signal \(received): draining (up to \(config.timeouts.drainMs) ms)")
-        server.stop()
+        logger.log(.info, "signal \(received): draining (up to \(runtime.config.timeouts.drainMs) ms)")
+        runtime.stop()
         extraStop()
         exit(0)
     }
 }
 
-let arguments = Array(CommandLine.arguments.dropFirst())
-guard let command = arguments.first else { fail(usage, code: 2) }
-let rest = Array(arguments.dropFirst())
+func makeRuntime(config: Config, path: String?, logger: Logger, resetState: Bool) -> CutoverRuntime {
+    do {
+        return try CutoverRuntime(config: config, configPath: path, logger: logger, resetState: resetState)
+    } catch let error as StateFileError {
+        fail("cutover: \(error.description)", code: 1)
+    } catch let error as ConfigError {
+        fail(error.description, code: 1)
+    } catch {
+        fail("cutover: \(error)", code: 1)
+    }
+}
+
+/// The admin command line sent for a CLI invocation (`switch green --reason "x"` →
+/// `switch green reason x`).
+func adminLine(_ command: String, _ arguments: Arguments) -> String {
+    var words = [command] + arguments.positional
+    if arguments.flags.contains("--force") { words.append("force") }
+    if let reason = arguments.value("--reason") {
+        words.append("reason")
+        words.append(reason.replacingOccurrences(of: "\n", with: " "))
+    }
+    return words.joined(separator: " ")
+}
+
+/// The admin socket: `-s SOCKET`, else the `admin_socket` of `-c FILE` (default conf/cutover.conf).
+func adminSocket(_ arguments: Arguments) -> String {
+    if let socket = arguments.value("-s", "--socket") { return socket }
+    let path = arguments.value("-c", "--config", default: "conf/cutover.conf")!
+    let config = loadConfig(path)
+    guard let socket = config.adminSocket else { fail("cutover: \(path) has no admin_socket", code: 3) }
+    return socket
+}
+
+let adminCommands: Set<String> = ["status", "health", "history", "switch", "rollback", "verify", "drain", "undrain", "reload"]
+
+let words = Array(CommandLine.arguments.dropFirst())
+guard let command = words.first else { fail(usage, code: 2) }
+let rest = Array(words.dropFirst())
 
 do {
     switch command {
@@ -125,29 +160,33 @@ do {
     case "--version", "-V":
         print("cutover \(version)")
     case "check":
-        try rejectUnknown(rest, allowed: ["-c", "--config"])
-        let path = try option(rest, ["-c", "--config"], default: "conf/cutover.conf")!
+        let arguments = try Arguments(rest, valueOptions: ["-c", "--config"], flagOptions: [])
+        guard arguments.positional.isEmpty else { throw UsageError(message: "unexpected '\(arguments.positional[0])'") }
+        let path = arguments.value("-c", "--config", default: "conf/cutover.conf")!
         let config = loadConfig(path)
+        do {
+            _ = try RoutingTable(config: config, activeColor: config.initialColor, registry: ServerRegistry())
+        } catch {
+            fail(error.description, code: 1)
+        }
         let servers = config.apps.reduce(0) { $0 + $1.blue.count + $1.green.count }
         print("\(path): ok — \(config.listen.count) listener(s), \(config.apps.count) app(s), \(servers) server(s), initial color \(config.initialColor.rawValue)")
     case "run":
-        try rejectUnknown(rest, allowed: ["-c", "--config"])
-        let path = try option(rest, ["-c", "--config"], default: "conf/cutover.conf")!
+        let arguments = try Arguments(rest, valueOptions: ["-c", "--config"], flagOptions: ["--reset-state"])
+        guard arguments.positional.isEmpty else { throw UsageError(message: "unexpected '\(arguments.positional[0])'") }
+        let path = arguments.value("-c", "--config", default: "conf/cutover.conf")!
         let signals = blockSignals()
         let config = loadConfig(path)
         let logger = Logger()
-        serve(config: config, logger: logger, signals: signals, reload: {
-            do throws(ConfigError) { return try ConfigParser.load(path: path) } catch {
-                logger.log(.error, error.description)
-                return nil
-            }
-        })
+        let runtime = makeRuntime(config: config, path: path, logger: logger, resetState: arguments.flags.contains("--reset-state"))
+        serve(runtime, logger: logger, signals: signals)
     case "demo":
-        try rejectUnknown(rest, allowed: ["--listen", "--blue-port", "--green-port"])
-        let listen = try option(rest, ["--listen"], default: "127.0.0.1:8080")!
-        guard let bluePort = UInt16(try option(rest, ["--blue-port"], default: "8091")!),
-              let greenPort = UInt16(try option(rest, ["--green-port"], default: "8092")!)
-        else { throw UsageError(message: "ports are numbers from 1 to 65535") }
+        let arguments = try Arguments(rest, valueOptions: ["--listen", "--blue-port", "--green-port"], flagOptions: ["--reset-state"])
+        guard arguments.positional.isEmpty else { throw UsageError(message: "unexpected '\(arguments.positional[0])'") }
+        let listen = arguments.value("--listen", default: "127.0.0.1:8080")!
+        guard let bluePort = UInt16(arguments.value("--blue-port", default: "8091")!),
+              let greenPort = UInt16(arguments.value("--green-port", default: "8092")!)
+        else { throw UsageError(message: "ports are numbers from 0 to 65535") }
         let signals = blockSignals()
         let logger = Logger()
         let blue = DemoUpstream(.init(color: "blue", port: bluePort))
@@ -159,15 +198,42 @@ do {
             fail("cutover demo: \(error)", code: 1)
         }
         // Port 0 asks the kernel for a free port; the config names the ports actually bound.
+        // Files go where the sample config keeps them (conf/run/ in the repository) so that
+        // `cutover status` and friends find the demo's admin socket without options.
+        let base = FileManager.default.fileExists(atPath: "conf/cutover.conf") ? "conf" : "."
         let text = DemoConfig.text(listen: listen, bluePort: blue.port, greenPort: green.port)
         let config: Config
-        do { config = try ConfigParser.parse(text, path: "<demo>") } catch { fail(error.description, code: 2) }
+        do {
+            config = try ConfigParser.parse(text, path: "<demo>", baseDirectory: base)
+        } catch {
+            fail(error.description, code: 2)
+        }
         logger.log(.info, "demo upstreams: blue on 127.0.0.1:\(blue.port), green on 127.0.0.1:\(green.port)")
-        logger.log(.info, "try: curl -i http://\(listen)/   (answers 'blue')")
-        serve(config: config, logger: logger, signals: signals, reload: nil, extraStop: {
+        logger.log(.info, "try: curl -i http://\(listen)/   (answers 'blue'), then: swift run cutover status")
+        let runtime = makeRuntime(config: config, path: nil, logger: logger, resetState: arguments.flags.contains("--reset-state"))
+        serve(runtime, logger: logger, signals: signals, extraStop: {
             blue.stop()
             green.stop()
         })
+    case "audit":
+        let arguments = try Arguments(rest, valueOptions: ["-c", "--config"], flagOptions: [])
+        guard arguments.positional == ["verify"] else { throw UsageError(message: "usage: cutover audit verify [-c FILE]") }
+        let path = arguments.value("-c", "--config", default: "conf/cutover.conf")!
+        guard let log = loadConfig(path).auditLog else { fail("cutover: \(path) has no audit_log", code: 1) }
+        switch AuditLog.verify(path: log) {
+        case .ok(let lines):
+            print("\(log): ok — \(lines) record(s), hash chain intact")
+        case .broken(let line, let reason):
+            fail("\(log):\(line): \(reason)", code: 1)
+        }
+    case let name where adminCommands.contains(name):
+        let arguments = try Arguments(rest, valueOptions: ["-c", "--config", "-s", "--socket", "--reason"],
+                                      flagOptions: ["--json", "--force"])
+        let line = adminLine(name, arguments)
+        // The socket checks the words; the usage errors it returns are exit code 2 here.
+        if case .failure(let error) = AdminCommands.parse(line) { throw UsageError(message: error.message) }
+        let client = AdminClient(socketPath: adminSocket(arguments), json: arguments.flags.contains("--json"))
+        exit(client.run(line))
     default:
         throw UsageError(message: "unknown command '\(command)'")
     }

@@ -1,0 +1,161 @@
+import CutoverCore
+import Foundation
+import Glibc
+
+/// Sends one admin command over the Unix socket and prints the reply for a terminal (or raw
+/// with `--json`). Exit codes: 0 ok, 1 refused or failed, 3 cannot reach the socket.
+struct AdminClient {
+    let socketPath: String
+    let json: Bool
+
+    func run(_ line: String) -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return unreachable("socket() failed") }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        guard socketPath.utf8.count < MemoryLayout.size(ofValue: address.sun_path) else { return unreachable("path too long") }
+        withUnsafeMutableBytes(of: &address.sun_path) { target in
+            let bytes = Array(socketPath.utf8)
+            target.copyBytes(from: bytes)
+            target[bytes.count] = 0
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else { return unreachable(String(cString: strerror(errno))) }
+        // A switch waits for its gate (verify requests): allow a generous reply time.
+        var timeout = timeval(tv_sec: 120, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let request = Array((line + "\n").utf8)
+        guard request.withUnsafeBytes({ send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else {
+            return unreachable("could not send the command")
+        }
+        var reply: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while !reply.contains(0x0A) {
+            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+            if count <= 0 { return unreachable("no reply") }
+            reply += chunk[0..<count]
+        }
+        let text = String(decoding: reply.prefix { $0 != 0x0A }, as: UTF8.self)
+        guard let object = JSON.parse(text) else {
+            print(text)
+            return 1
+        }
+        let ok = object["ok"]?.boolValue ?? false
+        if json {
+            print(text)
+        } else {
+            print(Pretty.render(command: line.split(separator: " ").first.map(String.init) ?? "", object))
+        }
+        return ok ? 0 : 1
+    }
+
+    private func unreachable(_ reason: String) -> Int32 {
+        FileHandle.standardError.write(Data("cutover: cannot reach the admin socket \(socketPath): \(reason)\n".utf8))
+        return 3
+    }
+}
+
+/// Terminal rendering of admin replies.
+enum Pretty {
+    static func render(command: String, _ reply: JSON) -> String {
+        guard reply["ok"]?.boolValue == true else {
+            var lines = ["error: \(reply["error"]?.stringValue ?? "failed")"]
+            for reason in reply["reasons"]?.arrayValue ?? [] { lines.append("  - \(reason.stringValue ?? "")") }
+            lines += verifyLines(reply["verify"] ?? reply["results"])
+            return lines.joined(separator: "\n")
+        }
+        switch command {
+        case "status": return status(reply)
+        case "switch", "rollback":
+            var lines = ["active: \(text(reply["active"])) (previous \(text(reply["previous"])), generation \(text(reply["generation"])), "
+                         + "published in \(text(reply["publish_us"])) µs\(reply["forced"]?.boolValue == true ? ", forced" : ""))"]
+            lines += verifyLines(reply["verify"])
+            return lines.joined(separator: "\n")
+        case "verify": return (["verify \(text(reply["color"])): all passed"] + verifyLines(reply["results"])).joined(separator: "\n")
+        case "health": return health(reply)
+        case "help":
+            return (reply["commands"]?.arrayValue ?? []).map { entry in
+                "\(text(entry["command"]).padding(toLength: 46, withPad: " ", startingAt: 0)) \(text(entry["summary"]))"
+            }.joined(separator: "\n")
+        case "history":
+            return (reply["records"]?.arrayValue ?? []).map { record in
+                var line = "\(text(record["time"]))  \(text(record["event"]).padding(toLength: 13, withPad: " ", startingAt: 0))"
+                if let from = record["from"]?.stringValue { line += " from \(from)" }
+                if let to = record["to"]?.stringValue { line += " to \(to)" }
+                if record["forced"]?.boolValue == true { line += " (forced)" }
+                if let actor = record["actor"], let user = actor["user"]?.stringValue { line += " by \(user) pid \(text(actor["pid"]))" }
+                if let reason = record["reason"]?.stringValue { line += ": \(reason)" }
+                return line
+            }.joined(separator: "\n")
+        default:
+            return keyValues(reply)
+        }
+    }
+
+    private static func status(_ reply: JSON) -> String {
+        var lines = ["active: \(text(reply["active"]))   previous: \(text(reply["previous"]))   generation: \(text(reply["generation"]))"]
+        if let last = reply["last_switch"], case .object = last {
+            var line = "last switch: \(text(last["at"])) \(text(last["from"])) → \(text(last["to"]))"
+            line += "; \(text(last["from"])) in flight: \(text(last["old_color_inflight"]))"
+            line += last["drained_at"]?.stringValue.map { ", drained at \($0)" } ?? ", not drained yet"
+            lines.append(line)
+        }
+        for color in Color.allCases {
+            guard let entry = reply["colors"]?[color.rawValue] else { continue }
+            var line = "\(color.rawValue.padding(toLength: 6, withPad: " ", startingAt: 0)) "
+            line += entry["ready"]?.boolValue == true ? "ready since \(text(entry["ready_since"]))" : "NOT READY"
+            line += "   in flight \(text(entry["inflight"]))   upstream connections \(text(entry["upstream_connections"]))"
+            lines.append(line)
+            for reason in entry["reasons"]?.arrayValue ?? [] { lines.append("         - \(reason.stringValue ?? "")") }
+        }
+        for app in reply["apps"]?.arrayValue ?? [] {
+            let hosts = (app["hosts"]?.arrayValue ?? []).compactMap(\.stringValue).joined(separator: " ")
+            lines.append("app \(text(app["name"])) (host \(hosts)\(app["path"]?.stringValue.map { ", path \($0)" } ?? ""))")
+            for color in Color.allCases {
+                for server in app[color.rawValue]?.arrayValue ?? [] {
+                    var line = "  \(color.rawValue.padding(toLength: 6, withPad: " ", startingAt: 0)) \(text(server["server"]).padding(toLength: 22, withPad: " ", startingAt: 0)) "
+                    line += "\(text(server["health"]).padding(toLength: 8, withPad: " ", startingAt: 0)) since \(text(server["since"]))"
+                    if server["drained"]?.boolValue == true { line += "  DRAINED" }
+                    line += "  last: \(text(server["last_result"]))"
+                    lines.append(line)
+                }
+            }
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    private static func health(_ reply: JSON) -> String {
+        var lines = ["interval \(text(reply["interval_ms"])) ms, timeout \(text(reply["timeout_ms"])) ms, rise \(text(reply["rise"])), fall \(text(reply["fall"]))"]
+        for server in reply["servers"]?.arrayValue ?? [] {
+            lines.append("\(text(server["app"])) \(text(server["color"])) \(text(server["server"])): \(text(server["health"])) since \(text(server["since"]))"
+                         + ", last check \(text(server["last_check"])): \(text(server["last_result"]))"
+                         + " (\(text(server["consecutive_successes"])) ok / \(text(server["consecutive_failures"])) failed in a row)"
+                         + (server["drained"]?.boolValue == true ? ", drained" : ""))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    private static func verifyLines(_ results: JSON?) -> [String] {
+        (results?.arrayValue ?? []).map { result in
+            "  \(result["ok"]?.boolValue == true ? "ok  " : "FAIL") \(text(result["app"])) \(text(result["server"])) \(text(result["path"])): \(text(result["result"]))"
+        }
+    }
+
+    private static func keyValues(_ reply: JSON) -> String {
+        guard case .object(let pairs) = reply else { return reply.serialized() }
+        return pairs.filter { $0.0 != "ok" }.map { "\($0.0): \(text($0.1))" }.joined(separator: "\n")
+    }
+
+    static func text(_ value: JSON?) -> String {
+        switch value {
+        case .none, .null?: return "-"
+        case .string(let string)?: return string
+        case .int(let number)?: return String(number)
+        case .bool(let flag)?: return flag ? "yes" : "no"
+        case .some(let other): return other.serialized()
+        }
+    }
+}
