@@ -75,10 +75,10 @@ final class CommandLineTests: XCTestCase {
         private let lock = NSCondition()
         private var log = ""
 
-        init(arguments: [String]) throws {
+        init(arguments: [String], directory: URL = CommandLineTests.repositoryRoot) throws {
             process.executableURL = CommandLineTests.binary
             process.arguments = arguments
-            process.currentDirectoryURL = CommandLineTests.repositoryRoot
+            process.currentDirectoryURL = directory
             let err = Pipe()
             process.standardError = err
             process.standardOutput = FileHandle.nullDevice
@@ -119,7 +119,12 @@ final class CommandLineTests: XCTestCase {
     }
 
     func testDemoAnswersBlueToCurlAndPythonAndDrainsOnSIGTERM() throws {
-        let demo = try RunningProxy(arguments: ["demo", "--listen", "127.0.0.1:0", "--blue-port", "0", "--green-port", "0"])
+        // In an empty folder: the demo keeps its socket, state and audit log under ./run there.
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-demo-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let demo = try RunningProxy(arguments: ["demo", "--listen", "127.0.0.1:0", "--blue-port", "0", "--green-port", "0"],
+                                    directory: folder)
         let port = try XCTUnwrap(demo.listeningPort(), "demo did not report its port")
 
         let curl = try run(executable: "/usr/bin/curl", ["-s", "-i", "http://127.0.0.1:\(port)/"])
@@ -141,6 +146,9 @@ final class CommandLineTests: XCTestCase {
             """
         XCTAssertEqual(try run(executable: "/usr/bin/env", ["python3", "-c", script]).trimmingCharacters(in: .whitespacesAndNewlines), "ok")
 
+        let status = try run(["status", "-s", folder.appendingPathComponent("run/cutover.sock").path])
+        XCTAssertEqual(status.status, 0, status.stderr)
+        XCTAssertTrue(status.stdout.hasPrefix("active: blue"), status.stdout)
         XCTAssertEqual(demo.terminate(), 0, "SIGTERM drains and exits 0")
     }
 
@@ -191,5 +199,94 @@ final class CommandLineTests: XCTestCase {
         let data = out.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         return String(decoding: data, as: UTF8.self)
+    }
+
+    /// The README runbook as a new user follows it, with the real binary: status until ready,
+    /// verify, switch with a reason, a refused switch that explains itself, rollback, `kill -9`
+    /// and a restart on the same color, and the audit chain checked and then tampered with.
+    func testRunbookWithTheCLI() throws {
+        let blue = try TestUpstream.named("blue")
+        let green = try TestUpstream.named("green")
+        defer { blue.stop(); green.stop() }
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-runbook-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let config = folder.appendingPathComponent("cutover.conf").path
+        try """
+            listen 127.0.0.1:0
+            workers 1
+            admin_socket run/cutover.sock
+            state_file run/cutover.state
+            audit_log run/audit.log
+            health {
+                interval 100ms
+                rise 1
+                fall 1
+                ready_after 300ms
+            }
+            app web {
+                host *
+                verify /api/system/status
+                blue 127.0.0.1:\(blue.port)
+                green 127.0.0.1:\(green.port)
+            }
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+
+        var proxy = try RunningProxy(arguments: ["run", "-c", config])
+        var port = try XCTUnwrap(proxy.listeningPort())
+        func cli(_ words: String...) throws -> Outcome { try run(words + ["-c", config]) }
+
+        // Deploy green, watch status until it is ready.
+        let deadline = Date().addingTimeInterval(10)
+        while try !cli("status", "--json").stdout.contains("\"green\":{\"ready\":true") {
+            XCTAssertLessThan(Date(), deadline, "green never became ready")
+            usleep(50_000)
+        }
+        let verify = try cli("verify", "green")
+        XCTAssertEqual(verify.status, 0, verify.stdout + verify.stderr)
+        XCTAssertTrue(verify.stdout.contains("ok   web 127.0.0.1:\(green.port) /api/system/status: status 200"), verify.stdout)
+
+        let switched = try cli("switch", "green", "--reason", "release 1.3.0")
+        XCTAssertEqual(switched.status, 0, switched.stdout + switched.stderr)
+        XCTAssertTrue(switched.stdout.hasPrefix("active: green (previous blue, generation 1"), switched.stdout)
+        XCTAssertEqual(try RawHTTPClient(port: port).request().bodyString, "green\n")
+
+        // Drain blue's only server: a switch back is refused, and says why.
+        XCTAssertEqual(try cli("drain", "web", "127.0.0.1:\(blue.port)").status, 0)
+        let refused = try cli("rollback")
+        XCTAssertEqual(refused.status, 1)
+        XCTAssertTrue(refused.stdout.contains("error: rollback to blue refused"), refused.stdout)
+        XCTAssertTrue(refused.stdout.contains("- app web: no healthy blue server"), refused.stdout)
+        XCTAssertTrue(refused.stdout.contains("drained by an operator"), refused.stdout)
+        XCTAssertEqual(try cli("undrain", "web", "127.0.0.1:\(blue.port)").status, 0)
+        XCTAssertEqual(try cli("rollback", "--reason", "5xx on checkout").status, 0)
+        XCTAssertEqual(try cli("switch", "green", "--force", "--reason", "retry").status, 0)
+
+        // Usage errors and an unreachable socket have their own exit codes.
+        XCTAssertEqual(try cli("switch", "purple").status, 2)
+        XCTAssertEqual(try run(["status", "-s", folder.appendingPathComponent("nope.sock").path]).status, 3)
+
+        // kill -9, start again: same color.
+        kill(proxy.process.processIdentifier, SIGKILL)
+        proxy.process.waitUntilExit()
+        proxy = try RunningProxy(arguments: ["run", "-c", config])
+        port = try XCTUnwrap(proxy.listeningPort())
+        XCTAssertEqual(try RawHTTPClient(port: port).request().bodyString, "green\n")
+        XCTAssertTrue(try cli("status").stdout.hasPrefix("active: green   previous: blue"))
+        XCTAssertEqual(proxy.terminate(), 0)
+
+        // The audit chain verifies, and one changed byte is found at its line.
+        let audit = folder.appendingPathComponent("run/audit.log")
+        let good = try cli("audit", "verify")
+        XCTAssertEqual(good.status, 0, good.stderr)
+        var bytes = try Data(contentsOf: audit)
+        let lines = bytes.split(separator: 0x0A)
+        XCTAssertGreaterThan(lines.count, 5)
+        let target = lines[2].startIndex + 30  // a byte inside the third record's time
+        bytes[target] = bytes[target] == UInt8(ascii: "1") ? UInt8(ascii: "2") : UInt8(ascii: "1")
+        try bytes.write(to: audit)
+        let tampered = try cli("audit", "verify")
+        XCTAssertEqual(tampered.status, 1)
+        XCTAssertTrue(tampered.stderr.hasPrefix("\(audit.path):4: "), tampered.stderr)
     }
 }

@@ -40,9 +40,7 @@ public final class CutoverRuntime: @unchecked Sendable {
     }
 
     public func start() throws {
-        try server.start()
-        controlPlane.attach(counters: server.counters)
-        controlPlane.startChecks()
+        // The admin socket first: a second cutover on the same socket fails before it listens.
         if let path = config.adminSocket {
             let admin = AdminServer(path: path, idleTimeoutMs: adminIdleTimeoutMs, logger: logger) { [controlPlane] line, actor in
                 controlPlane.execute(line, actor: actor)
@@ -50,6 +48,14 @@ public final class CutoverRuntime: @unchecked Sendable {
             try admin.start(mode: config.adminMode, group: config.adminGroup)
             self.admin = admin
         }
+        do {
+            try server.start()
+        } catch {
+            admin?.stop()
+            throw error
+        }
+        controlPlane.attach(counters: server.counters)
+        controlPlane.startChecks()
         let state = controlPlane.persistentState
         controlPlane.appendAudit(AuditRecord(event: "start", to: state.active, actor: .current(), generation: state.generation,
                                              details: ["listen": server.listenAddresses.map(\.description).joined(separator: " ")]))
