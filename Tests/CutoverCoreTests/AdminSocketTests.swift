@@ -329,4 +329,66 @@ final class AdminSocketTests: XCTestCase {
         XCTAssertEqual(reset.controlPlane.activeColor, .blue)
         XCTAssertEqual(try StateFile.load(path: config.stateFile!)?.active, .blue)
     }
+
+    func testPassiveFailuresMarkAServerDownBetweenChecksAndHungServersDelayNothing() throws {
+        let first = try TestUpstream.named("blue-1")
+        let second = try TestUpstream.named("blue-2")
+        defer { first.stop(); second.stop() }
+        // A server that accepts connections and never answers.
+        let hung = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(hung) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(hung, $0, length); return getsockname(hung, $0, &length) }
+        }
+        listen(hung, 16)
+        let hungPort = UInt16(bigEndian: address.sin_port)
+
+        let folder = try makeFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("cutover.conf").path
+        try """
+            listen 127.0.0.1:0
+            workers 1
+            admin_socket run/cutover.sock
+            health {
+                interval 1h
+                timeout 2s
+                rise 1
+                fall 2
+            }
+            app web {
+                host *
+                health_host health.internal
+                health_path /healthz
+                blue 127.0.0.1:\(first.port) 127.0.0.1:\(second.port)
+                green 127.0.0.1:\(hungPort)
+            }
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        let runtime = try CutoverRuntime(config: try ConfigParser.load(path: path), configPath: path,
+                                         logger: Logger(minimumLevel: .error), adminIdleTimeoutMs: 500)
+        try runtime.start()
+        defer { runtime.stop() }
+        let setup = Setup(folder: folder, configPath: path, runtime: runtime)
+        let started = Date()
+        _ = try waitForStatus(setup) { status in
+            status["apps"]?.arrayValue?.first?["blue"]?.arrayValue?.allSatisfy { $0["health"] == "up" } == true
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(started), 1.5, "the hung green server (2 s timeout) did not hold up blue's checks")
+        XCTAssertEqual(first.requests.first?.target, "/healthz")
+        XCTAssertEqual(first.requests.first?.header("Host"), "health.internal")
+
+        // The second server dies. The next active check is an hour away; the data plane's
+        // connect failures take it out of the pool.
+        second.stop()
+        for _ in 0..<6 { XCTAssertEqual(try RawHTTPClient(port: setup.port).request().status, 200, "retried on the live server") }
+        let status = try waitForStatus(setup, timeout: 5) { status in
+            status["apps"]?.arrayValue?.first?["blue"]?.arrayValue?.last?["health"] == "down"
+        }
+        XCTAssertEqual(status["apps"]?.arrayValue?.first?["blue"]?.arrayValue?.last?["last_result"],
+                       "passive: connection to the server failed")
+    }
 }

@@ -141,6 +141,9 @@ public struct AppConfig: Sendable, Equatable {
     /// Optional path prefix (starts with `/`); `nil` matches every path.
     public var pathPrefix: String?
     public var healthPath: String
+    /// Host header of health checks and verify requests; nil: the app's first host name (or
+    /// the server's address when the app only has `*`).
+    public var healthHost: String? = nil
     /// Paths checked before a cutover is allowed (may be empty).
     public var verifyPaths: [String]
     public var blue: [Endpoint]

@@ -389,6 +389,7 @@ private struct Reader {
                 hostLine = d
             case "path": app.pathPrefix = try d.path(try d.oneValue())
             case "health_path": app.healthPath = try d.path(try d.oneValue())
+            case "health_host": app.healthHost = String(try d.oneValue()).lowercased()
             case "verify": app.verifyPaths = try d.values().map { (v) throws(ConfigError) in try d.path(v) }
             case "blue": app.blue = try d.servers()
             case "green": app.green = try d.servers()

@@ -92,8 +92,7 @@ public final class ControlPlane: @unchecked Sendable {
         let targets: [(ServerKey, SocketAddress, String, String)] = lock.withLock {
             health.keys.sorted().compactMap { key in
                 guard let app = config.apps.first(where: { $0.name == key.app }), let address = addresses[key]?.address else { return nil }
-                let host = app.hosts.first { $0 != "*" } ?? key.server
-                return (key, address, host, app.healthPath)
+                return (key, address, Self.checkHost(app, server: key.server), app.healthPath)
             }
         }
         for (key, address, host, path) in targets {
@@ -176,6 +175,11 @@ public final class ControlPlane: @unchecked Sendable {
                 publishRoutabilityLocked()
             }
         }
+    }
+
+    /// The Host of checks: `health_host`, else the app's first host name, else the server.
+    static func checkHost(_ app: AppConfig, server: String) -> String {
+        app.healthHost ?? app.hosts.first { $0 != "*" } ?? server
     }
 
     // MARK: Routing
@@ -280,11 +284,11 @@ public final class ControlPlane: @unchecked Sendable {
     func runVerify(_ color: Color) -> [(app: String, server: String, path: String, outcome: CheckOutcome)] {
         let work: [(String, String, SocketAddress, String, String)] = lock.withLock {
             config.apps.flatMap { app -> [(String, String, SocketAddress, String, String)] in
-                let host = app.hosts.first { $0 != "*" }
                 return app.servers(color).flatMap { endpoint -> [(String, String, SocketAddress, String, String)] in
                     let key = ServerKey(app: app.name, color: color, server: endpoint.description)
                     guard health[key]?.state == .up, !isDrained(key), let address = addresses[key]?.address else { return [] }
-                    return app.verifyPaths.map { (app.name, endpoint.description, address, host ?? endpoint.description, $0) }
+                    let host = Self.checkHost(app, server: endpoint.description)
+                    return app.verifyPaths.map { (app.name, endpoint.description, address, host, $0) }
                 }
             }
         }
