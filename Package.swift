@@ -14,6 +14,7 @@ let package = Package(
     name: "cutover",
     products: [
         .executable(name: "cutover", targets: ["cutover"]),
+        .executable(name: "cutover-bench", targets: ["cutover-bench"]),
     ],
     targets: [
         .target(name: "CCutoverSys"),
@@ -24,6 +25,7 @@ let package = Package(
             swiftSettings: dataPlaneSettings
         ),
         .executableTarget(name: "cutover", dependencies: ["CutoverCore"]),
+        .executableTarget(name: "cutover-bench", dependencies: ["CutoverCore"], path: "Benchmarks/cutover-bench"),
         .testTarget(name: "CutoverHTTPTests", dependencies: ["CutoverHTTP"]),
         .testTarget(name: "CutoverCoreTests", dependencies: ["CutoverCore", "CutoverHTTP"]),
     ],

@@ -12,12 +12,19 @@ public final class DemoUpstream: @unchecked Sendable {
         public var port: UInt16 = 0
         /// Extra bytes appended to the body of `/` (benchmarks of larger responses).
         public var bodySize: Int = 0
+        /// Every answer is held back this long (a slow release, for benchmarks and demos).
+        public var delayMs: Int = 0
+        /// Share of answers on paths other than the status endpoint that are a 500.
+        public var failRate: Double = 0
 
-        public init(color: String, host: String = "127.0.0.1", port: UInt16 = 0, bodySize: Int = 0) {
+        public init(color: String, host: String = "127.0.0.1", port: UInt16 = 0, bodySize: Int = 0,
+                    delayMs: Int = 0, failRate: Double = 0) {
             self.color = color
             self.host = host
             self.port = port
             self.bodySize = bodySize
+            self.delayMs = delayMs
+            self.failRate = failRate
         }
     }
 
@@ -75,9 +82,14 @@ final class DemoResponses {
     let rootHead: [UInt8]
     let status: [UInt8]
     let statusHead: [UInt8]
-    let notAllowed: [UInt8]
+    let badRequest: [UInt8]
+    let failure: [UInt8]
+    let delayMs: Int
+    let failRate: Double
 
     init(options: DemoUpstream.Options) {
+        delayMs = options.delayMs
+        failRate = options.failRate
         let word = options.color + "\n"
         let body = word + String(repeating: "x", count: options.bodySize)
         func response(_ contentType: String, _ body: String, headOnly: Bool) -> [UInt8] {
@@ -90,7 +102,10 @@ final class DemoResponses {
         let json = "{\"status\":\"ok\",\"color\":\"\(options.color)\"}\n"
         status = response("application/json", json, headOnly: false)
         statusHead = response("application/json", json, headOnly: true)
-        notAllowed = Array("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8)
+        badRequest = Array("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8)
+        let failed = "injected failure (\(options.color))\n"
+        failure = Array(("HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nX-Color: \(options.color)\r\n"
+                         + "Content-Length: \(failed.utf8.count)\r\n\r\n" + failed).utf8)
     }
 }
 
@@ -112,7 +127,9 @@ final class DemoListener: Channel {
     }
 }
 
-/// One connection to the demo upstream: parse a head, skip its body, answer, repeat.
+/// One connection to the demo upstream: parse a head, skip its body, answer, repeat. It keeps
+/// to the data plane's syscall discipline (edge-triggered, a short read means drained, one
+/// write per batch of answers) so that, in benchmarks, the upstream costs as little as possible.
 final class DemoConnection: Channel {
     private let responses: DemoResponses
     private var input = IOBuffer()
@@ -121,37 +138,62 @@ final class DemoConnection: Channel {
     private var parser = RequestHeadParser(limits: HTTPLimits())
     private var body: BodyRelay? = nil
     private var pendingResponse: [UInt8] = []
+    /// A response held back by `delayMs`; nothing more is parsed until it went out.
+    private var delayed: [UInt8]? = nil
     private var keepAlive = true
     private var closed = false
+    private var readable = false
+    private var hangupSeen = false
+    private var random: UInt64
 
     init(fd: Int32, loop: EventLoop, responses: DemoResponses) {
         self.responses = responses
+        random = UInt64(fd) &* 0x9E37_79B9_7F4A_7C15 | 1
         super.init(fd: fd, loop: loop)
     }
 
     override func handle(events: UInt32) {
         guard !closed else { return }
+        if events & (Epoll.readable | Epoll.peerHangup | Epoll.hangup | Epoll.error) != 0 { readable = true }
+        if events & (Epoll.peerHangup | Epoll.hangup) != 0 { hangupSeen = true }
+        pump()
+    }
+
+    override func deadlineReached() {
+        guard !closed, let response = delayed else { return }
+        delayed = nil
+        queue(response)
+        flush()
+        pump()
+    }
+
+    private func pump() {
         var progressed = true
         while progressed && !closed {
             progressed = false
             if readSome() { progressed = true }
             if processRequests() { progressed = true }
         }
+        flush()
         if !closed && input.isEmpty { loop.buffers.release(&input) }
     }
 
     private func readSome() -> Bool {
+        guard readable else { return false }
         loop.buffers.acquire(into: &input)
         input.compactIfNeeded(minimumSpace: input.capacity / 4)
-        guard input.spaceAtEnd > 0 else { return false }
-        switch try? Posix.read(fd, input.writableBytes.baseAddress!, input.spaceAtEnd) {
+        let space = input.spaceAtEnd
+        guard space > 0 else { return false }
+        switch try? Posix.read(fd, input.writableBytes.baseAddress!, space) {
         case .processed(0)?, nil:
             close()
             return false
         case .processed(let count)?:
             input.end += count
+            if count < space && !hangupSeen { readable = false }
             return true
         case .wouldBlock?:
+            readable = false
             return false
         }
     }
@@ -159,7 +201,7 @@ final class DemoConnection: Channel {
     private func processRequests() -> Bool {
         var progressed = false
         loop.buffers.acquire(into: &output)
-        while !closed && !input.isEmpty {
+        while !closed && !input.isEmpty && delayed == nil {
             if var relay = body {
                 loop.buffers.acquire(into: &discard)
                 let outcome = relay.move(from: &input, to: &discard)
@@ -168,14 +210,13 @@ final class DemoConnection: Channel {
                 switch outcome {
                 case .finished:
                     body = nil
-                    queue(pendingResponse)
+                    answer(pendingResponse)
                     progressed = true
                 case .invalid:
                     close()
                     return false
                 case .progressed:
                     progressed = true
-                    continue
                 case .blocked:
                     return progressed
                 }
@@ -185,20 +226,24 @@ final class DemoConnection: Channel {
             case .needMore:
                 return progressed
             case .invalid:
-                queue(responses.notAllowed)
                 keepAlive = false
+                queue(responses.badRequest)
+                input.consume(input.count)
             case .complete(let head, let consumed):
                 parser.reset()
                 let source = input.readableBytes
                 let path = UnsafeRawBufferPointer(rebasing: source[head.path.lowerBound..<head.path.upperBound])
                 let isStatus = path.starts(with: Self.statusPath)
                 let isHead = head.method == .head
-                let response = isStatus ? (isHead ? responses.statusHead : responses.status)
+                var response = isStatus ? (isHead ? responses.statusHead : responses.status)
                                         : (isHead ? responses.rootHead : responses.root)
+                if !isStatus && responses.failRate > 0 && nextRandomUnit() < responses.failRate {
+                    response = responses.failure
+                }
                 keepAlive = head.keepAlive
                 input.consume(consumed)
                 if !head.hasBody {
-                    queue(response)
+                    answer(response)
                 } else {
                     body = BodyRelay(framing: head.framing, rechunk: false)
                     pendingResponse = response
@@ -206,17 +251,42 @@ final class DemoConnection: Channel {
             }
             progressed = true
         }
-        flush()
         return progressed
     }
 
     private static let statusPath = Array("/api/system/status".utf8)
 
+    /// Queues an answer now, or after `delayMs`.
+    private func answer(_ response: [UInt8]) {
+        if responses.delayMs > 0 {
+            delayed = response
+            setDeadline(after: responses.delayMs)
+        } else {
+            queue(response)
+        }
+    }
+
+    private func nextRandomUnit() -> Double {
+        random ^= random << 13
+        random ^= random >> 7
+        random ^= random << 17
+        return Double(random >> 11) / Double(1 << 53)
+    }
+
     private func queue(_ response: [UInt8]) {
-        if output.spaceAtEnd < response.count { flush() }
-        output.compactIfNeeded(minimumSpace: response.count)
-        guard output.spaceAtEnd >= response.count else { return }
-        response.withUnsafeBytes { output.append($0) }
+        var offset = 0
+        while offset < response.count && !closed {
+            loop.buffers.acquire(into: &output)
+            output.compactIfNeeded(minimumSpace: output.capacity)
+            let count = min(output.spaceAtEnd, response.count - offset)
+            if count == 0 {
+                flush()
+                if output.spaceAtEnd == 0 { break }  // the client stopped reading: give up on it
+                continue
+            }
+            response.withUnsafeBytes { output.append(UnsafeRawBufferPointer(rebasing: $0[offset..<(offset + count)])) }
+            offset += count
+        }
         if !keepAlive { flush() }
     }
 
