@@ -91,10 +91,13 @@ final class BufferPool {
     }
 
     var freeCount: Int { free.count }
+    /// The fewest free buffers seen since the last trim: that many were not needed at all.
+    private var lowWater = 0
 
     func acquire(into buffer: inout IOBuffer) {
         guard !buffer.hasStorage else { return }
         let pointer = free.popLast() ?? map()
+        if free.count < lowWater { lowWater = free.count }
         buffer.attach(pointer, capacity: bufferSize)
     }
 
@@ -107,11 +110,16 @@ final class BufferPool {
         }
     }
 
-    /// Unmaps free buffers beyond `keep` (called once a second by the loop).
+    /// Unmaps free buffers that stayed unused since the last call, beyond `keep` (called once a
+    /// second by the loop). Buffers that steady traffic cycles through are kept: trimming them
+    /// would only map them again.
     func trim(keep: Int) {
-        while free.count > keep, let pointer = free.popLast() {
+        var surplus = Swift.min(lowWater, free.count - keep)
+        while surplus > 0, let pointer = free.popLast() {
             munmap(pointer, bufferSize)
+            surplus -= 1
         }
+        lowWater = free.count
     }
 
     private func map() -> UnsafeMutableRawPointer {
