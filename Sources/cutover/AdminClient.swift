@@ -1,6 +1,5 @@
 import CutoverCore
 import Foundation
-import Glibc
 
 /// Sends one admin command over the Unix socket and prints the reply for a terminal (or raw
 /// with `--json`). Exit codes: 0 ok, 1 refused or failed, 3 cannot reach the socket.
@@ -9,36 +8,11 @@ struct AdminClient {
     let json: Bool
 
     func run(_ line: String) -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return unreachable("socket() failed") }
-        defer { close(fd) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        guard socketPath.utf8.count < MemoryLayout.size(ofValue: address.sun_path) else { return unreachable("path too long") }
-        withUnsafeMutableBytes(of: &address.sun_path) { target in
-            let bytes = Array(socketPath.utf8)
-            target.copyBytes(from: bytes)
-            target[bytes.count] = 0
+        let text: String
+        switch AdminLine.exchange(line, socket: socketPath) {
+        case .success(let reply): text = reply
+        case .failure(let failure): return unreachable(failure.description)
         }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard connected == 0 else { return unreachable(String(cString: strerror(errno))) }
-        // A switch waits for its gate (verify requests): allow a generous reply time.
-        var timeout = timeval(tv_sec: 120, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let request = Array((line + "\n").utf8)
-        guard request.withUnsafeBytes({ send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else {
-            return unreachable("could not send the command")
-        }
-        var reply: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while !reply.contains(0x0A) {
-            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
-            if count <= 0 { return unreachable("no reply") }
-            reply += chunk[0..<count]
-        }
-        let text = String(decoding: reply.prefix { $0 != 0x0A }, as: UTF8.self)
         guard let object = JSON.parse(text) else {
             print(text)
             return 1

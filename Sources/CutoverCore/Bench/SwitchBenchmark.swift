@@ -176,25 +176,3 @@ public struct SwitchBenchmark: Sendable {
         func get() throws -> LoadReport { try lock.withLock { result! }.get() }
     }
 }
-
-/// A one-shot admin client: sends a line, returns nil on `"ok":true` or the error text.
-public enum AdminLine {
-    public static func send(_ line: String, to path: String) -> String? {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return "socket failed" }
-        defer { close(fd) }
-        guard AdminServer.withAddress(path, { connect(fd, $0, $1) }) == 0 else { return "cannot connect to \(path)" }
-        let bytes = Array((line + "\n").utf8)
-        _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
-        var reply: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while !reply.contains(0x0A) {
-            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
-            if count <= 0 { return "no reply" }
-            reply += chunk[0..<count]
-        }
-        let json = JSON.parse(String(decoding: reply.prefix { $0 != 0x0A }, as: UTF8.self))
-        if json?["ok"]?.boolValue == true { return nil }
-        return json?["error"]?.stringValue ?? "invalid reply"
-    }
-}

@@ -40,14 +40,14 @@ public final class AdminServer: @unchecked Sendable {
             unlink(path)  // stale: left by a process that died
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw StartupError("admin socket: socket() failed: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw StartupError("admin socket: socket() failed: \(Posix.describe(Posix.lastError()))") }
         // Create the socket file with no permissions, then set the configured mode: there is no
         // moment at which it is wider than configured.
         let previousMask = umask(0o777)
         let bound = Self.withAddress(path) { bind(fd, $0, $1) }
         umask(previousMask)
         guard bound == 0 else {
-            let message = String(cString: strerror(errno))
+            let message = Posix.describe(Posix.lastError())
             close(fd)
             throw StartupError("admin socket \(path): bind failed: \(message)")
         }
@@ -86,18 +86,24 @@ public final class AdminServer: @unchecked Sendable {
     private func acceptLoop() {
         defer { acceptThreadDone.signal() }
         while true {
-            let client = accept4Compat(listenFD)
+            let accepted = Result { () throws(IOError) in try Posix.acceptBlocking(listenFD) }
             if lock.withLock({ stopped }) {
-                if client >= 0 { close(client) }
+                if case .success(let client) = accepted { close(client) }
                 return
             }
-            guard client >= 0 else {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                if errno == EMFILE || errno == ENFILE {
+            let client: Int32
+            switch accepted {
+            case .success(let fd):
+                client = fd
+            case .failure(let error):
+                switch error.errnoCode {
+                case ECONNABORTED, EAGAIN: continue
+                case EMFILE, ENFILE:
                     usleep(100_000)  // no descriptor now: try again shortly rather than spin
                     continue
+                default:
+                    return
                 }
-                return
             }
             let admitted = lock.withLock { () -> Bool in
                 guard clients < maxClients else { return false }
@@ -116,10 +122,6 @@ public final class AdminServer: @unchecked Sendable {
             thread.name = "cutover-admin-client"
             thread.start()
         }
-    }
-
-    private func accept4Compat(_ fd: Int32) -> Int32 {
-        accept(fd, nil, nil)
     }
 
     private func serve(_ fd: Int32) {
@@ -142,14 +144,16 @@ public final class AdminServer: @unchecked Sendable {
                 writeLine(fd, reply.serialized())
                 return
             }
-            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+            let received = chunk.withUnsafeMutableBytes { buffer in
+                Result { () throws(IOError) in try Posix.receive(fd, buffer.baseAddress!, buffer.count) }
+            }
+            guard case .success(.processed(let count)) = received else { return }  // idle timeout or error
             if count > 0 {
                 pending.append(contentsOf: chunk[0..<count])
                 continue
             }
-            if count < 0 && errno == EINTR { continue }
-            // EOF, or the idle timeout passed: a final unterminated line is still answered.
-            if count == 0 && !pending.isEmpty && pending.count <= AdminCommands.maxLineBytes {
+            // End of stream: a final unterminated line is still answered.
+            if !pending.isEmpty && pending.count <= AdminCommands.maxLineBytes {
                 _ = respond(to: pending, actor: actor, fd: fd)
             }
             return
@@ -175,13 +179,12 @@ public final class AdminServer: @unchecked Sendable {
         let bytes = Array((text + "\n").utf8)
         var sent = 0
         while sent < bytes.count {
-            let count = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
-            if count > 0 {
-                sent += count
-                continue
+            let result = bytes.withUnsafeBytes { buffer in
+                Result { () throws(IOError) in try Posix.sendNoSignal(fd, buffer.baseAddress! + sent, buffer.count - sent) }
             }
-            if count < 0 && errno == EINTR { continue }
-            return false
+            // A failure, or a client that stopped reading for the whole send timeout: drop it.
+            guard case .success(.processed(let count)) = result, count > 0 else { return false }
+            sent += count
         }
         return true
     }

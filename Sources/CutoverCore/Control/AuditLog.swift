@@ -117,7 +117,7 @@ public final class AuditLog: @unchecked Sendable {
         }
         let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
         guard fd >= 0 else {
-            throw AuditLogError(path: path, message: "cannot open audit log: \(ControlIO.describe(errno))")
+            throw AuditLogError(path: path, message: "cannot open audit log: \(ControlIO.describe(Posix.lastError()))")
         }
         self.fd = fd
         chain = Mutex(Chain(previousHash: AuditLog.genesis, needsResync: true))
@@ -145,7 +145,7 @@ public final class AuditLog: @unchecked Sendable {
                 throw AuditLogError(path: path, message: "cannot append: \(problem)")
             }
             guard fsync(fd) == 0 else {
-                throw AuditLogError(path: path, message: "cannot fsync: \(ControlIO.describe(errno))")
+                throw AuditLogError(path: path, message: "cannot fsync: \(ControlIO.describe(Posix.lastError()))")
             }
             chain.previousHash = SHA256.hex(SHA256.hash(line.utf8))
             chain.needsResync = false
@@ -227,10 +227,10 @@ public final class AuditLog: @unchecked Sendable {
     /// one (so the caller can tell a torn write from a complete line).
     static func lastLines(path: String, count: Int, keepTornEnd: Bool = false) throws(AuditLogError) -> [[UInt8]] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw AuditLogError(path: path, message: "cannot read: \(ControlIO.describe(errno))") }
+        guard fd >= 0 else { throw AuditLogError(path: path, message: "cannot read: \(ControlIO.describe(Posix.lastError()))") }
         defer { close(fd) }
         var stats = stat()
-        guard fstat(fd, &stats) == 0 else { throw AuditLogError(path: path, message: "cannot stat: \(ControlIO.describe(errno))") }
+        guard fstat(fd, &stats) == 0 else { throw AuditLogError(path: path, message: "cannot stat: \(ControlIO.describe(Posix.lastError()))") }
         let tail = try readTail(fd: fd, size: Int(stats.st_size), newlinesWanted: count + 1, path: path)
         return split(tail, count: count, keepTornEnd: keepTornEnd)
     }
@@ -251,9 +251,9 @@ public final class AuditLog: @unchecked Sendable {
                 let got = block.withUnsafeMutableBytes { buffer in
                     pread(fd, buffer.baseAddress.map { $0 + filled }, length - filled, off_t(position + filled))
                 }
-                if got < 0 && errno == EINTR { continue }
+                if got < 0 && Posix.lastError() == EINTR { continue }
                 guard got > 0 else {
-                    throw AuditLogError(path: path, message: "cannot read: \(got < 0 ? ControlIO.describe(errno) : "file shrank")")
+                    throw AuditLogError(path: path, message: "cannot read: \(got < 0 ? ControlIO.describe(Posix.lastError()) : "file shrank")")
                 }
                 filled += got
             }

@@ -33,16 +33,17 @@ public enum HTTPProbe {
         let request = Array("GET \(path) HTTP/1.1\r\nHost: \(host)\r\nUser-Agent: cutover-health\r\nConnection: close\r\n\r\n".utf8)
         var sent = 0
         while sent < request.count {
-            let result = request.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + sent, request.count - sent, Int32(MSG_NOSIGNAL)) }
-            if result > 0 {
-                sent += result
-                continue
+            let result = request.withUnsafeBytes { buffer in
+                Result { () throws(IOError) in try Posix.sendNoSignal(fd, buffer.baseAddress! + sent, buffer.count - sent) }
             }
-            if result < 0 && (errno == EAGAIN || errno == EINTR) {
+            switch result {
+            case .success(.processed(let count)):
+                sent += count
+            case .success(.wouldBlock):
                 guard waitFor(fd, events: Int16(POLLOUT), until: deadline, now: now) else { return .failure(reason: "timeout (send)") }
-                continue
+            case .failure:
+                return .failure(reason: "reset")
             }
-            return .failure(reason: "reset")
         }
         var buffer = [UInt8](repeating: 0, count: 8192)
         var received = 0
@@ -55,12 +56,16 @@ public enum HTTPProbe {
             guard waitFor(fd, events: Int16(POLLIN), until: deadline, now: now) else {
                 return .failure(reason: "timeout (\(timeoutMs) ms)")
             }
-            let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + received, $0.count - received, 0) }
-            if count == 0 { return .failure(reason: received == 0 ? "closed without a response" : "bad response (truncated)") }
-            if count < 0 {
-                if errno == EAGAIN || errno == EINTR { continue }
-                return .failure(reason: "reset")
+            let result = buffer.withUnsafeMutableBytes { raw in
+                Result { () throws(IOError) in try Posix.receive(fd, raw.baseAddress! + received, raw.count - received) }
             }
+            let count: Int
+            switch result {
+            case .success(.processed(let read)): count = read
+            case .success(.wouldBlock): continue
+            case .failure: return .failure(reason: "reset")
+            }
+            if count == 0 { return .failure(reason: received == 0 ? "closed without a response" : "bad response (truncated)") }
             received += count
             let outcome = buffer.withUnsafeBytes { raw in
                 parser.parse(UnsafeRawBufferPointer(rebasing: raw[0..<received]), requestMethod: .get, fields: fields)
@@ -80,15 +85,8 @@ public enum HTTPProbe {
     }
 
     private static func waitFor(_ fd: Int32, events: Int16, until deadline: Int64, now: () -> Int64) -> Bool {
-        while true {
-            let remaining = deadline - now()
-            if remaining <= 0 { return false }
-            var entry = pollfd(fd: fd, events: events, revents: 0)
-            let ready = poll(&entry, 1, Int32(clamping: remaining))
-            if ready > 0 { return true }
-            if ready == 0 { return false }
-            if errno != EINTR { return true }  // let the following call report the error
-        }
+        let remaining = deadline - now()
+        return remaining > 0 && Posix.waitFor(fd, events: events, timeoutMs: Int(remaining))
     }
 
     private static func connectReason(_ code: Int32) -> String {

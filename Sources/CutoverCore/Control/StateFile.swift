@@ -185,7 +185,7 @@ public enum StateFile {
     private static func readFile(path: String) throws(StateFileError) -> [UInt8]? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 {
-            let code = errno
+            let code = Posix.lastError()
             if code == ENOENT { return nil }
             throw StateFileError(path: path, message: "cannot read state file (\(ControlIO.describe(code))); \(wayOut)")
         }
@@ -196,7 +196,7 @@ public enum StateFile {
             let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if count == 0 { return bytes }
             if count < 0 {
-                let code = errno
+                let code = Posix.lastError()
                 if code == EINTR { continue }
                 throw StateFileError(path: path, message: "cannot read state file (\(ControlIO.describe(code))); \(wayOut)")
             }
@@ -225,7 +225,7 @@ public enum StateFile {
         // Opened before the rename so that every failure that can still be reported as
         // "nothing changed" happens before the new file becomes visible.
         let folderFd = open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard folderFd >= 0 else { throw saveError(path, "cannot open folder \(folder): \(ControlIO.describe(errno))") }
+        guard folderFd >= 0 else { throw saveError(path, "cannot open folder \(folder): \(ControlIO.describe(Posix.lastError()))") }
         defer { close(folderFd) }
 
         let (tempPath, fd) = try createTemp(for: path)
@@ -236,14 +236,14 @@ public enum StateFile {
             throw error
         }
         guard rename(tempPath, path) == 0 else {
-            let problem = ControlIO.describe(errno)
+            let problem = ControlIO.describe(Posix.lastError())
             unlink(tempPath)
             throw saveError(path, "rename \(tempPath): \(problem)")
         }
         // Makes the rename itself durable. If this fails the new file is already in place
         // (complete, but perhaps not yet on disk), so the message says so.
-        if fsync(folderFd) != 0 && errno != EINVAL {
-            throw StateFileError(path: path, message: "state written but fsync of \(folder) failed: \(ControlIO.describe(errno))")
+        if fsync(folderFd) != 0 && Posix.lastError() != EINVAL {
+            throw StateFileError(path: path, message: "state written but fsync of \(folder) failed: \(ControlIO.describe(Posix.lastError()))")
         }
     }
 
@@ -257,10 +257,10 @@ public enum StateFile {
             throw saveError(path, "write \(tempPath): \(problem)")
         }
         if limit < bytes.count { throw saveError(path, "write \(tempPath): \(ControlIO.describe(ENOSPC)) (injected)") }
-        guard fsync(fd) == 0 else { throw saveError(path, "fsync \(tempPath): \(ControlIO.describe(errno))") }
+        guard fsync(fd) == 0 else { throw saveError(path, "fsync \(tempPath): \(ControlIO.describe(Posix.lastError()))") }
         isOpen = false
         // close can report a delayed write error (NFS); the data would then be lost.
-        guard close(fd) == 0 else { throw saveError(path, "close \(tempPath): \(ControlIO.describe(errno))") }
+        guard close(fd) == 0 else { throw saveError(path, "close \(tempPath): \(ControlIO.describe(Posix.lastError()))") }
         if faults.failBeforeRename { throw saveError(path, "rename \(tempPath): interrupted (injected)") }
     }
 
@@ -276,7 +276,7 @@ public enum StateFile {
             let tempPath = "\(folder)/.\(name).tmp-\(getpid())-\(suffix)"
             let fd = open(tempPath, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o644)
             if fd >= 0 { return (tempPath, fd) }
-            lastError = errno
+            lastError = Posix.lastError()
             if lastError != EEXIST { break }
         }
         throw saveError(path, "cannot create a temp file in \(folder): \(ControlIO.describe(lastError))")
@@ -293,7 +293,7 @@ public enum StateFile {
 enum ControlIO {
     /// `strerror` text for an errno value.
     static func describe(_ code: Int32) -> String {
-        String(cString: strerror(code))
+        Posix.describe(code)
     }
 
     /// The folder part of a path: "." for a bare name, "/" for a file in the root.
@@ -306,14 +306,14 @@ enum ControlIO {
     /// `mkdir -p` with an explicit mode; returns a problem description or nil on success.
     static func createFolder(_ path: String, mode: mode_t) -> String? {
         if mkdir(path, mode) == 0 { return nil }
-        switch errno {
+        switch Posix.lastError() {
         case EEXIST:
             return nil
         case ENOENT:
             let parent = ControlIO.parentFolder(of: path)
             guard parent != path, ControlIO.createFolder(parent, mode: mode) == nil else { return ControlIO.describe(ENOENT) }
-            if mkdir(path, mode) == 0 || errno == EEXIST { return nil }
-            return ControlIO.describe(errno)
+            if mkdir(path, mode) == 0 || Posix.lastError() == EEXIST { return nil }
+            return ControlIO.describe(Posix.lastError())
         case let code:
             return ControlIO.describe(code)
         }
@@ -325,8 +325,8 @@ enum ControlIO {
         while offset < bytes.endIndex {
             let written = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
             if written < 0 {
-                if errno == EINTR { continue }
-                return ControlIO.describe(errno)
+                if Posix.lastError() == EINTR { continue }
+                return ControlIO.describe(Posix.lastError())
             }
             offset += written
         }

@@ -199,3 +199,59 @@ func monotonicMilliseconds() -> Int64 { Int64(cutover_monotonic_ms()) }
 
 @inline(__always)
 func monotonicNanoseconds() -> Int64 { Int64(cutover_monotonic_ns()) }
+
+// MARK: Blocking sockets and files of the control plane
+
+extension Posix {
+    /// The errno of the call that just failed, for control-plane code that reports it.
+    public static func lastError() -> Int32 { cutover_errno() }
+
+    /// `strerror` text for an errno value.
+    public static func describe(_ code: Int32) -> String {
+        String(cString: strerror(code))
+    }
+
+    /// recv(2) on a blocking socket with SO_RCVTIMEO: `.wouldBlock` when the timeout passed,
+    /// `.processed(0)` at end of stream.
+    static func receive(_ fd: Int32, _ pointer: UnsafeMutableRawPointer, _ count: Int) throws(IOError) -> IOResult<Int> {
+        try check("recv") { Glibc.recv(fd, pointer, count, 0) }
+    }
+
+    /// send(2) without SIGPIPE; `.wouldBlock` when SO_SNDTIMEO passed.
+    static func sendNoSignal(_ fd: Int32, _ pointer: UnsafeRawPointer, _ count: Int) throws(IOError) -> IOResult<Int> {
+        try check("send") { Glibc.send(fd, pointer, count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Waits up to `timeoutMs` for `events` on one descriptor (EINTR retried). True when ready
+    /// (or in error: the next call on it reports the error).
+    static func waitFor(_ fd: Int32, events: Int16, timeoutMs: Int) -> Bool {
+        var entry = pollfd(fd: fd, events: events, revents: 0)
+        while true {
+            let ready = poll(&entry, 1, Int32(clamping: timeoutMs))
+            if ready > 0 { return true }
+            if ready == 0 { return false }
+            if cutover_errno() != EINTR { return true }
+        }
+    }
+
+    /// accept(2) on a blocking listener.
+    static func acceptBlocking(_ fd: Int32) throws(IOError) -> Int32 {
+        switch try check("accept", { Glibc.accept(fd, nil, nil) }) {
+        case .processed(let client): return client
+        case .wouldBlock: throw IOError(errnoCode: EAGAIN, function: "accept")
+        }
+    }
+
+    /// Connects a Unix stream socket to `path`. Returns the descriptor or the error.
+    public static func connectUnix(_ path: String) -> Result<Int32, IOError> {
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return .failure(IOError(errnoCode: cutover_errno(), function: "socket")) }
+        let connected = AdminServer.withAddress(path) { Glibc.connect(fd, $0, $1) }
+        guard connected == 0 else {
+            let code = cutover_errno()
+            Glibc.close(fd)
+            return .failure(IOError(errnoCode: code, function: "connect"))
+        }
+        return .success(fd)
+    }
+}
