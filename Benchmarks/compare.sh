@@ -269,10 +269,22 @@ sleep 1.5  # cutover's green must be ready (ready_after 1s) for gated switches; 
     --switches "$SWITCHES" --interval 100 -c 20 --json >> "$SWITCH_RESULTS"
 stop_proxies
 
-# Heap allocations per proxied request in steady state (cutover, 1 worker, LD_PRELOAD shim).
-write_configs 1
-rm -f "$WORK/cutover.state"
-LD_PRELOAD="$WORK/malloc_count.so" MALLOC_COUNT_FILE="$WORK/mallocs" "$BIN/cutover" run -c "$WORK/cutover.conf" 2>/dev/null &
+# Heap allocations per proxied request in steady state (cutover, 1 worker, LD_PRELOAD shim). The
+# control plane is quiet here (no admin socket, health checks an hour apart) so that the count is
+# the data plane's.
+cat > "$WORK/cutover-alloc.conf" <<EOF
+listen 127.0.0.1:$PORT_CUTOVER
+workers 1
+health {
+    interval 1h
+}
+app bench {
+    host *
+    blue 127.0.0.1:$UP_BLUE
+    green 127.0.0.1:$UP_GREEN
+}
+EOF
+LD_PRELOAD="$WORK/malloc_count.so" MALLOC_COUNT_FILE="$WORK/mallocs" "$BIN/cutover" run -c "$WORK/cutover-alloc.conf" 2>/dev/null &
 ALLOC_PID=$!
 sleep 1
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$PORT_CUTOVER/" >/dev/null  # warm: connections, pools, buffers
@@ -281,6 +293,18 @@ before=$(cat "$WORK/mallocs")
 wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$PORT_CUTOVER/" > "$WORK/wrk-alloc.out"
 sleep 0.3
 after=$(cat "$WORK/mallocs")
+# Syscalls by kind on the same process: the data syscalls, and none of the ones a request must not
+# cost (epoll_ctl, getsockopt, fcntl, timers, clock_gettime outside the vDSO).
+kinds=""
+for kind in read write readv writev recvfrom sendto epoll_wait epoll_ctl getsockopt setsockopt fcntl clock_gettime \
+            timerfd_settime mmap munmap accept4 close; do
+    kinds="$kinds,syscalls:sys_enter_$kind"
+done
+perf stat -x, -e "${kinds#,}" -p "$ALLOC_PID" -o "$WORK/syscalls.txt" -- sleep "$DURATION" &
+perfpid=$!
+wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$PORT_CUTOVER/" > "$WORK/wrk-syscalls.out"
+wait $perfpid || true
+awk '/requests in/ {print $1}' "$WORK/wrk-syscalls.out" > "$WORK/syscalls-requests.txt"
 kill $ALLOC_PID; wait $ALLOC_PID 2>/dev/null || true
 alloc_requests=$(awk '/requests in/ {print $1}' "$WORK/wrk-alloc.out")
 echo "$before $after $alloc_requests" > "$WORK/alloc.txt"

@@ -7,7 +7,7 @@ import statistics
 import subprocess
 import sys
 
-work, out, rounds, duration, conns, idle, switches = sys.argv[1:8]
+work, out, rounds, duration, conns, idle_connections, switches = sys.argv[1:8]
 PROXIES = ["cutover", "nginx", "haproxy"]
 
 
@@ -60,7 +60,7 @@ add("")
 cpu_model = run("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
 add(f"- CPU: {cpu_model}, {os.cpu_count()} cores; "
     f"kernel {platform.release()}")
-add(f"- cutover {run(os.path.join(os.path.dirname(out), '.build/release/cutover') + ' --version')} (release build), "
+add(f"- {run(os.path.join(os.path.dirname(out), '.build/release/cutover') + ' --version')} (release build), "
     f"{run('swift --version 2>&1 | head -1')}")
 add(f"- {run('nginx -v 2>&1')}; {run('haproxy -v | head -1')}; {run('wrk -v 2>&1 | head -1')}")
 add("")
@@ -75,7 +75,7 @@ add("  in alternating order (cutover nginx haproxy, nginx haproxy cutover, hapro
 add("  (thread) per proxy, then 2. wrk, the upstream and the proxy share the 2 cores, so rps moves less than CPU.")
 add("- **CPU µs/request**: utime+stime of the proxy's processes from `/proc/PID/stat` over the run, divided by the")
 add("  requests wrk completed. **Syscalls/request**: `perf stat -e raw_syscalls:sys_enter -p PID` over the same run.")
-add(f"- **Idle memory**: RSS growth of the proxy after {idle} keep-alive connections that each made one request and")
+add(f"- **Idle memory**: RSS growth of the proxy after {idle_connections} keep-alive connections that each made one request and")
 add("  then stayed open, divided by their number (1 worker).")
 add("- **Allocations/request**: cutover under an `LD_PRELOAD` shim that counts malloc/calloc/realloc/")
 add("  posix_memalign (`Benchmarks/malloc-count/malloc_count.c`), counted over a run after a warm-up run; the count")
@@ -112,7 +112,19 @@ for name in PROXIES:
     add(f"| {name} | {idle[name]:.0f} bytes |")
 add("")
 add(f"cutover heap allocations per proxied request in steady state: **{allocs_per_request:.4f}** "
-    f"({after - before} allocations over {alloc_requests} requests).")
+    f"({after - before} allocations over {alloc_requests} requests, wrk's {conns} connections included).")
+add("")
+breakdown = [line.split(",") for line in open(os.path.join(work, "syscalls.txt")) if "sys_enter" in line]
+breakdown_requests = int(open(os.path.join(work, "syscalls-requests.txt")).read())
+if breakdown:
+    add(f"cutover syscalls per proxied request by kind (1 worker, {breakdown_requests} requests):")
+    add("")
+    add("| syscall | per request |")
+    add("|---|---|")
+    for fields in breakdown:
+        count, name = fields[0], fields[2].split("sys_enter_")[-1]
+        per = int(count) / breakdown_requests if count.isdigit() else float("nan")
+        add(f"| {name} | {per:.3f} |")
 add("")
 add("| proxy | switches | requests | failed | stale | switch command p50 | command → first new-color answer p50 / max | p99 inside / outside switch windows |")
 add("|---|---|---|---|---|---|---|---|")
