@@ -55,16 +55,11 @@ public enum RequestHeadWriter {
             let field = fields[index]
             if field.listedInConnection || field.kind.isReplacedByProxy || field.kind == .host { continue }
             if field.kind == .upgrade { continue }  // re-added below when the upgrade is tunnelled
-            writer.write(source, field.name)
-            writer.write(": ")
-            writer.write(source, field.value)
-            writer.write("\r\n")
+            writer.writeField(field, source: source)
         }
         switch head.framing {
         case .contentLength(let length):
-            writer.write("Content-Length: ")
-            writer.writeDecimal(length)
-            writer.write("\r\n")
+            writer.writeContentLength(length)
         case .chunked:
             writer.write("Transfer-Encoding: chunked\r\n")
         case .none, .untilClose:
@@ -130,23 +125,16 @@ public enum ResponseHeadWriter {
             default:
                 break
             }
-            writer.write(source, field.name)
-            writer.write(": ")
-            writer.write(source, field.value)
-            writer.write("\r\n")
+            writer.writeField(field, source: source)
         }
         switch framing {
         case .contentLength(let length):
-            writer.write("Content-Length: ")
-            writer.writeDecimal(length)
-            writer.write("\r\n")
+            writer.writeContentLength(length)
         case .chunked:
             writer.write("Transfer-Encoding: chunked\r\n")
         case .none:
             if let length = head.contentLength, head.status != 204, !head.isInformational {
-                writer.write("Content-Length: ")
-                writer.writeDecimal(length)
-                writer.write("\r\n")
+                writer.writeContentLength(length)
             }
         case .close:
             break
@@ -198,5 +186,23 @@ public enum LocalResponse {
         case 505: return "HTTP Version Not Supported"
         default: return "Error"
         }
+    }
+}
+
+extension ByteWriter {
+    /// `Name: value` CRLF, as received (name case kept, value already trimmed by the parser).
+    @inlinable
+    mutating func writeField(_ field: HeaderField, source: UnsafeRawBufferPointer) {
+        write(source, field.name)
+        write(": ")
+        write(source, field.value)
+        write("\r\n")
+    }
+
+    @inlinable
+    mutating func writeContentLength(_ length: UInt64) {
+        write("Content-Length: ")
+        writeDecimal(length)
+        write("\r\n")
     }
 }
