@@ -46,6 +46,8 @@ public final class ControlPlane: @unchecked Sendable {
     private var readiness: [Color: ColorReadiness] = [.blue: ColorReadiness(), .green: ColorReadiness()]
     private var lastSwitch: SwitchRecord? = nil
     private var passiveSeen: [Int: UInt64] = [:]
+    /// The checked servers by data-plane server id (passive checks), rebuilt with the targets.
+    private var keysByServerID: [(id: Int, keys: [ServerKey])] = []
     private var counters: DataPlaneCounters? = nil
     private var checkerGeneration = 0
     private var stopped = false
@@ -133,12 +135,12 @@ public final class ControlPlane: @unchecked Sendable {
         }
     }
 
+    /// Runs ten times a second for the life of the process, so it allocates nothing unless
+    /// something happened.
     func observeDataPlane() {
         guard let counters = lock.withLock({ self.counters }) else { return }
-        let keysByID: [Int: [ServerKey]] = lock.withLock {
-            Dictionary(grouping: addresses.keys, by: { addresses[$0]!.id })
-        }
-        for (id, keys) in keysByID {
+        let servers = lock.withLock { keysByServerID }
+        for (id, keys) in servers {
             let total = counters.connectFailures(serverID: id)
             let seen = lock.withLock { passiveSeen[id] ?? 0 }
             guard total > seen else { continue }
@@ -199,6 +201,8 @@ public final class ControlPlane: @unchecked Sendable {
         }
         health = fresh
         addresses = freshAddresses.mapValues { (address: $0.0, id: $0.1) }
+        keysByServerID = Dictionary(grouping: addresses.keys, by: { addresses[$0]!.id })
+            .map { (id: $0.key, keys: $0.value.sorted()) }.sorted { $0.id < $1.id }
         updateReadiness(at: now)
     }
 
