@@ -10,8 +10,14 @@ struct AdminClient {
     func run(_ line: String) -> Int32 {
         let text: String
         switch AdminLine.exchange(line, socket: socketPath) {
-        case .success(let reply): text = reply
-        case .failure(let failure): return unreachable(failure.description)
+        case .success(let reply):
+            text = reply
+        case .failure(.unreachable(let reason)):
+            return unreachable(reason)
+        case .failure(.noReply(let reason)):
+            // Connected: the command may have been carried out. Say so rather than "unreachable".
+            FileHandle.standardError.write(Data("cutover: \(reason); the outcome is unknown: check `cutover status`\n".utf8))
+            return 1
         }
         guard let object = JSON.parse(text) else {
             print(text)

@@ -327,6 +327,9 @@ final class AdminSocketTests: XCTestCase {
         }
         let reset = try CutoverRuntime(config: config, configPath: path, logger: Logger(minimumLevel: .error), resetState: true)
         XCTAssertEqual(reset.controlPlane.activeColor, .blue)
+        XCTAssertThrowsError(try StateFile.load(path: config.stateFile!), "nothing is written before the instance starts")
+        try reset.start()
+        defer { reset.stop() }
         XCTAssertEqual(try StateFile.load(path: config.stateFile!)?.active, .blue)
     }
 

@@ -58,8 +58,11 @@ final class HealthAndGateTests: XCTestCase {
         private var failures: [String: String] = [:]
         func fail(_ key: String, _ reason: String) { lock.withLock { failures[key] = reason } }
         func clear() { lock.withLock { failures.removeAll() } }
+        private var delays: [String: UInt32] = [:]
+        func slow(_ path: String, milliseconds: UInt32) { lock.withLock { delays[path] = milliseconds } }
         func answer(_ address: SocketAddress, _ path: String) -> CheckOutcome {
-            lock.withLock { failures["\(address) \(path)"] }.map { .failure(reason: $0) } ?? .success(status: 200, latencyMs: 1)
+            if let delay = lock.withLock({ delays[path] }) { usleep(delay * 1000) }
+            return lock.withLock { failures["\(address) \(path)"] }.map { .failure(reason: $0) } ?? .success(status: 200, latencyMs: 1)
         }
     }
 
@@ -220,4 +223,35 @@ final class HealthAndGateTests: XCTestCase {
         XCTAssertGreaterThan(control.publisher.generation, before)
         XCTAssertFalse(control.publisher.snapshot().table.apps[1].blue[0].routable, "down servers get no new requests")
     }
+
+    func testADrainDuringASwitchIsNeitherLostNorLeftOffDisk() throws {
+        let clock = ManualClock()
+        let probe = ScriptedProbe()
+        probe.slow("/slo", milliseconds: 300)  // the switch's verify request takes a while
+        let folder = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let control = try makeControlPlane(clock: clock, probe: probe, folder: folder)
+        for _ in 0..<2 {
+            control.record(.success(status: 200, latencyMs: 1), for: key("api", .green, "127.0.0.1:9002"))
+            control.record(.success(status: 200, latencyMs: 1), for: key("web", .green, "127.0.0.1:9012"))
+        }
+        clock.advance(31_000)
+        let switched = DispatchSemaphore(value: 0)
+        let box = UncheckedSendableBox(control)
+        Thread.detachNewThread {
+            _ = box.value.execute("switch green reason release", actor: AuditActor(uid: 0, user: "a", pid: 1))
+            switched.signal()
+        }
+        usleep(100_000)  // the switch is in its verify requests now
+        XCTAssertEqual(control.execute("drain api 127.0.0.1:9001", actor: operatorActor)["ok"], true)
+        XCTAssertEqual(switched.wait(timeout: .now() + 10), .success)
+        let expected = PersistentState(active: .green, previous: .blue, generation: 1, drained: ["api 127.0.0.1:9001"])
+        XCTAssertEqual(control.persistentState, expected)
+        XCTAssertEqual(try StateFile.load(path: folder.appendingPathComponent("state").path), expected, "what is on disk")
+    }
+}
+
+struct UncheckedSendableBox<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }

@@ -33,11 +33,20 @@ public final class AdminServer: @unchecked Sendable {
         let folder = (path as NSString).deletingLastPathComponent
         if !folder.isEmpty { try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) }
         guard path.utf8.count < 108 else { throw StartupError("admin socket path is too long (max 107 bytes): \(path)") }
-        if FileManager.default.fileExists(atPath: path) {
-            if Self.answers(path) {
-                throw StartupError("admin socket \(path) is in use: another cutover is running with it (stop it, or use another admin_socket)")
+        var existing = stat()
+        if lstat(path, &existing) == 0 {
+            guard existing.st_mode & S_IFMT == S_IFSOCK else {
+                throw StartupError("admin socket \(path) exists and is not a socket; refusing to replace it")
             }
-            unlink(path)  // stale: left by a process that died
+            switch Posix.connectUnix(path) {
+            case .success(let fd):
+                Posix.close(fd)
+                throw StartupError("admin socket \(path) is in use: another cutover is running with it (stop it, or use another admin_socket)")
+            case .failure(let error) where error.errnoCode == ECONNREFUSED:
+                unlink(path)  // stale: left by a process that died
+            case .failure(let error):
+                throw StartupError("admin socket \(path): \(Posix.describe(error.errnoCode))")
+            }
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw StartupError("admin socket: socket() failed: \(Posix.describe(Posix.lastError()))") }
@@ -51,14 +60,19 @@ public final class AdminServer: @unchecked Sendable {
             close(fd)
             throw StartupError("admin socket \(path): bind failed: \(message)")
         }
-        chmod(path, mode_t(mode))
+        func abandon(_ message: String) -> StartupError {
+            close(fd)
+            unlink(path)
+            return StartupError(message)
+        }
+        guard chmod(path, mode_t(mode)) == 0 else {
+            throw abandon("admin socket \(path): chmod failed: \(Posix.describe(Posix.lastError()))")
+        }
         if let group {
-            guard let entry = getgrnam(group) else {
-                close(fd)
-                unlink(path)
-                throw StartupError("admin_group '\(group)' does not exist")
+            guard let entry = getgrnam(group) else { throw abandon("admin_group '\(group)' does not exist") }
+            guard chown(path, uid_t.max, entry.pointee.gr_gid) == 0 else {
+                throw abandon("admin socket \(path): cannot give it to group \(group): \(Posix.describe(Posix.lastError()))")
             }
-            chown(path, uid_t.max, entry.pointee.gr_gid)
         }
         guard listen(fd, 16) == 0 else {
             close(fd)
@@ -132,12 +146,20 @@ public final class AdminServer: @unchecked Sendable {
         let actor = Self.peer(fd)
         var pending: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
+        // A line must be complete within the idle timeout of its first byte: a client trickling
+        // one byte per timeout cannot hold one of the few admin slots for hours.
+        var lineStartedAt: Int64? = nil
         while true {
             while let newline = pending.firstIndex(of: 0x0A) {
                 var line = Array(pending[..<newline])
                 pending.removeSubrange(...newline)
                 if line.last == 0x0D { line.removeLast() }
                 guard respond(to: line, actor: actor, fd: fd) else { return }
+            }
+            lineStartedAt = pending.isEmpty ? nil : (lineStartedAt ?? monotonicMillisecondsNow())
+            if let started = lineStartedAt, monotonicMillisecondsNow() - started > Int64(idleTimeoutMs) {
+                writeLine(fd, (["ok": false, "error": "command line not completed in time"] as JSON).serialized())
+                return
             }
             if pending.count > AdminCommands.maxLineBytes {
                 let reply: JSON = ["ok": false, "error": .string("command line longer than \(AdminCommands.maxLineBytes) bytes")]
@@ -197,14 +219,6 @@ public final class AdminServer: @unchecked Sendable {
             return AuditActor(uid: UInt32.max, user: "unknown", pid: -1)
         }
         return AuditActor(uid: uid, user: AuditActor.userName(uid: uid), pid: pid)
-    }
-
-    /// True when a process accepts connections on the socket at `path`.
-    static func answers(_ path: String) -> Bool {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        return withAddress(path) { connect(fd, $0, $1) } == 0
     }
 
     static func withAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {

@@ -91,6 +91,7 @@ public final class ControlPlane: @unchecked Sendable {
             checkerGeneration += 1
             return checkerGeneration
         }
+        wake.withLock { wake.broadcast() }  // threads of the previous generation exit now
         let targets: [(ServerKey, SocketAddress, String, String)] = lock.withLock {
             health.keys.sorted().compactMap { key in
                 guard let app = config.apps.first(where: { $0.name == key.app }), let address = addresses[key]?.address else { return nil }
@@ -120,8 +121,7 @@ public final class ControlPlane: @unchecked Sendable {
         while isCurrent(generation) {
             let settings = lock.withLock { config.health }
             let outcome = probe(address, host, path, settings.timeoutMs)
-            guard isCurrent(generation) else { return }
-            record(outcome, for: key)
+            record(outcome, for: key, generation: generation)
             sleep(milliseconds: settings.intervalMs)
         }
     }
@@ -142,10 +142,13 @@ public final class ControlPlane: @unchecked Sendable {
         let servers = lock.withLock { keysByServerID }
         for (id, keys) in servers {
             let total = counters.connectFailures(serverID: id)
-            let seen = lock.withLock { passiveSeen[id] ?? 0 }
-            guard total > seen else { continue }
-            lock.withLock { passiveSeen[id] = total }
-            for _ in 0..<min(total - seen, 16) {
+            let new: UInt64 = lock.withLock {
+                let seen = passiveSeen[id] ?? 0
+                passiveSeen[id] = max(seen, total)
+                return total > seen ? total - seen : 0
+            }
+            guard new > 0 else { continue }
+            for _ in 0..<min(new, 16) {
                 for key in keys { record(.failure(reason: "passive: connection to the server failed"), for: key) }
             }
         }
@@ -163,9 +166,11 @@ public final class ControlPlane: @unchecked Sendable {
         wake.withLock { _ = wake.wait(until: until) }
     }
 
-    /// Records a check result; republishes routing when a server went up or down.
-    func record(_ outcome: CheckOutcome, for key: ServerKey) {
+    /// Records a check result; republishes routing when a server went up or down. A result of
+    /// an older checker generation (the config was reloaded meanwhile) is dropped.
+    func record(_ outcome: CheckOutcome, for key: ServerKey, generation: Int? = nil) {
         lock.withLock {
+            if let generation, generation != checkerGeneration || stopped { return }
             guard var entry = health[key] else { return }
             let now = clock()
             let changed = entry.record(outcome, at: now, rise: config.health.rise, fall: config.health.fall)
@@ -254,9 +259,15 @@ public final class ControlPlane: @unchecked Sendable {
                 problems.append(describe(key, at: now))
             }
         }
-        if problems.isEmpty, let since = readiness[color]?.conditionSince, now - since < Int64(readyAfter) {
-            problems.append("\(color.rawValue) has been healthy since \(timestamp(since)), "
-                            + "\(readyAfter - Int(now - since)) ms short of ready_after (\(readyAfter) ms)")
+        if problems.isEmpty {
+            if let since = readiness[color]?.conditionSince {
+                if now - since < Int64(readyAfter) {
+                    problems.append("\(color.rawValue) has been healthy since \(timestamp(since)), "
+                                    + "\(readyAfter - Int(now - since)) ms short of ready_after (\(readyAfter) ms)")
+                }
+            } else {
+                problems.append("\(color.rawValue) has not been healthy continuously yet")
+            }
         }
         return problems
     }
@@ -298,10 +309,18 @@ public final class ControlPlane: @unchecked Sendable {
         }
         let timeout = lock.withLock { config.health.timeoutMs }
         let results = ResultBox(count: work.count)
-        DispatchQueue.concurrentPerform(iterations: work.count) { index in
+        // One thread per request, like the health checks: hung servers cost one timeout in
+        // total, not one per request.
+        let group = DispatchGroup()
+        for index in work.indices {
             let (_, _, address, host, path) = work[index]
-            results.set(index, probe(address, host, path, timeout))
+            group.enter()
+            Thread.detachNewThread { [probe] in
+                results.set(index, probe(address, host, path, timeout))
+                group.leave()
+            }
         }
+        group.wait()
         return work.enumerated().map { index, item in (item.0, item.1, item.4, results.get(index)) }
     }
 
@@ -374,17 +393,24 @@ public final class ControlPlane: @unchecked Sendable {
         let publishMicros = (DispatchTime.now().uptimeNanoseconds - started) / 1000
         var details: [String: String] = ["publish_us": String(publishMicros)]
         if force { details["gate"] = "skipped (forced)" } else if !verifyResults.isEmpty { details["verify"] = "\(verifyResults.count) passed" }
-        appendAudit(AuditRecord(event: event, from: current.active, to: target, reason: reason, forced: force,
-                                actor: actor, generation: next.generation, details: details))
+        let auditError = appendAudit(AuditRecord(event: event, from: current.active, to: target, reason: reason, forced: force,
+                                                 actor: actor, generation: next.generation, details: details))
         logger.log(.info, "\(event): \(current.active.rawValue) → \(target.rawValue) (generation \(next.generation)\(force ? ", forced" : ""))")
-        return ["ok": true, "active": .string(target.rawValue), "previous": .string(current.active.rawValue),
-                "generation": .int(Int64(next.generation)), "publish_us": .int(Int64(publishMicros)), "forced": .bool(force),
-                "verify": .array(verifyResults)]
+        var reply: [(String, JSON)] = [
+            ("ok", true), ("active", .string(target.rawValue)), ("previous", .string(current.active.rawValue)),
+            ("generation", .int(Int64(next.generation))), ("publish_us", .int(Int64(publishMicros))), ("forced", .bool(force)),
+            ("verify", .array(verifyResults)),
+        ]
+        if let auditError { reply.append(("audit_error", .string(auditError))) }
+        return .object(reply)
     }
 
     // MARK: Drain
 
     func setDrained(_ drained: Bool, app: String, server: String, actor: AuditActor) -> JSON {
+        // Serialised with switches and reloads: a switch writes the whole persistent state.
+        switchLock.lock()
+        defer { switchLock.unlock() }
         lock.lock()
         guard let appConfig = config.apps.first(where: { $0.name == app }) else {
             lock.unlock()
@@ -426,6 +452,9 @@ public final class ControlPlane: @unchecked Sendable {
         guard let configPath else {
             return ["ok": false, "error": "this instance runs an embedded configuration; there is no file to reload"]
         }
+        // Serialised with switches, drains and other reloads (SIGHUP and the socket may race).
+        switchLock.lock()
+        defer { switchLock.unlock() }
         let next: Config
         let table: RoutingTable
         do {
@@ -443,10 +472,21 @@ public final class ControlPlane: @unchecked Sendable {
             if next.timeouts != config.timeouts { changed.append("timeouts") }
             if next.limits != config.limits { changed.append("limits") }
             if next.adminSocket != config.adminSocket { changed.append("admin_socket") }
-            config = next
-            publisher.publish(table.with(activeColor: state.active))
+            if next.adminMode != config.adminMode { changed.append("admin_mode") }
+            if next.adminGroup != config.adminGroup { changed.append("admin_group") }
+            if next.stateFile != config.stateFile { changed.append("state_file") }
+            if next.auditLog != config.auditLog { changed.append("audit_log") }
+            // The running files stay in use until a restart; routing, health and gate settings apply now.
+            var applied = next
+            applied.stateFile = config.stateFile
+            applied.auditLog = config.auditLog
+            config = applied
             rebuildTargets(from: table)
-            publishRoutabilityLocked()
+            // One publish, with health and drains already applied: no moment in which down or
+            // drained servers look routable.
+            publisher.publish(table.with(activeColor: state.active).withRoutability { app, color, server in
+                self.isRoutable(ServerKey(app: app, color: color, server: server.name))
+            })
             return changed
         }
         startChecks()
@@ -529,12 +569,17 @@ public final class ControlPlane: @unchecked Sendable {
         RFC3339.string(from: wallAtStart.addingTimeInterval(Double(monotonic - monoAtStart) / 1000))
     }
 
-    func appendAudit(_ record: AuditRecord) {
-        guard let audit else { return }
+    /// Appends an audit record; returns the error text when it could not be written (the reply
+    /// of the command says so: the change happened, its record did not).
+    @discardableResult
+    func appendAudit(_ record: AuditRecord) -> String? {
+        guard let audit else { return nil }
         do {
             _ = try audit.append(record)
+            return nil
         } catch {
             logger.log(.error, "audit log: \(error)")
+            return "\(error)"
         }
     }
 }

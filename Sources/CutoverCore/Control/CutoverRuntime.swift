@@ -10,6 +10,7 @@ public final class CutoverRuntime: @unchecked Sendable {
     private let logger: Logger
     private let audit: AuditLog?
     private let adminIdleTimeoutMs: Int
+    private let initialStateToWrite: PersistentState?
 
     /// Loads the persisted state (it wins over `initial_color`; a corrupt file stops start-up
     /// unless `resetState`), opens the audit log, and builds both planes. Nothing listens yet.
@@ -19,16 +20,20 @@ public final class CutoverRuntime: @unchecked Sendable {
         self.logger = logger
         self.adminIdleTimeoutMs = adminIdleTimeoutMs
         var state = PersistentState(active: config.initialColor)
+        var stateNeedsWriting = false
         if let path = config.stateFile {
             if resetState {
                 logger.log(.warning, "--reset-state: ignoring \(path); starting on initial_color \(config.initialColor.rawValue)")
-                try StateFile.save(state, path: path)
+                stateNeedsWriting = true
             } else if let saved = try StateFile.load(path: path) {
                 state = saved
             } else {
-                try StateFile.save(state, path: path)  // from now on a restart keeps the color
+                stateNeedsWriting = true  // from now on a restart keeps the color
             }
         }
+        // Written in `start`, once the admin socket is ours: a second instance started by
+        // mistake must not overwrite the running one's state.
+        self.initialStateToWrite = stateNeedsWriting ? state : nil
         audit = try config.auditLog.map { try AuditLog(path: $0) }
         if let probe {
             controlPlane = try ControlPlane(config: config, configPath: configPath, state: state, logger: logger,
@@ -49,6 +54,7 @@ public final class CutoverRuntime: @unchecked Sendable {
             self.admin = admin
         }
         do {
+            if let state = initialStateToWrite, let path = config.stateFile { try StateFile.save(state, path: path) }
             try server.start()
         } catch {
             admin?.stop()

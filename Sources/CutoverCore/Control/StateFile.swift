@@ -122,7 +122,11 @@ public enum StateFile {
                 }
                 if key == "active" { active = color } else { previous = color }
             case "generation":
-                guard let number = StateFile.decimal(value) else { return "bad number '\(value)' for 'generation'" }
+                // Bounded so that reports (signed 64-bit JSON numbers) and the next switch's + 1
+                // cannot overflow, whatever an editor put in the file.
+                guard let number = StateFile.decimal(value), number < UInt64(Int64.max) else {
+                    return "bad number '\(value)' for 'generation'"
+                }
                 generation = number
             case "drained":
                 guard StateFile.drainedEntryIsValid(value) else {

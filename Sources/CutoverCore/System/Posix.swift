@@ -236,7 +236,7 @@ extension Posix {
 
     /// accept(2) on a blocking listener.
     static func acceptBlocking(_ fd: Int32) throws(IOError) -> Int32 {
-        switch try check("accept", { Glibc.accept(fd, nil, nil) }) {
+        switch try check("accept", { cutover_accept4(fd, nil, nil, Int32(SOCK_CLOEXEC.rawValue)) }) {
         case .processed(let client): return client
         case .wouldBlock: throw IOError(errnoCode: EAGAIN, function: "accept")
         }
