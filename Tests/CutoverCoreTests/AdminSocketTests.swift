@@ -394,4 +394,29 @@ final class AdminSocketTests: XCTestCase {
         XCTAssertEqual(status["apps"]?.arrayValue?.first?["blue"]?.arrayValue?.last?["last_result"],
                        "passive: connection to the server failed")
     }
+
+    func testAdminModeAndGroupWidenTheSocketAndOtherFilesAreNeverReplaced() throws {
+        let blue = try TestUpstream.named("blue")
+        defer { blue.stop() }
+        let folder = try makeFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        guard let daemon = getgrnam("daemon") else { throw XCTSkip("no 'daemon' group on this machine") }
+        let gid = daemon.pointee.gr_gid
+        let setup = try start(folder: folder, blue: blue.port, green: blue.port, extra: "admin_mode 0660\nadmin_group daemon")
+        var info = stat()
+        XCTAssertEqual(stat(setup.socket, &info), 0)
+        XCTAssertEqual(info.st_mode & 0o777, 0o660)
+        XCTAssertEqual(info.st_gid, gid)
+        setup.runtime.stop()
+
+        // A regular file where the socket should be (a typo in admin_socket) is left alone.
+        let path = folder.appendingPathComponent("run/cutover.sock").path
+        try "precious".write(toFile: path, atomically: true, encoding: .utf8)
+        let config = try ConfigParser.load(path: setup.configPath)
+        let runtime = try CutoverRuntime(config: config, configPath: setup.configPath, logger: Logger(minimumLevel: .error))
+        XCTAssertThrowsError(try runtime.start()) { error in
+            XCTAssertTrue("\(error)".contains("exists and is not a socket"), "\(error)")
+        }
+        XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "precious")
+    }
 }
