@@ -189,7 +189,12 @@ public final class AdminServer: @unchecked Sendable {
         if line.count > AdminCommands.maxLineBytes {
             reply = ["ok": false, "error": .string("command line longer than \(AdminCommands.maxLineBytes) bytes")]
         } else if let text = String(validating: line, as: UTF8.self), !text.unicodeScalars.contains(where: { $0.value < 0x20 && $0 != "\t" }) {
-            reply = handler(text, actor)
+            if actor.pid < 0, case .success(let command) = AdminCommands.parse(text), command.changesState {
+                // Every change is recorded with who made it; without an identity, no change.
+                reply = ["ok": false, "error": "the caller's identity (SO_PEERCRED) is unavailable; state-changing commands are refused"]
+            } else {
+                reply = handler(text, actor)
+            }
         } else {
             reply = ["ok": false, "error": "commands are lines of printable text; try 'help'"]
         }

@@ -379,6 +379,10 @@ public final class ControlPlane: @unchecked Sendable {
         if let path = config.stateFile {
             do {
                 try StateFile.save(next, path: path)
+            } catch let error where error.newStateInPlace {
+                // The file already names the new color: refusing now would make a restart switch
+                // silently. Go ahead, and say the durability is in doubt.
+                logger.log(.warning, "\(event) to \(target.rawValue): \(error.description)")
             } catch {
                 logger.log(.error, "\(event) to \(target.rawValue) aborted: \(error.description)")
                 return ["ok": false, "error": .string("\(event) aborted, the state file could not be written: \(error.description)")]
@@ -429,9 +433,11 @@ public final class ControlPlane: @unchecked Sendable {
         }
         next.drained.sort()
         if let path = config.stateFile {
-            do { try StateFile.save(next, path: path) } catch {
+            do { try StateFile.save(next, path: path) } catch where !error.newStateInPlace {
                 lock.unlock()
                 return ["ok": false, "error": .string("the state file could not be written: \(error.description)")]
+            } catch {
+                logger.log(.warning, "drain: \(error.description)")
             }
         }
         state = next

@@ -39,10 +39,14 @@ public struct PersistentState: Equatable, Sendable {
 public struct StateFileError: Error, CustomStringConvertible, Sendable {
     public var path: String
     public var message: String
+    /// The new state is in place (renamed over the old file) but its folder could not be
+    /// synced: a caller must treat the change as made, not as refused.
+    public var newStateInPlace = false
 
-    public init(path: String, message: String) {
+    public init(path: String, message: String, newStateInPlace: Bool = false) {
         self.path = path
         self.message = message
+        self.newStateInPlace = newStateInPlace
     }
 
     public var description: String { "\(path): \(message)" }
@@ -247,7 +251,8 @@ public enum StateFile {
         // Makes the rename itself durable. If this fails the new file is already in place
         // (complete, but perhaps not yet on disk), so the message says so.
         if fsync(folderFd) != 0 && Posix.lastError() != EINVAL {
-            throw StateFileError(path: path, message: "state written but fsync of \(folder) failed: \(ControlIO.describe(Posix.lastError()))")
+            throw StateFileError(path: path, message: "state written but fsync of \(folder) failed: \(ControlIO.describe(Posix.lastError()))",
+                                 newStateInPlace: true)
         }
     }
 
