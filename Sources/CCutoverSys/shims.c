@@ -19,8 +19,6 @@ int cutover_peer_credentials(int fd, unsigned int *uid, int *pid) {
     return 0;
 }
 
-void cutover_set_errno(int value) { errno = value; }
-
 long long cutover_monotonic_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -11,7 +11,6 @@
 /// accept4(2); `address` is a `struct sockaddr *`, `length` a `socklen_t *`.
 int cutover_accept4(int fd, void *address, unsigned int *length, int flags);
 int cutover_errno(void);
-void cutover_set_errno(int value);
 /// SO_PEERCRED of a Unix socket: the peer's uid and pid. 0 on success, -1 with errno set.
 int cutover_peer_credentials(int fd, unsigned int *uid, int *pid);
 /// CLOCK_MONOTONIC in milliseconds (served by the vDSO: no syscall).

@@ -49,7 +49,6 @@ final class EventLoop {
     private var channels: [Channel?] = []
     private var generations: [UInt32] = []
     private var freeSlots: [Int32] = []
-    private(set) var channelCount = 0
 
     /// Work posted from other threads (shutdown, tests). Rare; a lock is fine.
     private let inbox = Mutex<[@Sendable () -> Void]>([])
@@ -103,7 +102,6 @@ final class EventLoop {
             channel.slot = -1
             throw error
         }
-        channelCount += 1
     }
 
     /// Forgets a channel and closes its descriptor (which also removes it from epoll).
@@ -112,7 +110,6 @@ final class EventLoop {
         guard channel.slot >= 0 else { return }
         release(slot: channel.slot)
         channel.slot = -1
-        channelCount -= 1
         Posix.close(channel.fd)
     }
 
@@ -211,8 +208,6 @@ final class EventLoop {
     /// The channels registered now (a copy, so the visitor may close them).
     func channelsSnapshot() -> [Channel] { channels.compactMap { $0 } }
 
-    /// Refreshes `now` (for code that ran long, e.g. a tight accept loop).
-    func updateClock() { now = monotonicMilliseconds() }
 }
 
 extension EventLoop {

@@ -85,7 +85,6 @@ public final class ServerRegistry: Sendable {
         }
     }
 
-    public var count: Int { ids.withLock { $0.count } }
 }
 
 /// Publishes routing tables to the data-plane loops.
