@@ -131,15 +131,25 @@ final class ReviewRegressionTests: XCTestCase {
     }
 
     func testAConnectionWhoseEndWasReportedIsNotPooled() throws {
+        let finSent = DispatchSemaphore(value: 0)
         let upstream = try TestUpstream(name: "closer") { request, connection in
+            let closing = request.target == "/closeafter"
+            if closing { connection.setCork(true) }  // the answer and the FIN leave in one segment
             connection.respond(body: Array(request.method.utf8))
-            if request.target == "/closeafter" { connection.close() }  // FIN right after the answer
+            if closing {
+                connection.close()
+                finSent.signal()
+            }
         }
         defer { upstream.stop() }
         let proxy = try ProxyHarness(apps: [TestApp(name: "web", blue: [upstream.port], green: [upstream.port])], workers: 1)
         defer { proxy.stop() }
         for _ in 0..<20 {
             XCTAssertEqual(try proxy.client().request("GET", "/closeafter").bodyString, "GET")
+            // The FIN left before the next request does (on loopback it is queued at once). Without
+            // this, the upstream thread could be descheduled between its answer and its FIN: the
+            // keep-alive race every proxy has, where a POST on the closing connection gets 502.
+            XCTAssertEqual(finSent.wait(timeout: .now() + 5), .success)
             let post = try proxy.client().request("POST", "/post", body: Array("abcdef".utf8))
             XCTAssertEqual(post.status, 200, "a POST must not be sent on a connection known to be closing")
         }

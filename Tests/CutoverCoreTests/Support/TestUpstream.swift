@@ -111,6 +111,15 @@ final class TestUpstreamConnection: @unchecked Sendable {
 
     func write(_ s: String) { write(Array(s.utf8)) }
 
+    /// TCP_CORK: hold written bytes until uncorked or until close() sends them together with the
+    /// FIN, so the peer receives an answer and its end of stream in one segment.
+    func setCork(_ on: Bool) {
+        let fd = currentFD
+        guard fd >= 0 else { return }
+        var value: Int32 = on ? 1 : 0
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_CORK, &value, socklen_t(MemoryLayout<Int32>.size))
+    }
+
     /// Sends a complete response in a single write. Adds `Content-Length: body.count` unless the
     /// caller supplied Content-Length or Transfer-Encoding, or the status never has a body.
     func respond(status: Int = 200, reason: String = "OK", headers: [(String, String)] = [], body: [UInt8] = []) {
