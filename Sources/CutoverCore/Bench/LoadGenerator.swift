@@ -137,6 +137,8 @@ final class LoadWorker {
     var report = LoadReport()
     private var connections: [LoadConnection] = []
     private var finished = 0
+    /// Open loop: connections waiting for their next request to be due.
+    private var sleepers: [(due: Int64, connection: LoadConnection)] = []
 
     init(index: Int, connections count: Int, options: LoadOptions, endNs: Int64,
          observer: (@Sendable (ResponseSample) -> Void)?) throws {
@@ -160,9 +162,33 @@ final class LoadWorker {
     }
 
     func run() {
+        // Requests become due with nanosecond precision (epoll_pwait2): a millisecond timer
+        // would add up to a millisecond to every latency measured from the intended send time.
+        loop.onPreciseTimer = { [unowned self] in self.wakeDueConnections() }
         for connection in connections { connection.begin() }
         if connections.isEmpty { return }
         loop.run()
+    }
+
+    func sleep(_ connection: LoadConnection, until due: Int64) {
+        sleepers.append((due, connection))
+        if due < loop.preciseTimerNs { loop.preciseTimerNs = due }
+    }
+
+    private func wakeDueConnections() {
+        let now = monotonicNanoseconds()
+        var due: [LoadConnection] = []
+        var next: Int64 = .max
+        sleepers.removeAll { entry in
+            if entry.due <= now {
+                due.append(entry.connection)
+                return true
+            }
+            next = min(next, entry.due)
+            return false
+        }
+        loop.preciseTimerNs = next
+        for connection in due { connection.wakeUp() }
     }
 
     func connectionFinished() {
@@ -208,7 +234,8 @@ final class LoadConnection {
             return
         }
         if gapNs != nil && dueNs > now {
-            ensureSocket()?.wake(afterNs: dueNs - now)
+            _ = ensureSocket()  // connect ahead of time; the request leaves when due
+            worker.sleep(self, until: dueNs)
             return
         }
         send()
@@ -233,7 +260,7 @@ final class LoadConnection {
         socket.send(worker.request, timeoutMs: worker.options.timeoutMs)
     }
 
-    /// The socket's timer fired while idle (an open-loop request became due).
+    /// An open-loop request became due.
     func wakeUp() { scheduleNext() }
 
     func completed(status: Int, color: String?, reusable: Bool) {
@@ -284,7 +311,6 @@ final class LoadSocket: Channel {
     private var discard = IOBuffer()
     private var readable = false
     private var hangupSeen = false
-    private var sleeping = false
     private(set) var isOpen = true
 
     init(fd: Int32, loop: EventLoop, owner: LoadConnection, connected: Bool) {
@@ -305,11 +331,6 @@ final class LoadSocket: Channel {
             Posix.close(fd)
             throw error
         }
-    }
-
-    func wake(afterNs: Int64) {
-        sleeping = true
-        setDeadline(after: max(0, Int((afterNs + 999_999) / 1_000_000)))
     }
 
     func send(_ request: [UInt8], timeoutMs: Int) {
@@ -336,12 +357,7 @@ final class LoadSocket: Channel {
     }
 
     override func deadlineReached() {
-        if sleeping {
-            sleeping = false
-            owner.wakeUp()
-        } else if awaiting {
-            owner.failed("timeout")
-        }
+        if awaiting { owner.failed("timeout") }
     }
 
     private func flush() {

@@ -160,6 +160,14 @@ enum Epoll {
         _ = try Posix.check("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) }
     }
 
+    /// With a timeout in nanoseconds (epoll_pwait2): for timers finer than a millisecond.
+    static func wait(_ epollFD: Int32, _ events: UnsafeMutablePointer<epoll_event>, _ capacity: Int32, timeoutNs: Int64) throws(IOError) -> Int {
+        switch try Posix.check("epoll_pwait2", { cutover_epoll_wait_ns(epollFD, events, capacity, timeoutNs) }) {
+        case .processed(let count): return Int(count)
+        case .wouldBlock: return 0
+        }
+    }
+
     @inline(__always)
     static func wait(_ epollFD: Int32, _ events: UnsafeMutablePointer<epoll_event>, _ capacity: Int32, timeoutMs: Int32) throws(IOError) -> Int {
         switch try Posix.check("epoll_wait", { epoll_wait(epollFD, events, capacity, timeoutMs) }) {
