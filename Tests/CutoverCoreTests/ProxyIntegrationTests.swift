@@ -357,6 +357,28 @@ final class ProxyIntegrationTests: XCTestCase {
         XCTAssertEqual(response.status, 504)
     }
 
+    func testInterimResponsesDoNotExtendTheUpstreamHeaderTimeout() throws {
+        let upstream = try TestUpstream(name: "hints") { _, connection in
+            // 103 Early Hints every 50 ms, and never a final answer.
+            for _ in 0..<100 {
+                connection.write("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+                usleep(50_000)
+            }
+        }
+        defer { upstream.stop() }
+        let proxy = try ProxyHarness(
+            apps: [TestApp(name: "web", blue: [upstream.port], green: [upstream.port])],
+            extra: "timeouts {\n    upstream_header 400ms\n}")
+        defer { proxy.stop() }
+        let client = try proxy.client()
+        try client.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        let started = Date()
+        var response = try client.readResponse()
+        while response.status == 103 { response = try client.readResponse() }
+        XCTAssertEqual(response.status, 504)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 2, "the hints did not keep the deadline alive")
+    }
+
     func testInvalidUpstreamResponseIsABadGateway() throws {
         let upstream = try TestUpstream(name: "bad") { request, connection in
             switch request.target {

@@ -45,6 +45,8 @@ final class ClientConnection: Channel {
         /// Length of the rewritten head at the start of the upstream output, to re-send it on a
         /// retry after a stale keep-alive connection failed.
         var headLength = 0
+        /// The upstream_header deadline was set for the current upstream attempt.
+        var responseDeadlineSet = false
         /// The color this request is counted in flight for (nil: not counted).
         var inflightColor: Color? = nil
     }
@@ -146,15 +148,19 @@ final class ClientConnection: Channel {
                 setDeadline(after: timeouts.clientHeaderMs)
             }
         case .proxying:
-            guard progressed || deadline == 0 else { return }
-            if !exchange.responseHeadDone {
-                if upstream?.phase == .connecting {
-                    setDeadline(after: timeouts.connectMs)
-                } else if exchange.requestBody.isFinished {
+            if !exchange.responseHeadDone && exchange.requestBody.isFinished && upstream?.phase != .connecting {
+                // upstream_header runs from the end of the request to the final response head,
+                // once: interim 1xx answers are progress but must not extend it.
+                if !exchange.responseDeadlineSet {
+                    exchange.responseDeadlineSet = true
+                    deadline = 0
                     setDeadline(after: timeouts.upstreamHeaderMs)
-                } else {
-                    setDeadline(after: timeouts.clientBodyMs)
                 }
+                return
+            }
+            guard progressed || deadline == 0 else { return }
+            if !exchange.responseHeadDone && upstream?.phase == .connecting {
+                setDeadline(after: timeouts.connectMs)
             } else {
                 setDeadline(after: timeouts.clientBodyMs)
             }
@@ -603,6 +609,7 @@ final class ClientConnection: Channel {
             next.owner = self
             upstream = next
             exchange.attempts += 1
+            exchange.responseDeadlineSet = false
             return
         }
         worker.log(.warning, "upstream \(failedUpstream.server.name): \(reason)")
