@@ -279,6 +279,14 @@ final class AdminSocketTests: XCTestCase {
         XCTAssertEqual(setup.runtime.controlPlane.persistentState.drained, ["web 127.0.0.1:\(blue.port)"], "drains kept")
         let events = try admin.command("history 10")["records"]?.arrayValue?.compactMap { $0["event"]?.stringValue } ?? []
         XCTAssertEqual(events.suffix(2), ["reload_failed", "reload"])
+
+        // A drain whose server a reload removed can still be lifted.
+        try configText(blue: green.port, green: green2.port).write(toFile: setup.configPath, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try admin.command("reload")["ok"], true)
+        XCTAssertEqual(try admin.command("undrain web 127.0.0.1:\(blue.port)")["ok"], true)
+        XCTAssertEqual(setup.runtime.controlPlane.persistentState.drained, [])
+        XCTAssertEqual(try admin.command("undrain web 127.0.0.1:\(blue.port)")["error"],
+                       .string("app web has no server 127.0.0.1:\(blue.port)"), "only entries that exist can be lifted that way")
     }
 
     func testRestartKeepsTheColorAndTheSocketIsExclusive() throws {

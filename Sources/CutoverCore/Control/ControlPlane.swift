@@ -416,15 +416,20 @@ public final class ControlPlane: @unchecked Sendable {
         switchLock.lock()
         defer { switchLock.unlock() }
         lock.lock()
-        guard let appConfig = config.apps.first(where: { $0.name == app }) else {
-            lock.unlock()
-            return ["ok": false, "error": .string("unknown app '\(app)'")]
-        }
-        guard (appConfig.blue + appConfig.green).contains(where: { $0.description == server }) else {
-            lock.unlock()
-            return ["ok": false, "error": .string("app \(app) has no server \(server)")]
-        }
         let entry = "\(app) \(server)"
+        // An undrain of an entry a reload left behind (its app or server is gone) is allowed:
+        // otherwise only --reset-state could clear it.
+        let staleEntry = !drained && state.drained.contains(entry)
+        if !staleEntry {
+            guard let appConfig = config.apps.first(where: { $0.name == app }) else {
+                lock.unlock()
+                return ["ok": false, "error": .string("unknown app '\(app)'")]
+            }
+            guard (appConfig.blue + appConfig.green).contains(where: { $0.description == server }) else {
+                lock.unlock()
+                return ["ok": false, "error": .string("app \(app) has no server \(server)")]
+            }
+        }
         var next = state
         if drained {
             if !next.drained.contains(entry) { next.drained.append(entry) }
