@@ -177,45 +177,17 @@ final class AdminSocketTests: XCTestCase {
         defer { setup.runtime.stop() }
         _ = try waitForStatus(setup) { $0["colors"]?["green"]?["ready"] == true }
 
-        let stats = SwitchContractTests.LoadStats()
-        let switchedAt = NSLock()
-        nonisolated(unsafe) var replyAt: UInt64 = .max
-        let stopLock = NSLock()
-        nonisolated(unsafe) var stopping = false
-        let group = DispatchGroup()
-        for _ in 0..<4 {
-            group.enter()
-            Thread.detachNewThread {
-                defer { group.leave() }
-                guard var client = try? RawHTTPClient(port: setup.port) else { return stats.fail("connect") }
-                while !stopLock.withLock({ stopping }) {
-                    let sent = DispatchTime.now().uptimeNanoseconds
-                    do {
-                        let response = try client.request()
-                        let after = sent > switchedAt.withLock { replyAt }
-                        stats.countRequest(afterSwitch: after)
-                        if response.status != 200 { stats.fail("status \(response.status)") }
-                        if after && response.bodyString != "green\n" { stats.staleAnswer(response.bodyString) }
-                    } catch {
-                        stats.fail("\(error)")
-                        stats.reconnected()
-                        guard let fresh = try? RawHTTPClient(port: setup.port) else { return }
-                        client = fresh
-                    }
-                }
-            }
-        }
-        while stats.snapshot.requests < 200 { usleep(1_000) }
+        let load = SwitchLoad(port: setup.port, threads: 4)
+        load.waitForRequests(200)
         let reply = try AdminConnection(path: setup.socket).command("switch green reason load test")
-        switchedAt.withLock { replyAt = DispatchTime.now().uptimeNanoseconds }
+        load.markSwitched()
         XCTAssertEqual(reply["ok"], true, reply.serialized())
         XCTAssertNotNil(reply["publish_us"]?.intValue)
-        while stats.snapshot.afterSwitch < 400 { usleep(1_000) }
-        stopLock.withLock { stopping = true }
-        group.wait()
-        XCTAssertEqual(stats.failures, [])
-        XCTAssertEqual(stats.stale, [], "no answer from blue to a request sent after the switch reply")
-        XCTAssertEqual(stats.reconnects, 0)
+        load.waitForRequestsAfterSwitch(400)
+        load.stop()
+        XCTAssertEqual(load.failures, [])
+        XCTAssertEqual(load.stale, [], "no answer from blue to a request sent after the switch reply")
+        XCTAssertEqual(load.reconnects, 0)
 
         // The old color's in-flight count reaches zero and the time is reported.
         let status = try waitForStatus(setup) { $0["last_switch"]?["drained_at"]?.stringValue != nil }

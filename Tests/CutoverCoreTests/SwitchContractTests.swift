@@ -7,23 +7,6 @@ import XCTest
 /// not disconnected; several apps switch together.
 final class SwitchContractTests: XCTestCase {
 
-    /// Counters shared by the load threads.
-    final class LoadStats: @unchecked Sendable {
-        private let lock = NSLock()
-        private(set) var requests = 0
-        private(set) var afterSwitch = 0
-        private(set) var failures: [String] = []
-        private(set) var stale: [String] = []
-        private(set) var reconnects = 0
-
-        func record(_ body: (LoadStats) -> Void) { lock.withLock { body(self) } }
-        func countRequest(afterSwitch after: Bool) { lock.withLock { requests += 1; if after { afterSwitch += 1 } } }
-        func fail(_ message: String) { lock.withLock { failures.append(message) } }
-        func staleAnswer(_ message: String) { lock.withLock { stale.append(message) } }
-        func reconnected() { lock.withLock { reconnects += 1 } }
-        var snapshot: (requests: Int, afterSwitch: Int) { lock.withLock { (requests, afterSwitch) } }
-    }
-
     func testSwitchUnderConcurrentKeepAliveLoadIsAtomicAcrossApps() throws {
         let blueAPI = try TestUpstream.named("blue")
         let greenAPI = try TestUpstream.named("green")
@@ -36,54 +19,17 @@ final class SwitchContractTests: XCTestCase {
         ])
         defer { proxy.stop() }
 
-        let stats = LoadStats()
-        let switchedAt = NSLock()
-        nonisolated(unsafe) var switchReturnedNs: UInt64 = .max
-        let stop = DispatchSemaphore(value: 0)
-        let stopFlag = NSLock()
-        nonisolated(unsafe) var stopping = false
-        let threads = 6
-        let group = DispatchGroup()
-        for thread in 0..<threads {
-            group.enter()
-            Thread.detachNewThread {
-                defer { group.leave() }
-                var client: RawHTTPClient
-                do { client = try proxy.client() } catch { stats.fail("connect: \(error)"); return }
-                var index = 0
-                while !stopFlag.withLock({ stopping }) {
-                    let host = (index + thread) % 2 == 0 ? "api.test" : "web.test"
-                    index += 1
-                    let sentNs = DispatchTime.now().uptimeNanoseconds
-                    do {
-                        let response = try client.request("GET", "/", host: host)
-                        let after = sentNs > switchedAt.withLock { switchReturnedNs }
-                        stats.countRequest(afterSwitch: after)
-                        if response.status != 200 { stats.fail("status \(response.status)") }
-                        if after && response.bodyString != "green\n" {
-                            stats.staleAnswer("\(host) answered \(response.bodyString) after the switch")
-                        }
-                    } catch {
-                        stats.fail("\(host): \(error)")
-                        stats.reconnected()
-                        guard let fresh = try? proxy.client() else { return }
-                        client = fresh
-                    }
-                }
-            }
-        }
+        let load = SwitchLoad(port: proxy.port, threads: 6, hosts: ["api.test", "web.test"])
         // Switch once the load is running, then keep the load going well past the switch.
-        while stats.snapshot.requests < 300 { usleep(1_000) }
+        load.waitForRequests(300)
         proxy.publisher.switchTo(.green)
-        switchedAt.withLock { switchReturnedNs = DispatchTime.now().uptimeNanoseconds }
-        while stats.snapshot.afterSwitch < 600 { usleep(1_000) }
-        stopFlag.withLock { stopping = true }
-        group.wait()
-        _ = stop
+        load.markSwitched()
+        load.waitForRequestsAfterSwitch(600)
+        load.stop()
 
-        XCTAssertEqual(stats.failures, [], "no failed requests")
-        XCTAssertEqual(stats.stale, [], "no request sent after the switch returned was answered by blue")
-        XCTAssertEqual(stats.reconnects, 0, "keep-alive clients were not disconnected by the switch")
+        XCTAssertEqual(load.failures, [], "no failed requests")
+        XCTAssertEqual(load.stale, [], "no request sent after the switch returned was answered by blue")
+        XCTAssertEqual(load.reconnects, 0, "keep-alive clients were not disconnected by the switch")
         XCTAssertGreaterThan(blueAPI.requestCount + blueWeb.requestCount, 0)
         XCTAssertGreaterThan(greenAPI.requestCount, 0)
         XCTAssertGreaterThan(greenWeb.requestCount, 0)

@@ -297,20 +297,7 @@ final class RawHTTPClient {
     }
 
     private func find(_ pattern: [UInt8], from: Int) -> Int? {
-        buffer.withUnsafeBufferPointer { b -> Int? in
-            let m = pattern.count
-            guard b.count >= m else { return nil }
-            var i = from
-            while i <= b.count - m {
-                if b[i] == pattern[0] {
-                    var j = 1
-                    while j < m && b[i + j] == pattern[j] { j += 1 }
-                    if j == m { return i }
-                }
-                i += 1
-            }
-            return nil
-        }
+        firstIndex(of: pattern, in: buffer, from: from)
     }
 
     private func readHead() throws -> [UInt8] {
@@ -383,5 +370,24 @@ final class RawHTTPClient {
         let out = Array(buffer[start...])
         start = buffer.count
         return out
+    }
+}
+
+/// Where `pattern` first occurs in `buffer` at or after `from` (the test client's and the test
+/// upstream's head and line searches).
+func firstIndex(of pattern: [UInt8], in buffer: [UInt8], from: Int) -> Int? {
+    buffer.withUnsafeBufferPointer { bytes -> Int? in
+        let length = pattern.count
+        guard length > 0, bytes.count >= length, from <= bytes.count - length else { return nil }
+        var index = max(0, from)
+        while index <= bytes.count - length {
+            if bytes[index] == pattern[0] {
+                var matched = 1
+                while matched < length && bytes[index + matched] == pattern[matched] { matched += 1 }
+                if matched == length { return index }
+            }
+            index += 1
+        }
+        return nil
     }
 }

@@ -282,20 +282,7 @@ final class TestUpstreamConnection: @unchecked Sendable {
     }
 
     private func find(_ pattern: [UInt8], from: Int) -> Int? {
-        buffer.withUnsafeBufferPointer { b -> Int? in
-            let m = pattern.count
-            guard b.count >= m else { return nil }
-            var i = from
-            while i <= b.count - m {
-                if b[i] == pattern[0] {
-                    var j = 1
-                    while j < m && b[i + j] == pattern[j] { j += 1 }
-                    if j == m { return i }
-                }
-                i += 1
-            }
-            return nil
-        }
+        firstIndex(of: pattern, in: buffer, from: from)
     }
 
     /// Head up to and including CRLFCRLF; nil on EOF before a complete head (or > 1 MiB).
