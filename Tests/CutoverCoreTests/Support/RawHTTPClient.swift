@@ -7,7 +7,7 @@
 import Foundation
 import Glibc
 
-struct TestResponse: Sendable {
+struct TestResponse: Sendable, HTTPMessageFields {
     var status: Int
     var reason: String
     var version: String
@@ -16,20 +16,6 @@ struct TestResponse: Sendable {
     var body: [UInt8]
     /// Status line and header block exactly as received, including the final CRLFCRLF.
     var rawHead: [UInt8]
-
-    /// First header with this name (case-insensitive).
-    func header(_ name: String) -> String? {
-        let lower = name.lowercased()
-        return headers.first { $0.name.lowercased() == lower }?.value
-    }
-
-    /// All values of headers with this name (case-insensitive), in arrival order.
-    func headers(named name: String) -> [String] {
-        let lower = name.lowercased()
-        return headers.filter { $0.name.lowercased() == lower }.map(\.value)
-    }
-
-    var bodyString: String { String(decoding: body, as: UTF8.self) }
 }
 
 enum RawClientError: Error, Equatable {
@@ -390,4 +376,27 @@ func firstIndex(of pattern: [UInt8], in buffer: [UInt8], from: Int) -> Int? {
         }
         return nil
     }
+}
+
+/// A received request or response: header lookups and the body as text, shared by the test
+/// upstream's requests and the test client's responses.
+protocol HTTPMessageFields {
+    var headers: [(name: String, value: String)] { get }
+    var body: [UInt8] { get }
+}
+
+extension HTTPMessageFields {
+    /// First header with this name (case-insensitive).
+    func header(_ name: String) -> String? {
+        let lower = name.lowercased()
+        return headers.first { $0.name.lowercased() == lower }?.value
+    }
+
+    /// All values of headers with this name (case-insensitive), in arrival order.
+    func headers(named name: String) -> [String] {
+        let lower = name.lowercased()
+        return headers.filter { $0.name.lowercased() == lower }.map(\.value)
+    }
+
+    var bodyString: String { String(decoding: body, as: UTF8.self) }
 }

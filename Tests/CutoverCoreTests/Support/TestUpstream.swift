@@ -10,7 +10,7 @@ import Glibc
 // MARK: - Request
 
 /// One request as the upstream received it.
-struct TestRequest: Sendable {
+struct TestRequest: Sendable, HTTPMessageFields {
     var method: String
     var target: String
     var version: String
@@ -25,20 +25,6 @@ struct TestRequest: Sendable {
     var expectsContinue: Bool = false
     /// Index into `TestUpstream.requests`; lets `readBody(for:)` update the recorded copy.
     var sequence: Int = -1
-
-    /// First header with this name (case-insensitive).
-    func header(_ name: String) -> String? {
-        let lower = name.lowercased()
-        return headers.first { $0.name.lowercased() == lower }?.value
-    }
-
-    /// All values of headers with this name (case-insensitive), in arrival order.
-    func headers(named name: String) -> [String] {
-        let lower = name.lowercased()
-        return headers.filter { $0.name.lowercased() == lower }.map(\.value)
-    }
-
-    var bodyString: String { String(decoding: body, as: UTF8.self) }
 }
 
 enum TestUpstreamError: Error {
