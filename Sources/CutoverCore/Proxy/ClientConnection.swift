@@ -256,7 +256,7 @@ final class ClientConnection: Channel {
 
     private func processHead() -> Bool {
         if input.isEmpty {
-            if peerClosed || worker.isDraining {
+            if peerClosed || worker.endsKeepAlive {
                 // Finish sending what is queued (a half-closed client still gets its responses).
                 if output.isEmpty { close() } else { startClosing() }
                 return true
@@ -296,7 +296,7 @@ final class ClientConnection: Channel {
         exchange = Exchange()
         exchange.method = head.method
         exchange.version = head.version
-        exchange.keepAlive = head.keepAlive && !worker.isDraining
+        exchange.keepAlive = head.keepAlive && !worker.endsKeepAlive
         exchange.upgradeRequested = !head.upgrade.isEmpty
         exchange.requestHasBody = head.hasBody
         let routing = worker.currentRouting()
@@ -523,7 +523,7 @@ final class ClientConnection: Channel {
         // A response that arrives before the request body finished leaves unread body bytes
         // on the client connection: they must never be parsed as a request, so close after.
         let keepAlive = exchange.keepAlive && framing != .close && exchange.requestBody.isFinished
-            && !worker.isDraining
+            && !worker.endsKeepAlive
         guard writeResponseHead(head, source: source, framing: framing, keepAlive: keepAlive) else { return false }
         upstream.input.consume(consumed)
         exchange.keepAlive = keepAlive
@@ -572,7 +572,7 @@ final class ClientConnection: Channel {
             }
         }
         pool = nil
-        if exchange.keepAlive && !worker.isDraining {
+        if exchange.keepAlive && !worker.endsKeepAlive {
             phase = .awaitingHead
         } else {
             startClosing()
@@ -665,7 +665,7 @@ final class ClientConnection: Channel {
         output.end += writer.count
         exchange.keepAlive = keepAlive
         exchange.finalResponseStarted = true
-        if keepAlive && !worker.isDraining {
+        if keepAlive && !worker.endsKeepAlive {
             phase = .awaitingHead
         } else {
             startClosing()

@@ -98,6 +98,7 @@ public final class ProxyServer: @unchecked Sendable {
     public func stop() {
         guard started else { return }
         let drainMs = config.timeouts.drainMs
+        shared.draining.store(true, ordering: .relaxed)
         for worker in workers {
             let box = UncheckedBox(worker)
             worker.loop.execute {

@@ -50,6 +50,11 @@ final class ProxyWorker {
     private let requestIDPrefix: UInt64
     private(set) var isDraining = false
 
+    /// Whether a response written now must close its connection. True from the moment `stop`
+    /// is called, on every loop at once: a loop whose own drain message is still queued must
+    /// not promise keep-alive to a client another loop has already started closing.
+    var endsKeepAlive: Bool { isDraining || shared.draining.load(ordering: .relaxed) }
+
     init(loop: EventLoop, settings: ProxySettings, shared: SharedProxyState, publisher: RoutingPublisher,
          counters: DataPlaneCounters, logger: Logger) {
         self.loop = loop
