@@ -277,7 +277,7 @@ final class ConfigParserTests: XCTestCase {
             (m + "timeouts\n{\n}\n", "t.conf:7: timeouts: expected '{' at the end of the line"),
             (m + "{\n", "t.conf:7: '{' must follow a block name on the same line"),
             (m + "limits\n", "t.conf:7: limits: expected '{' at the end of the line"),
-            (m + "workers 4 {\n}\n", "t.conf:7: 'workers' is not a block (blocks are timeouts, limits, health and app)"),
+            (m + "workers 4 {\n}\n", "t.conf:7: 'workers' is not a block (blocks are timeouts, limits, health, gate and app)"),
             (m + "timeouts extra {\n}\n", "t.conf:7: timeouts: unexpected extra value 'extra'"),
             // Unknown directives.
             (m + "worker 4\n", "t.conf:7: unknown directive 'worker'"),

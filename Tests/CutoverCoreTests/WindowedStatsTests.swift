@@ -3,18 +3,25 @@ import XCTest
 
 /// Sliding windows rotate with the injected clock: no test waits for real time.
 final class WindowedStatsTests: XCTestCase {
+    private func sample(_ outcome: WindowedStats.Outcome, status: UInt16 = 200, latency: UInt64, upstream: Int64 = -1,
+                        bytesIn: UInt64 = 0, bytesOut: UInt64 = 0) -> RequestSample {
+        RequestSample(outcome: outcome, status: status, latencyMicros: latency, upstreamMicros: upstream,
+                      bytesIn: bytesIn, bytesOut: bytesOut)
+    }
+
     func testWindowsForgetWhatLeftThemAndTotalsKeepIt() {
-        var stats = WindowedStats(now: 100)
-        for _ in 0..<3 { stats.record(.success, latencyMicros: 1_000, upstreamMicros: 800, bytesIn: 100, bytesOut: 2_000, at: 100) }
-        stats.record(.serverError, latencyMicros: 50_000, at: 104)
-        stats.record(.connectFailure, latencyMicros: 2_000, at: 104)
+        var stats = WindowedStats()
+        for _ in 0..<3 { stats.record(sample(.success, latency: 1_000, upstream: 800, bytesIn: 100, bytesOut: 2_000), at: 100) }
+        stats.record(sample(.serverError, status: 500, latency: 50_000), at: 104)
+        stats.record(sample(.connectFailure, status: 502, latency: 2_000), at: 104)
 
         var ten = stats.figures(.tenSeconds, at: 105)
         XCTAssertEqual(ten.requests, 5)
         XCTAssertEqual(ten.count(.success), 3)
         XCTAssertEqual(ten.bytesOut, 6_000)
         XCTAssertEqual(ten.serverErrorRate, 0.4, accuracy: 1e-9, "a 5xx and a connect failure out of five")
-        XCTAssertEqual(ten.upstreamLatency.count, 3, "only requests that reached an upstream have an upstream latency")
+        XCTAssertEqual(ten.upstreamCount, 3, "only requests that got a response head have an upstream latency")
+        XCTAssertEqual(ten.upstreamMeanMicros, 800)
 
         ten = stats.figures(.tenSeconds, at: 110)
         XCTAssertEqual(ten.requests, 2, "second 100 left the 10 s window at 110")
@@ -25,22 +32,28 @@ final class WindowedStatsTests: XCTestCase {
         XCTAssertEqual(stats.figures(.fiveMinutes, at: 399).requests, 5)
         XCTAssertEqual(stats.figures(.fiveMinutes, at: 400).requests, 0)
         XCTAssertEqual(stats.figures(.total, at: 10_000).requests, 5)
+        XCTAssertEqual(stats.totals.statusCodes[500], 1)
+        XCTAssertEqual(stats.totals.statusCodes[502], 1)
+        XCTAssertEqual(stats.totals.upstreamLatency.count, 3)
     }
 
     func testRecordingAfterALongPauseStartsClean() {
-        var stats = WindowedStats(now: 0)
-        stats.record(.success, latencyMicros: 10, at: 0)
-        stats.record(.success, latencyMicros: 20, at: 3_600)  // an hour later: every slot was left behind
+        var stats = WindowedStats()
+        stats.record(sample(.success, latency: 10), at: 0)
+        stats.record(sample(.success, latency: 20), at: 3_600)  // an hour later: every slot was left behind
         XCTAssertEqual(stats.figures(.tenSeconds, at: 3_600).requests, 1)
         XCTAssertEqual(stats.figures(.fiveMinutes, at: 3_600).requests, 1)
         XCTAssertEqual(stats.figures(.total, at: 3_600).requests, 2)
+        // A slot reused after ten seconds holds only its new second.
+        stats.record(sample(.success, latency: 30), at: 3_610)
+        XCTAssertEqual(stats.figures(.tenSeconds, at: 3_610).requests, 1)
     }
 
     func testWindowPercentilesComeFromMergedSlots() {
-        var stats = WindowedStats(now: 0)
+        var stats = WindowedStats()
         for second in Int64(0)..<10 {
-            for _ in 0..<99 { stats.record(.success, latencyMicros: 1_000, at: second) }
-            stats.record(.success, latencyMicros: 100_000, at: second)  // 1 % slow
+            for _ in 0..<99 { stats.record(sample(.success, latency: 1_000), at: second) }
+            stats.record(sample(.success, latency: 100_000), at: second)  // 1 % slow
         }
         let window = stats.figures(.tenSeconds, at: 9)
         XCTAssertEqual(window.requests, 1_000)
@@ -52,5 +65,17 @@ final class WindowedStatsTests: XCTestCase {
         merged.merge(window)  // as if a second loop had seen the same
         XCTAssertEqual(merged.requests, 2_000)
         XCTAssertEqual(merged.latency.percentile(50), window.latency.percentile(50))
+    }
+
+    func testPrometheusBucketsCountEachRequestOnceAtItsBound() {
+        var stats = WindowedStats()
+        for latency: UInt64 in [500, 501, 1_000, 60_000_000, 61_000_000] { stats.record(sample(.success, latency: latency), at: 0) }
+        let buckets = stats.totals.durationBuckets
+        XCTAssertEqual(buckets.count, WindowedStats.durationBoundsMicros.count + 1)
+        XCTAssertEqual(buckets[0], 1, "500 µs is ≤ 0.0005 s")
+        XCTAssertEqual(buckets[1], 2, "501 and 1000 µs are in (0.0005, 0.001]")
+        XCTAssertEqual(buckets[WindowedStats.durationBoundsMicros.count - 1], 1, "60 s is ≤ 60")
+        XCTAssertEqual(buckets.last, 1, "61 s is only in +Inf")
+        XCTAssertEqual(buckets.reduce(0, +), 5)
     }
 }

@@ -20,5 +20,6 @@ int cutover_peer_credentials(int fd, unsigned int *uid, int *pid);
 long long cutover_monotonic_ms(void);
 /// CLOCK_MONOTONIC in nanoseconds.
 long long cutover_monotonic_ns(void);
+long long cutover_realtime_ns(void);
 
 #endif

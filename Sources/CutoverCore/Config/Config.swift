@@ -191,6 +191,8 @@ public struct Config: Sendable, Equatable {
     public var timeouts: Timeouts
     public var limits: Limits
     public var health: HealthSettings
+    /// Traffic thresholds of the switch gate; nil: the gate looks at health and verify only.
+    public var gate: GateThresholds?
     public var apps: [AppConfig]
 
     /// The admin socket mode used when `admin_mode` is absent.
@@ -218,6 +220,26 @@ public struct Config: Sendable, Equatable {
         self.limits = limits
         self.health = health
         self.apps = apps
+    }
+}
+
+/// `gate { window 1m; max_5xx_rate 0.5%; max_p95_ratio 1.1; min_requests 100 }`: before a
+/// switch, a target color that served at least `minRequests` requests of an app in `window`
+/// (a preview or canary) must show a 5xx rate at most `max5xxRate` and, against the active
+/// color's own traffic in the same window, a p95 at most `maxP95Ratio` times the active one.
+public struct GateThresholds: Sendable, Equatable {
+    public var window: WindowedStats.Window
+    /// A fraction: 0.005 for `0.5%`.
+    public var max5xxRate: Double?
+    public var maxP95Ratio: Double?
+    public var minRequests: Int
+
+    public init(window: WindowedStats.Window = .oneMinute, max5xxRate: Double? = nil, maxP95Ratio: Double? = nil,
+                minRequests: Int = 100) {
+        self.window = window
+        self.max5xxRate = max5xxRate
+        self.maxP95Ratio = maxP95Ratio
+        self.minRequests = minRequests
     }
 }
 

@@ -248,7 +248,7 @@ private struct Reader {
         throw open.error("unclosed block '\(label)' (missing '}')")
     }
 
-    private static let blockNames: Set<Substring> = ["timeouts", "limits", "health", "app"]
+    private static let blockNames: Set<Substring> = ["timeouts", "limits", "health", "gate", "app"]
 
     private mutating func readTopLevel(_ d: Directive) throws(ConfigError) {
         if Self.blockNames.contains(d.name) {
@@ -280,7 +280,7 @@ private struct Reader {
 
     private mutating func readBlock(_ d: Directive, _ body: ArraySlice<Directive>) throws(ConfigError) {
         guard Self.blockNames.contains(d.name) else {
-            throw d.error("'\(d.name)' is not a block (blocks are timeouts, limits, health and app)")
+            throw d.error("'\(d.name)' is not a block (blocks are timeouts, limits, health, gate and app)")
         }
         if d.name == "app" {
             try addApp(d, body)
@@ -291,6 +291,7 @@ private struct Reader {
         switch d.name {
         case "timeouts": config.timeouts = try readTimeouts(body)
         case "limits": config.limits = try readLimits(body, opener: d)
+        case "gate": config.gate = try readGate(body, opener: d)
         default: config.health = try readHealth(body)
         }
     }
@@ -345,6 +346,30 @@ private struct Reader {
             throw uriCheckLine.error("max_uri_bytes (\(l.maxURIBytes) bytes) must not exceed max_header_bytes (\(l.maxHeaderBytes) bytes)")
         }
         return l
+    }
+
+    private func readGate(_ body: ArraySlice<Directive>, opener: Directive) throws(ConfigError) -> GateThresholds {
+        var gate = GateThresholds()
+        var once = OnceTracker()
+        for d in body {
+            try once.check(d)
+            switch d.name {
+            case "window":
+                let value = try d.oneValue()
+                guard let window = WindowedStats.Window(rawValue: String(value)), window != .total else {
+                    throw d.error("window: '\(value)' is not a window (10s, 1m or 5m)")
+                }
+                gate.window = window
+            case "max_5xx_rate": gate.max5xxRate = try d.rate()
+            case "max_p95_ratio": gate.maxP95Ratio = try d.ratio()
+            case "min_requests": gate.minRequests = try d.integer(1...1_000_000_000)
+            default: throw d.error("unknown directive '\(d.name)' in gate block")
+            }
+        }
+        guard gate.max5xxRate != nil || gate.maxP95Ratio != nil else {
+            throw opener.error("gate: set max_5xx_rate, max_p95_ratio or both (the block checks nothing otherwise)")
+        }
+        return gate
     }
 
     private func readHealth(_ body: ArraySlice<Directive>) throws(ConfigError) -> HealthSettings {
@@ -445,6 +470,27 @@ private extension Directive {
 
     func noValues() throws(ConfigError) {
         if let extra = args.first { throw error("\(name): unexpected extra value '\(extra)'") }
+    }
+
+    /// A percentage (`0.5%`) or a fraction (`0.005`), between 0 and 100 %.
+    func rate() throws(ConfigError) -> Double {
+        let value = try oneValue()
+        let isPercent = value.hasSuffix("%")
+        guard let number = Double(isPercent ? value.dropLast() : value), number.isFinite, number >= 0 else {
+            throw error("\(name): '\(value)' is not a rate (a percentage such as 0.5% or a fraction such as 0.005)")
+        }
+        let fraction = isPercent ? number / 100 : number
+        guard fraction <= 1 else { throw error("\(name): '\(value)' is more than 100%") }
+        return fraction
+    }
+
+    /// A ratio of at least 1 (`1.1`: 10 % slower at most).
+    func ratio() throws(ConfigError) -> Double {
+        let value = try oneValue()
+        guard let number = Double(value), number.isFinite, number >= 1 else {
+            throw error("\(name): '\(value)' is not a ratio of 1 or more (e.g. 1.1)")
+        }
+        return number
     }
 
     func integer(_ range: ClosedRange<Int>) throws(ConfigError) -> Int {

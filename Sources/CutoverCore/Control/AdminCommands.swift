@@ -13,12 +13,14 @@ public enum AdminCommand: Equatable, Sendable {
     case reload
     case verify(Color)
     case history(Int)
+    case stats(WindowedStats.Window)
+    case reopen
 
     /// Commands that change state are recorded with the caller's identity.
     public var changesState: Bool {
         switch self {
         case .switchColor, .rollback, .drain, .undrain, .reload: return true
-        case .help, .status, .health, .verify, .history: return false
+        case .help, .status, .health, .verify, .history, .stats, .reopen: return false
         }
     }
 }
@@ -70,6 +72,15 @@ public enum AdminCommands {
                          summary: "request the color's verify paths on every up server now") { words in
             guard words.count == 1, let color = Color(rawValue: String(words[0])) else { return nil }
             return .verify(color)
+        },
+        AdminCommandSpec(name: "stats", usage: "stats [10s|1m|5m|total]",
+                         summary: "per app and color: requests, rps, outcomes, 5xx rate, latency percentiles (default 1m)") { words in
+            if words.isEmpty { return .stats(.oneMinute) }
+            guard words.count == 1, let window = WindowedStats.Window(rawValue: String(words[0])) else { return nil }
+            return .stats(window)
+        },
+        AdminCommandSpec(name: "reopen", usage: "reopen", summary: "reopen the access log file (after logrotate moved it)") {
+            $0.isEmpty ? .reopen : nil
         },
         AdminCommandSpec(name: "history", usage: "history [n]", summary: "the last n audit records (default 10)") { words in
             if words.isEmpty { return .history(10) }
@@ -175,6 +186,12 @@ extension ControlPlane {
             } catch {
                 return ["ok": false, "error": .string("cannot read the audit log: \(error)")]
             }
+        case .stats(let window):
+            return statsReport(window)
+        case .reopen:
+            guard let link = attachedDataPlane.source else { return ["ok": false, "error": "the data plane is not running"] }
+            if let problem = link.reopenAccessLog() { return ["ok": false, "error": .string(problem)] }
+            return ["ok": true]
         }
     }
 }

@@ -49,6 +49,10 @@ public final class ControlPlane: @unchecked Sendable {
     /// The checked servers by data-plane server id (passive checks), rebuilt with the targets.
     private var keysByServerID: [(id: Int, keys: [ServerKey])] = []
     private var counters: DataPlaneCounters? = nil
+    /// The data plane's request figures (stats, metrics, gate thresholds); nil until attached.
+    private var dataPlane: DataPlaneLink? = nil
+    /// Switch and rollback outcomes by command and result, for `cutover_switches_total`.
+    private var switchOutcomes: [SwitchResultKey: UInt64] = [:]
     private var checkerGeneration = 0
     private var stopped = false
     private let wallAtStart = Date()
@@ -78,6 +82,21 @@ public final class ControlPlane: @unchecked Sendable {
     /// Connects the data plane's counters (passive checks, in-flight figures).
     public func attach(counters: DataPlaneCounters) {
         lock.withLock { self.counters = counters }
+    }
+
+    /// Connects the data plane's request figures.
+    public func attach(dataPlane: DataPlaneLink) {
+        lock.withLock { self.dataPlane = dataPlane }
+    }
+
+    var attachedDataPlane: (source: DataPlaneLink?, counters: DataPlaneCounters?) {
+        lock.withLock { (dataPlane, counters) }
+    }
+
+    var switchOutcomeCounts: [SwitchResultKey: UInt64] { lock.withLock { switchOutcomes } }
+
+    private func countSwitch(_ command: String, _ result: String) {
+        lock.withLock { switchOutcomes[SwitchResultKey(command: command, result: result), default: 0] += 1 }
     }
 
     public var activeColor: Color { lock.withLock { state.active } }
@@ -334,21 +353,20 @@ public final class ControlPlane: @unchecked Sendable {
 
     // MARK: Switching
 
-    public struct SwitchOutcome {
-        public var reply: JSON
-        public var succeeded: Bool
-    }
-
     /// `switch` and `rollback`. Order: gate → state file durable → publish → audit → reply.
     func changeColor(to target: Color, rollback: Bool, force: Bool, reason: String?, actor: AuditActor) -> JSON {
         switchLock.lock()
         defer { switchLock.unlock() }
         let event = rollback ? "rollback" : "switch"
-        let (current, problems): (PersistentState, [String]) = lock.withLock {
+        var (current, problems): (PersistentState, [String]) = lock.withLock {
             let now = clock()
             if state.active == target { return (state, ["\(target.rawValue) is already the active color"]) }
             if force { return (state, []) }
             return (state, rollback ? rollbackProblems(target, at: now) : readinessProblems(target, at: now))
+        }
+        if problems.isEmpty && !force && !rollback {
+            // Read outside the state lock: collecting the figures waits on every loop.
+            problems = gateThresholdProblems(target: target, active: current.active)
         }
         var gate: [JSON] = problems.map { .string($0) }
         var verifyResults: [JSON] = []
@@ -364,6 +382,7 @@ public final class ControlPlane: @unchecked Sendable {
             }
         }
         if refused {
+            countSwitch(event, "refused")
             let details = ["gate": gate.map { $0.stringValue ?? "" }.joined(separator: "; ")]
             appendAudit(AuditRecord(event: "refused", from: current.active, to: target, reason: reason, forced: force,
                                     actor: actor, generation: current.generation, details: details.merging(["command": event]) { a, _ in a }))
@@ -385,6 +404,7 @@ public final class ControlPlane: @unchecked Sendable {
                 logger.log(.warning, "\(event) to \(target.rawValue): \(error.description)")
             } catch {
                 logger.log(.error, "\(event) to \(target.rawValue) aborted: \(error.description)")
+                countSwitch(event, "failed")
                 return ["ok": false, "error": .string("\(event) aborted, the state file could not be written: \(error.description)")]
             }
         }
@@ -395,6 +415,7 @@ public final class ControlPlane: @unchecked Sendable {
             lastSwitch = SwitchRecord(at: clock(), from: current.active, to: target, drainedAt: nil)
         }
         let publishMicros = (DispatchTime.now().uptimeNanoseconds - started) / 1000
+        countSwitch(event, "ok")
         var details: [String: String] = ["publish_us": String(publishMicros)]
         if force { details["gate"] = "skipped (forced)" } else if !verifyResults.isEmpty { details["verify"] = "\(verifyResults.count) passed" }
         let auditError = appendAudit(AuditRecord(event: event, from: current.active, to: target, reason: reason, forced: force,
@@ -487,6 +508,8 @@ public final class ControlPlane: @unchecked Sendable {
             if next.adminGroup != config.adminGroup { changed.append("admin_group") }
             if next.stateFile != config.stateFile { changed.append("state_file") }
             if next.auditLog != config.auditLog { changed.append("audit_log") }
+            if next.accessLog != config.accessLog { changed.append("access_log") }
+            if next.metricsListen != config.metricsListen { changed.append("metrics_listen") }
             // The running files stay in use until a restart; routing, health and gate settings apply now.
             var applied = next
             applied.stateFile = config.stateFile
@@ -546,6 +569,27 @@ public final class ControlPlane: @unchecked Sendable {
             return .object([("ok", true), ("active", .string(state.active.rawValue)), ("previous", .string(state.previous?.rawValue)),
                             ("generation", .int(Int64(state.generation))), ("last_switch", switchReport),
                             ("colors", .object(colors)), ("apps", .array(apps))])
+        }
+    }
+
+    /// The control plane's state as the metrics exposition reports it, read under one lock.
+    func controlFigures() -> ControlFigures {
+        lock.withLock {
+            let now = clock()
+            var servers: [ControlFigures.Server] = []
+            for app in config.apps {
+                for color in Color.allCases {
+                    for server in app.servers(color) {
+                        let key = ServerKey(app: app.name, color: color, server: server.description)
+                        servers.append(ControlFigures.Server(app: app.name, color: color, name: server.description,
+                                                             id: addresses[key]?.id ?? -1, up: health[key]?.state == .up))
+                    }
+                }
+            }
+            return ControlFigures(active: state.active, generation: Int(state.generation),
+                                  ready: [.blue: readinessProblems(.blue, at: now).isEmpty,
+                                          .green: readinessProblems(.green, at: now).isEmpty],
+                                  servers: servers, gate: config.gate)
         }
     }
 

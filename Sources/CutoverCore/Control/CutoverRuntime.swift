@@ -41,7 +41,7 @@ public final class CutoverRuntime: @unchecked Sendable {
         } else {
             controlPlane = try ControlPlane(config: config, configPath: configPath, state: state, logger: logger, audit: audit)
         }
-        server = ProxyServer(config: config, publisher: controlPlane.publisher, logger: logger)
+        server = ProxyServer(config: config, publisher: controlPlane.publisher, logger: logger, servers: controlPlane.registry)
     }
 
     public func start() throws {
@@ -61,6 +61,7 @@ public final class CutoverRuntime: @unchecked Sendable {
             throw error
         }
         controlPlane.attach(counters: server.counters)
+        controlPlane.attach(dataPlane: server.link)
         controlPlane.startChecks()
         let state = controlPlane.persistentState
         controlPlane.appendAudit(AuditRecord(event: "start", to: state.active, actor: .current(), generation: state.generation,

@@ -1,14 +1,16 @@
-/// A log-linear latency histogram (HDR-style) over microseconds, from 1 µs to beyond 60 s.
+/// A log-linear latency histogram (HDR-style) over microseconds, from 1 µs to 134 s.
 ///
 /// Values below 128 µs have a bucket each; above, every power of two is split into 64 equal
 /// buckets, so a bucket is at most 1/64 of its lower bound wide. Percentiles report the bucket
-/// midpoint: the relative error is at most 1/128 (0.8 %). Recording is one index computation
-/// and one increment — no allocation; the bucket array is allocated once.
+/// midpoint, clamped to the exact min and max: the relative error is at most 1/128 (0.8 %).
+/// Values above 2^27 µs (134 s) share the last bucket; `max` stays exact. Recording is one
+/// index computation and one increment — no allocation; the 1,408 buckets (11 KiB) are
+/// allocated once.
 public struct LatencyHistogram: Sendable {
     static let linearBuckets = 128
     static let subBuckets = 64
-    /// Enough powers of two for 2^40 µs (12 days): any latency a proxy could see.
-    static let maxShift = 34
+    /// Powers of two up to 2^27 µs (134 s): beyond any timeout a request could run under.
+    static let maxShift = 20
     public static let bucketCount = linearBuckets + maxShift * subBuckets
 
     public private(set) var counts: [UInt64]

@@ -1,17 +1,27 @@
 /// Request figures of one app and color, as one loop records them: totals since start and
 /// sliding windows of 10 s, 1 m and 5 m.
 ///
-/// The windows are rings: ten one-second slots (10 s) and thirty ten-second slots (1 m = the
-/// last six, 5 m = all thirty), each holding its own counters and latency histogram. Recording
-/// rotates lazily from the time it is given (whole seconds of an injected clock), so a window
-/// is cheap to read — merge its slots — and time can be driven by tests. A value owned by one
-/// loop: no locks, and no allocation once its slots exist.
+/// The windows are rings of stamped slots: ten one-second slots (10 s) and thirty ten-second
+/// slots (1 m = the newest six, 5 m = all thirty). A slot whose stamp is not the second it is
+/// asked to record is reset first, and a reader merges only slots whose stamps fall inside the
+/// window — so time can jump (or be driven by a test clock) and nothing needs a timer. A value
+/// owned by one loop: no locks, and no allocation after `init`.
 public struct WindowedStats: Sendable {
     public enum Window: String, Sendable, CaseIterable {
         case tenSeconds = "10s"
         case oneMinute = "1m"
         case fiveMinutes = "5m"
         case total
+
+        /// Length in seconds (nil: since start).
+        public var seconds: Int64? {
+            switch self {
+            case .tenSeconds: return 10
+            case .oneMinute: return 60
+            case .fiveMinutes: return 300
+            case .total: return nil
+            }
+        }
     }
 
     /// Status classes 1xx…5xx, then the kinds of upstream failure the proxy answered itself.
@@ -42,6 +52,8 @@ public struct WindowedStats: Sendable {
             case .invalidResponse: return "invalid_response"
             }
         }
+
+        public var isUpstreamError: Bool { rawValue >= Outcome.connectFailure.rawValue }
     }
 
     /// Counters and latencies of one slot (or of a merged window).
@@ -49,28 +61,43 @@ public struct WindowedStats: Sendable {
         public var outcomes = [UInt64](repeating: 0, count: Outcome.allCases.count)
         public var bytesIn: UInt64 = 0
         public var bytesOut: UInt64 = 0
+        /// First byte of the request head to the last byte of the response handed to the kernel.
         public var latency = LatencyHistogram()
-        public var upstreamLatency = LatencyHistogram()
+        /// Requests that reached an upstream and got a response head, and their summed wait.
+        public var upstreamCount: UInt64 = 0
+        public var upstreamMicros: UInt64 = 0
 
         public init() {}
 
         public var requests: UInt64 { outcomes.reduce(0, +) }
         public func count(_ outcome: Outcome) -> UInt64 { outcomes[outcome.rawValue] }
 
-        /// 5xx answers (the upstream's or the proxy's own 502/503/504) over all requests.
+        public var upstreamErrors: UInt64 {
+            Outcome.allCases.filter(\.isUpstreamError).reduce(0) { $0 + count($1) }
+        }
+
+        /// 5xx answers (the upstream's, or the proxy's own 502/503/504 for upstream failures)
+        /// over all requests.
         public var serverErrorRate: Double {
             let total = requests
             guard total > 0 else { return 0 }
-            let errors = count(.serverError) + count(.connectFailure) + count(.reset) + count(.timeout) + count(.invalidResponse)
-            return Double(errors) / Double(total)
+            return Double(count(.serverError) + upstreamErrors) / Double(total)
         }
 
-        mutating func record(_ outcome: Outcome, latencyMicros: UInt64, upstreamMicros: UInt64?, bytesIn: UInt64, bytesOut: UInt64) {
-            outcomes[outcome.rawValue] &+= 1
-            self.bytesIn &+= bytesIn
-            self.bytesOut &+= bytesOut
-            latency.record(latencyMicros)
-            if let upstreamMicros { upstreamLatency.record(upstreamMicros) }
+        public var upstreamMeanMicros: Double {
+            upstreamCount == 0 ? 0 : Double(upstreamMicros) / Double(upstreamCount)
+        }
+
+        @inline(__always)
+        mutating func record(_ sample: RequestSample) {
+            outcomes[sample.outcome.rawValue] &+= 1
+            bytesIn &+= sample.bytesIn
+            bytesOut &+= sample.bytesOut
+            latency.record(sample.latencyMicros)
+            if sample.upstreamMicros >= 0 {
+                upstreamCount &+= 1
+                upstreamMicros &+= UInt64(sample.upstreamMicros)
+            }
         }
 
         public mutating func merge(_ other: Figures) {
@@ -78,7 +105,8 @@ public struct WindowedStats: Sendable {
             bytesIn &+= other.bytesIn
             bytesOut &+= other.bytesOut
             latency.merge(other.latency)
-            upstreamLatency.merge(other.upstreamLatency)
+            upstreamCount &+= other.upstreamCount
+            upstreamMicros &+= other.upstreamMicros
         }
 
         mutating func reset() {
@@ -86,74 +114,136 @@ public struct WindowedStats: Sendable {
             bytesIn = 0
             bytesOut = 0
             latency.reset()
-            upstreamLatency.reset()
+            upstreamCount = 0
+            upstreamMicros = 0
+        }
+    }
+
+    /// Upper bounds (µs) of the Prometheus duration buckets; `+Inf` follows.
+    public static let durationBoundsMicros: [UInt64] = [
+        500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+        1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+    ]
+
+    /// Since start: the figures, the upstream latency histogram, exact status codes and the
+    /// Prometheus duration buckets (non-cumulative; the exposition sums them).
+    public struct Totals: Sendable {
+        public var figures = Figures()
+        public var upstreamLatency = LatencyHistogram()
+        /// Count per status code 0…599 (0: the client left before any response).
+        public var statusCodes = [UInt64](repeating: 0, count: 600)
+        public var durationBuckets = [UInt64](repeating: 0, count: WindowedStats.durationBoundsMicros.count + 1)
+
+        public init() {}
+
+        @inline(__always)
+        mutating func record(_ sample: RequestSample) {
+            figures.record(sample)
+            if sample.upstreamMicros >= 0 { upstreamLatency.record(UInt64(sample.upstreamMicros)) }
+            statusCodes[Int(sample.status) < 600 ? Int(sample.status) : 0] &+= 1
+            var bucket = 0
+            let bounds = WindowedStats.durationBoundsMicros
+            while bucket < bounds.count && sample.latencyMicros > bounds[bucket] { bucket += 1 }
+            durationBuckets[bucket] &+= 1
+        }
+
+        public mutating func merge(_ other: Totals) {
+            figures.merge(other.figures)
+            upstreamLatency.merge(other.upstreamLatency)
+            for index in statusCodes.indices where other.statusCodes[index] != 0 { statusCodes[index] &+= other.statusCodes[index] }
+            for index in durationBuckets.indices { durationBuckets[index] &+= other.durationBuckets[index] }
         }
     }
 
     static let secondSlots = 10
     static let tenSecondSlots = 30
 
-    public private(set) var total = Figures()
+    public private(set) var totals = Totals()
     private var seconds: [Figures]
+    private var secondStamps: [Int64]
     private var tenSeconds: [Figures]
-    /// The second the newest one-second slot stands for; slots older than the ring are cleared
-    /// as time moves on.
-    private var currentSecond: Int64
-    private var currentTenSecond: Int64
+    private var tenSecondStamps: [Int64]
 
-    public init(now second: Int64) {
+    public init() {
         seconds = Array(repeating: Figures(), count: Self.secondSlots)
+        secondStamps = Array(repeating: .min, count: Self.secondSlots)
         tenSeconds = Array(repeating: Figures(), count: Self.tenSecondSlots)
-        currentSecond = second
-        currentTenSecond = second / 10
+        tenSecondStamps = Array(repeating: .min, count: Self.tenSecondSlots)
     }
 
     /// Records one finished request at `second` (whole seconds of the injected clock).
-    public mutating func record(_ outcome: Outcome, latencyMicros: UInt64, upstreamMicros: UInt64? = nil,
-                                bytesIn: UInt64 = 0, bytesOut: UInt64 = 0, at second: Int64) {
-        advance(to: second)
-        total.record(outcome, latencyMicros: latencyMicros, upstreamMicros: upstreamMicros, bytesIn: bytesIn, bytesOut: bytesOut)
-        seconds[Self.index(second, Self.secondSlots)]
-            .record(outcome, latencyMicros: latencyMicros, upstreamMicros: upstreamMicros, bytesIn: bytesIn, bytesOut: bytesOut)
-        tenSeconds[Self.index(second / 10, Self.tenSecondSlots)]
-            .record(outcome, latencyMicros: latencyMicros, upstreamMicros: upstreamMicros, bytesIn: bytesIn, bytesOut: bytesOut)
+    @inline(__always)
+    public mutating func record(_ sample: RequestSample, at second: Int64) {
+        totals.record(sample)
+        let slot = Self.index(second, Self.secondSlots)
+        if secondStamps[slot] != second {
+            seconds[slot].reset()
+            secondStamps[slot] = second
+        }
+        seconds[slot].record(sample)
+        let tenSecond = Self.floorDiv(second, 10)
+        let tenSlot = Self.index(tenSecond, Self.tenSecondSlots)
+        if tenSecondStamps[tenSlot] != tenSecond {
+            tenSeconds[tenSlot].reset()
+            tenSecondStamps[tenSlot] = tenSecond
+        }
+        tenSeconds[tenSlot].record(sample)
     }
 
-    /// Clears the slots that time has left behind since the last call.
-    public mutating func advance(to second: Int64) {
-        if second > currentSecond {
-            let steps = min(second - currentSecond, Int64(Self.secondSlots))
-            for step in 1...steps { seconds[Self.index(currentSecond + step, Self.secondSlots)].reset() }
-            currentSecond = second
-        }
-        let tenSecond = second / 10
-        if tenSecond > currentTenSecond {
-            let steps = min(tenSecond - currentTenSecond, Int64(Self.tenSecondSlots))
-            for step in 1...steps { tenSeconds[Self.index(currentTenSecond + step, Self.tenSecondSlots)].reset() }
-            currentTenSecond = tenSecond
-        }
-    }
-
-    /// The figures of `window` as of `second`. The minute windows move in ten-second steps.
-    public func figures(_ window: Window, at second: Int64) -> Figures {
-        var copy = self
-        copy.advance(to: second)
-        var merged = Figures()
+    /// Adds the figures of `window` as of `second` to `into`. The minute windows move in
+    /// ten-second steps: "1m" is the current ten-second slot and the five before it.
+    public func merge(_ window: Window, at second: Int64, into merged: inout Figures) {
         switch window {
         case .total:
-            return total
+            merged.merge(totals.figures)
         case .tenSeconds:
-            for slot in copy.seconds { merged.merge(slot) }
-        case .oneMinute:
-            let newest = second / 10
-            for offset in 0..<6 { merged.merge(copy.tenSeconds[Self.index(newest - Int64(offset), Self.tenSecondSlots)]) }
-        case .fiveMinutes:
-            for slot in copy.tenSeconds { merged.merge(slot) }
+            for slot in 0..<Self.secondSlots where secondStamps[slot] > second - 10 && secondStamps[slot] <= second {
+                merged.merge(seconds[slot])
+            }
+        case .oneMinute, .fiveMinutes:
+            let newest = Self.floorDiv(second, 10)
+            let span: Int64 = window == .oneMinute ? 6 : 30
+            for slot in 0..<Self.tenSecondSlots
+            where tenSecondStamps[slot] > newest - span && tenSecondStamps[slot] <= newest {
+                merged.merge(tenSeconds[slot])
+            }
         }
+    }
+
+    /// The figures of `window` as of `second`.
+    public func figures(_ window: Window, at second: Int64) -> Figures {
+        var merged = Figures()
+        merge(window, at: second, into: &merged)
         return merged
     }
 
     private static func index(_ value: Int64, _ count: Int) -> Int {
         Int(((value % Int64(count)) + Int64(count)) % Int64(count))
+    }
+
+    private static func floorDiv(_ value: Int64, _ divisor: Int64) -> Int64 {
+        value >= 0 ? value / divisor : -((-value + divisor - 1) / divisor)
+    }
+}
+
+/// One finished request as the data plane reports it.
+public struct RequestSample: Sendable {
+    public var outcome: WindowedStats.Outcome
+    /// The status the client saw (0: none; the client left or the connection was cut first).
+    public var status: UInt16
+    public var latencyMicros: UInt64
+    /// From the request fully sent upstream to the response head; -1 when no head came.
+    public var upstreamMicros: Int64
+    public var bytesIn: UInt64
+    public var bytesOut: UInt64
+
+    public init(outcome: WindowedStats.Outcome, status: UInt16, latencyMicros: UInt64, upstreamMicros: Int64 = -1,
+                bytesIn: UInt64 = 0, bytesOut: UInt64 = 0) {
+        self.outcome = outcome
+        self.status = status
+        self.latencyMicros = latencyMicros
+        self.upstreamMicros = upstreamMicros
+        self.bytesIn = bytesIn
+        self.bytesOut = bytesOut
     }
 }

@@ -49,6 +49,23 @@ final class ClientConnection: Channel {
         var responseDeadlineSet = false
         /// The color this request is counted in flight for (nil: not counted).
         var inflightColor: Color? = nil
+
+        // What the request is recorded with when it ends (`recordExchange`).
+        /// The app and color the request was routed to (nil: it matched no app).
+        var stats: ColorStats? = nil
+        var recorded = false
+        /// Loop time of the first byte of the request head.
+        var startedNs: Int64 = 0
+        /// Loop time the request (head and body) was fully written upstream (0: not yet).
+        var requestSentNs: Int64 = 0
+        var upstreamMicros: Int64 = -1
+        /// The final status sent to the client (0: none yet).
+        var status: UInt16 = 0
+        var serverID = -1
+        var headBytesIn = 0
+        var headBytesOut = 0
+        /// The access-log record being filled (-1: none yet; -2: none free, counted as dropped).
+        var logSlot: Int32 = -1
     }
 
     unowned(unsafe) let worker: ProxyWorker
@@ -73,6 +90,8 @@ final class ClientConnection: Channel {
     private var responseParser: ResponseHeadParser
     /// When the first byte of the current request head arrived (0: none yet).
     private var headStartedAt: Int64 = 0
+    /// The same, in loop nanoseconds, for the request's recorded latency.
+    private var headFirstByteNs: Int64 = 0
     private var exchange = Exchange()
     private var upstream: UpstreamConnection?
     private var pool: LocalPool?
@@ -180,21 +199,26 @@ final class ClientConnection: Channel {
                 close()
             } else {
                 input.consume(input.count)
+                exchange = Exchange()
+                exchange.startedNs = headFirstByteNs != 0 ? headFirstByteNs : loop.nowNs
+                headFirstByteNs = 0
                 respondLocally(status: 408, message: "request head not received in time", keepAlive: false)
             }
         case .proxying:
             if !exchange.responseHeadDone, let upstream {
                 if upstream.phase == .connecting {
                     upstream.failed = true
-                    upstreamFailed(reason: "connect timeout")
+                    upstreamFailed(reason: "connect timeout", kind: .connectFailure)
                 } else if exchange.requestBody.isFinished {
+                    noteUpstreamFailure(.timeout, upstream)
                     closeUpstream()
-                    failExchange(status: 504, message: "upstream did not answer in time")
+                    failExchange(status: 504, message: "upstream did not answer in time", error: .timeout)
                 } else {
-                    abort()
+                    abort(status: 408)  // the client stopped sending its body
                 }
             } else {
-                abort()
+                // A body stalled mid-way: the upstream's, or the client stopped reading.
+                abort(status: 408, error: exchange.responseHeadDone ? .timeout : nil)
             }
         case .tunnel, .closing:
             close()
@@ -275,33 +299,42 @@ final class ClientConnection: Channel {
                 close()  // the client gave up in the middle of a head: nothing to answer
                 return true
             }
+            if headFirstByteNs == 0 { headFirstByteNs = loop.nowNs }
             return false
         case .invalid(let error):
             parser.reset()
             headStartedAt = 0
             input.consume(input.count)
             exchange = Exchange()
+            exchange.startedNs = headFirstByteNs != 0 ? headFirstByteNs : loop.nowNs
+            headFirstByteNs = 0
             respondLocally(status: error.status, message: error.reason, keepAlive: false)
             return true
         case .complete(let head, let consumed):
             parser.reset()
             headStartedAt = 0  // the next head gets its own client_header deadline
-            startExchange(head, consumed: consumed)
+            let startedNs = headFirstByteNs != 0 ? headFirstByteNs : loop.nowNs
+            headFirstByteNs = 0
+            startExchange(head, consumed: consumed, startedNs: startedNs)
             return true
         }
     }
 
-    private func startExchange(_ head: RequestHead, consumed: Int) {
+    private func startExchange(_ head: RequestHead, consumed: Int, startedNs: Int64) {
         let source = input.readableBytes
         exchange = Exchange()
+        exchange.startedNs = startedNs
+        exchange.headBytesIn = consumed
         exchange.method = head.method
         exchange.version = head.version
         exchange.keepAlive = head.keepAlive && !worker.endsKeepAlive
         exchange.upgradeRequested = !head.upgrade.isEmpty
         exchange.requestHasBody = head.hasBody
         let routing = worker.currentRouting()
+        let id = worker.nextRequestID()
 
         let authority = UnsafeRawBufferPointer(rebasing: source[head.authority.lowerBound..<head.authority.upperBound])
+        if let log = worker.accessLog { beginAccessRecord(log, head: head, source: source, authority: authority, id: id) }
         var path = UnsafeRawBufferPointer(rebasing: source[head.path.lowerBound..<head.path.upperBound])
         if path.first != 0x2F { path = Self.rootPath }  // absolute-form without a path, or "*"
         guard let appIndex = routing.match(authority: authority, path: path) else {
@@ -310,28 +343,30 @@ final class ClientConnection: Channel {
                            keepAlive: exchange.keepAlive && !exchange.requestHasBody)
             return
         }
+        let pool = routing.activePools[appIndex]
+        exchange.stats = pool.stats
         if case .contentLength(let length) = head.framing, let maxBody = worker.settings.limits.maxBody,
            length > UInt64(maxBody) {
             input.consume(consumed)
             respondLocally(status: 413, message: "request body exceeds max_body", keepAlive: false)
             return
         }
-        let pool = routing.activePools[appIndex]
         guard let server = pool.next() else {
             input.consume(consumed)
             respondLocally(status: 503, message: "no server available in the active pool",
                            keepAlive: exchange.keepAlive && !exchange.requestHasBody)
             return
         }
+        exchange.serverID = server.id
         guard let upstream = acquireUpstream(server, color: pool.color) else {
             input.consume(consumed)
+            pool.stats.upstreamFailed(serverID: server.id, kind: .connectFailure)
             respondLocally(status: 502, message: "could not connect to an upstream server",
-                           keepAlive: exchange.keepAlive && !exchange.requestHasBody)
+                           keepAlive: exchange.keepAlive && !exchange.requestHasBody, error: .connectFailure)
             return
         }
         loop.buffers.acquire(into: &upstream.output)
         var writer = ByteWriter(upstream.output.writableBytes)
-        let id = worker.nextRequestID()
         clientAddress.withText { address in
             server.hostHeader.withUnsafeBytes { fallbackHost in
                 RequestHeadWriter.write(
@@ -402,17 +437,17 @@ final class ClientConnection: Channel {
                 break
             case .invalid(let reason):
                 closeUpstream()
-                failExchange(status: 400, message: reason)
+                failExchange(status: 400, message: reason, error: nil)
                 return true
             }
             if let maxBody = worker.settings.limits.maxBody, exchange.requestBody.transferred > UInt64(maxBody) {
                 closeUpstream()
-                failExchange(status: 413, message: "request body exceeds max_body")
+                failExchange(status: 413, message: "request body exceeds max_body", error: nil)
                 return true
             }
             if !exchange.requestBody.isFinished && peerClosed && input.isEmpty {
                 // An incomplete body never becomes a complete request upstream.
-                abort()
+                abort(status: 499)
                 return true
             }
         }
@@ -420,6 +455,10 @@ final class ClientConnection: Channel {
             let before = upstream.output.count
             _ = upstream.flush()
             if upstream.output.count != before { progressed = true }
+        }
+        if exchange.requestSentNs == 0 && exchange.requestBody.isFinished && upstream.phase == .open
+            && upstream.output.isEmpty {
+            exchange.requestSentNs = loop.nowNs
         }
         return progressed
     }
@@ -432,7 +471,11 @@ final class ClientConnection: Channel {
         if !exchange.responseHeadDone {
             if upstream.input.isEmpty {
                 if upstream.failed || upstream.peerClosed {
-                    upstreamFailed(reason: upstream.phase == .connecting ? "connect failed" : "connection closed")
+                    if upstream.phase == .connecting {
+                        upstreamFailed(reason: "connect failed", kind: .connectFailure)
+                    } else {
+                        upstreamFailed(reason: "connection closed", kind: .reset)
+                    }
                     return true
                 }
                 return progressed
@@ -453,14 +496,16 @@ final class ClientConnection: Channel {
             break
         case .invalid:
             // The head went out already: the client must see a truncated response.
-            abort()
+            noteUpstreamFailure(.invalidResponse, upstream)
+            abort(status: 502, error: .invalidResponse)
             return true
         }
         if upstream.input.isEmpty && (upstream.peerClosed || upstream.failed) {
             if !upstream.failed && exchange.responseBody.sourceEnded() {
                 finishExchange()
             } else {
-                abort()
+                noteUpstreamFailure(.reset, upstream)
+                abort(status: 502, error: .reset)
             }
             return true
         }
@@ -471,15 +516,17 @@ final class ClientConnection: Channel {
         switch responseParser.parse(upstream.input.readableBytes, requestMethod: exchange.method, fields: loop.fields) {
         case .needMore:
             if upstream.peerClosed || upstream.failed {
+                noteUpstreamFailure(.reset, upstream)
                 closeUpstream()
-                failExchange(status: 502, message: "upstream closed the connection mid-response")
+                failExchange(status: 502, message: "upstream closed the connection mid-response", error: .reset)
                 return true
             }
             return false
         case .invalid(let error):
             worker.log(.warning, "invalid response from \(upstream.server.name): \(error.reason)")
+            noteUpstreamFailure(.invalidResponse, upstream)
             closeUpstream()
-            failExchange(status: 502, message: "upstream sent an invalid response")
+            failExchange(status: 502, message: "upstream sent an invalid response", error: .invalidResponse)
             return true
         case .complete(let head, let consumed):
             return acceptResponseHead(head, consumed: consumed, upstream: upstream)
@@ -501,12 +548,15 @@ final class ClientConnection: Channel {
         }
         if head.status == 101 {
             guard exchange.upgradeRequested, exchange.requestBody.isFinished else {
+                noteUpstreamFailure(.invalidResponse, upstream)
                 closeUpstream()
-                failExchange(status: 502, message: "upstream switched protocols unasked")
+                failExchange(status: 502, message: "upstream switched protocols unasked", error: .invalidResponse)
                 return true
             }
             guard writeResponseHead(head, source: source, framing: .none, keepAlive: true) else { return false }
             upstream.input.consume(consumed)
+            noteResponseHead(head.status, upstream)
+            recordExchange()  // a tunnel is recorded when it opens; its bytes are not counted
             exchange.responseHeadDone = true
             exchange.requestBody = BodyRelay(framing: .untilClose, rechunk: false)
             exchange.responseBody = BodyRelay(framing: .untilClose, rechunk: false)
@@ -526,6 +576,7 @@ final class ClientConnection: Channel {
             && !worker.endsKeepAlive
         guard writeResponseHead(head, source: source, framing: framing, keepAlive: keepAlive) else { return false }
         upstream.input.consume(consumed)
+        noteResponseHead(head.status, upstream)
         exchange.keepAlive = keepAlive
         exchange.responseHeadDone = true
         exchange.responseReusable = head.reusable
@@ -550,17 +601,20 @@ final class ClientConnection: Channel {
             // Parse the head again on a later pass, from its start.
             responseParser.reset()
             if output.isEmpty {
+                if let upstream { noteUpstreamFailure(.invalidResponse, upstream) }
                 closeUpstream()
-                failExchange(status: 502, message: "upstream response head too large")
+                failExchange(status: 502, message: "upstream response head too large", error: .invalidResponse)
             }
             return false
         }
         output.end += writer.count
+        exchange.headBytesOut &+= writer.count
         if !head.isInformational { exchange.finalResponseStarted = true }
         return true
     }
 
     private func finishExchange() {
+        recordExchange()
         endInflight()
         if let upstream {
             let reusable = exchange.responseReusable && exchange.requestBody.isFinished && upstream.isCleanForReuse()
@@ -584,8 +638,9 @@ final class ClientConnection: Channel {
     /// The upstream failed before any response byte arrived. Retries on another server of the
     /// same pool when that is safe (RFC 9110 §9.2.2): nothing of the request was sent, or a
     /// reused keep-alive connection failed and the request is idempotent and bodiless.
-    private func upstreamFailed(reason: StaticString) {
+    private func upstreamFailed(reason: StaticString, kind: WindowedStats.Outcome) {
         guard let failedUpstream = upstream, let pool else { return }
+        noteUpstreamFailure(kind, failedUpstream)
         let nothingSent = failedUpstream.bytesSent == 0
         if !failedUpstream.reused && nothingSent {
             // A fresh connection that failed before carrying a byte: a passive health signal.
@@ -610,23 +665,92 @@ final class ClientConnection: Channel {
             upstream = next
             exchange.attempts += 1
             exchange.responseDeadlineSet = false
+            exchange.requestSentNs = 0
+            exchange.serverID = server.id
             return
         }
         worker.log(.warning, "upstream \(failedUpstream.server.name): \(reason)")
         closeUpstream()
-        failExchange(status: 502, message: "upstream connection failed")
+        failExchange(status: 502, message: "upstream connection failed", error: kind)
     }
 
     /// Ends the exchange with a local error response if none started yet, else aborts.
-    private func failExchange(status: Int, message: StaticString) {
+    /// `error` is the upstream failure behind it (nil: the client's fault, 400/413).
+    private func failExchange(status: Int, message: StaticString, error: WindowedStats.Outcome?) {
         pool = nil
         endInflight()
         if exchange.finalResponseStarted {
-            abort()
+            abort(status: status, error: error)
             return
         }
         respondLocally(status: status, message: message,
-                       keepAlive: exchange.keepAlive && exchange.requestBody.isFinished)
+                       keepAlive: exchange.keepAlive && exchange.requestBody.isFinished, error: error)
+    }
+
+    // MARK: Recording
+
+    /// A final response head from the upstream was queued for the client.
+    @inline(__always)
+    private func noteResponseHead(_ status: Int, _ upstream: UpstreamConnection) {
+        exchange.status = UInt16(truncatingIfNeeded: status)
+        exchange.serverID = upstream.server.id
+        exchange.upstreamMicros = exchange.requestSentNs == 0 ? 0 : (loop.nowNs - exchange.requestSentNs) / 1_000
+    }
+
+    /// Counts a failure against the server (every attempt, also one retried elsewhere).
+    private func noteUpstreamFailure(_ kind: WindowedStats.Outcome, _ upstream: UpstreamConnection) {
+        exchange.stats?.upstreamFailed(serverID: upstream.server.id, kind: kind)
+    }
+
+    /// Records the request once, however it ended: its app and color figures, or the
+    /// unrouted counts for a request that matched no app. `error` names the upstream failure
+    /// the client was answered for or cut off by.
+    private func recordExchange(error: WindowedStats.Outcome? = nil) {
+        guard !exchange.recorded else { return }
+        exchange.recorded = true
+        let now = loop.nowNs
+        let sample = RequestSample(
+            outcome: error ?? WindowedStats.Outcome(status: Int(exchange.status)),
+            status: exchange.status,
+            latencyMicros: UInt64(max(0, now - exchange.startedNs) / 1_000),
+            upstreamMicros: exchange.upstreamMicros,
+            bytesIn: UInt64(exchange.headBytesIn) &+ exchange.requestBody.transferred,
+            bytesOut: UInt64(exchange.headBytesOut) &+ exchange.responseBody.transferred)
+        if let stats = exchange.stats {
+            stats.record(sample, atNanoseconds: now)
+        } else {
+            worker.metrics.recordUnrouted(status: Int(exchange.status))
+        }
+        if let log = worker.accessLog { finishAccessRecord(log, sample: sample, error: error, now: now) }
+    }
+
+    /// Copies the request's fields into an access-log record (only when the log is on).
+    private func beginAccessRecord(_ log: AccessLogRing, head: RequestHead, source: UnsafeRawBufferPointer,
+                                   authority: UnsafeRawBufferPointer, id: (UInt64, UInt64)) {
+        let slot = log.claim()
+        exchange.logSlot = slot >= 0 ? slot : -2  // -2: no free slot, the line is counted as dropped
+        guard slot >= 0 else { return }
+        func bytes(_ range: ByteRange) -> UnsafeRawBufferPointer {
+            UnsafeRawBufferPointer(rebasing: source[range.lowerBound..<range.upperBound])
+        }
+        clientAddress.withText { client in
+            log.fillRequest(slot, method: bytes(head.methodName), host: authority, target: bytes(head.target),
+                            requestID: bytes(head.requestID), generatedID: id, client: client)
+        }
+    }
+
+    private func finishAccessRecord(_ log: AccessLogRing, sample: RequestSample, error: WindowedStats.Outcome?, now: Int64) {
+        var slot = exchange.logSlot
+        exchange.logSlot = -1
+        if slot == -1 {
+            // A request answered before it could be parsed (400, 408): a line without its fields.
+            slot = log.claim()
+            guard slot >= 0 else { return }
+            clientAddress.withText { log.clearRequest(slot, client: $0) }
+        }
+        guard slot >= 0 else { return }
+        log.finish(slot, endNs: now, sample: sample, error: error, serverID: exchange.serverID,
+                   appID: exchange.stats?.appID ?? -1, color: exchange.stats?.color)
     }
 
     private func closeUpstream() {
@@ -637,7 +761,13 @@ final class ClientConnection: Channel {
 
     /// Ends everything at once: the client sees the connection close (and a truncated body if a
     /// response was under way — never an invented final chunk).
-    private func abort() {
+    /// `status` is what the request is recorded with when no response started (499: the
+    /// client left; 408: it stalled); `error` the upstream failure behind the abort.
+    private func abort(status: Int, error: WindowedStats.Outcome? = nil) {
+        if !exchange.recorded {
+            if exchange.status == 0 || !exchange.finalResponseStarted { exchange.status = UInt16(status) }
+            recordExchange(error: error)
+        }
         endInflight()
         closeUpstream()
         if exchange.finalResponseStarted {
@@ -651,7 +781,8 @@ final class ClientConnection: Channel {
 
     // MARK: Local responses and closing
 
-    private func respondLocally(status: Int, message: StaticString, keepAlive: Bool) {
+    private func respondLocally(status: Int, message: StaticString, keepAlive: Bool,
+                                error: WindowedStats.Outcome? = nil) {
         loop.buffers.acquire(into: &output)
         output.compactIfNeeded(minimumSpace: 512)
         var writer = ByteWriter(output.writableBytes)
@@ -663,6 +794,9 @@ final class ClientConnection: Channel {
             return
         }
         output.end += writer.count
+        exchange.headBytesOut &+= writer.count
+        exchange.status = UInt16(status)
+        recordExchange(error: error)
         exchange.keepAlive = keepAlive
         exchange.finalResponseStarted = true
         if keepAlive && !worker.endsKeepAlive {
@@ -709,6 +843,11 @@ final class ClientConnection: Channel {
     func close() {
         guard phase != .closed else { return }
         phase = .closed
+        if exchange.stats != nil && !exchange.recorded {
+            // The connection ended mid-exchange (the client reset it, or the drain deadline).
+            if exchange.status == 0 { exchange.status = 499 }
+            recordExchange()
+        }
         endInflight()
         closeUpstream()
         loop.buffers.release(&input)

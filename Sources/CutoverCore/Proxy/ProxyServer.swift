@@ -14,16 +14,26 @@ public final class ProxyServer: @unchecked Sendable {
     /// The addresses actually bound (port 0 in the config becomes the kernel's choice).
     public private(set) var listenAddresses: [SocketAddress] = []
 
+    /// Apps and servers by number, as loops name them in records.
+    public let apps = AppRegistry()
+    public let servers: ServerRegistry
+    /// The access log (nil: off); opened by `start`.
+    public private(set) var accessLog: AccessLog?
+
     private let settings: ProxySettings
     private let shared: SharedProxyState
     private var workers: [ProxyWorker] = []
     private var finished: [DispatchSemaphore] = []
     private var started = false
+    /// When `start` finished (monotonic ns): the beginning of the "total" window.
+    public private(set) var startedNs: Int64 = 0
 
-    public init(config: Config, publisher: RoutingPublisher, logger: Logger) {
+    /// `servers` names the server ids of the routing tables (the control plane's registry).
+    public init(config: Config, publisher: RoutingPublisher, logger: Logger, servers: ServerRegistry = ServerRegistry()) {
         self.config = config
         self.publisher = publisher
         self.logger = logger
+        self.servers = servers
         settings = ProxySettings(config: config)
         counters = DataPlaneCounters(loops: Self.workerCount(config.workers))
         shared = SharedProxyState(maxClients: Self.clientLimit(config.limits.maxConnections))
@@ -52,14 +62,20 @@ public final class ProxyServer: @unchecked Sendable {
     public func start() throws {
         precondition(!started, "start() called twice")
         started = true
+        startedNs = monotonicNanoseconds()
         signal(SIGPIPE, SIG_IGN)  // a peer that vanished must not kill the process
         let count = Self.workerCount(config.workers)
+        if config.accessLog != .off {
+            accessLog = try AccessLog(target: config.accessLog, loops: count,
+                                      serverNames: { [servers] in servers.names }, appNames: { [apps] in apps.names })
+        }
         var loops: [EventLoop] = []
         for index in 0..<count {
             let loop = try EventLoop(index: index, bufferSize: settings.bufferSize, maxHeaders: settings.http.maxHeaders)
             loops.append(loop)
             workers.append(ProxyWorker(
-                loop: loop, settings: settings, shared: shared, publisher: publisher, counters: counters, logger: logger))
+                loop: loop, settings: settings, shared: shared, publisher: publisher, counters: counters, logger: logger,
+                apps: apps, accessLog: accessLog?.rings[index]))
         }
         for endpoint in config.listen {
             guard var address = SocketAddress.resolve(host: endpoint.host, port: endpoint.port) else {
@@ -90,6 +106,7 @@ public final class ProxyServer: @unchecked Sendable {
             thread.name = "cutover-loop-\(worker.loop.index)"
             thread.start()
         }
+        accessLog?.start()
         logger.log(.info, "listening on \(listenAddresses.map(\.description).joined(separator: ", ")) with \(count) worker(s)")
     }
 
@@ -114,11 +131,70 @@ public final class ProxyServer: @unchecked Sendable {
         }
         for done in finished { done.wait() }
         finished.removeAll()
+        accessLog?.stop()  // after the loops: every finished request has its line
         logger.log(.info, "stopped")
     }
 
     /// Open client connections across all loops.
     public var openConnections: Int { shared.openClients.load(ordering: .relaxed) }
+
+    /// The request figures of every loop for `window`, merged (and the since-start totals when
+    /// `includeTotals`). Each loop adds its own figures on its own thread, between two events,
+    /// so recording needs no lock; a loop that does not answer within `timeoutMs` (stopping)
+    /// is left out and counted in `loopsMissing`.
+    public func metrics(_ window: WindowedStats.Window, includeTotals: Bool, timeoutMs: Int = 2_000) -> MetricsSnapshot {
+        let now = monotonicNanoseconds()
+        var merged = MetricsSnapshot(window: window, nanoseconds: now, includesTotals: includeTotals)
+        guard started else { return merged }
+        let deadline = DispatchTime.now() + .milliseconds(timeoutMs)
+        for worker in workers {
+            let result = LoopMetricsResult()
+            let box = UncheckedBox(worker)
+            worker.loop.execute {
+                var snapshot = MetricsSnapshot(window: window, nanoseconds: now, includesTotals: includeTotals)
+                box.value.metrics.contribute(to: &snapshot)
+                result.deliver(snapshot)
+            }
+            if let snapshot = result.wait(until: deadline) {
+                merged.merge(snapshot)
+            } else {
+                merged.loopsMissing += 1
+            }
+        }
+        return merged
+    }
+
+    /// Open client connections and open upstream connections (idle ones included).
+    public var connectionCounts: (clients: Int, upstreams: Int) {
+        (openConnections, counters.upstreamConnections(.blue) + counters.upstreamConnections(.green))
+    }
+
+    /// What the control plane reads and reaches of this data plane.
+    public var link: DataPlaneLink {
+        DataPlaneLink(
+            snapshot: { [self] window, totals in metrics(window, includeTotals: totals) },
+            startedNs: startedNs,
+            connections: { [self] in connectionCounts },
+            accessLogDropped: { [self] in accessLog?.dropped ?? 0 },
+            reopenAccessLog: { [self] in accessLog?.reopen() ?? "access_log is off: nothing to reopen" })
+    }
+}
+
+/// One loop's answer to `metrics`, handed from the loop thread to the reader.
+private final class LoopMetricsResult: @unchecked Sendable {
+    private let ready = DispatchSemaphore(value: 0)
+    private let lock = NSLock()
+    private var snapshot: MetricsSnapshot?
+
+    func deliver(_ value: MetricsSnapshot) {
+        lock.withLock { snapshot = value }
+        ready.signal()
+    }
+
+    func wait(until deadline: DispatchTime) -> MetricsSnapshot? {
+        guard ready.wait(timeout: deadline) == .success else { return nil }
+        return lock.withLock { snapshot }
+    }
 }
 
 public struct StartupError: Error, CustomStringConvertible {

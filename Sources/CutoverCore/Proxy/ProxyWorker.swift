@@ -49,6 +49,10 @@ final class ProxyWorker {
     /// syscall per request.
     private let requestIDPrefix: UInt64
     private(set) var isDraining = false
+    /// Request figures of this loop, read by other threads only through `loop.execute`.
+    let metrics: LoopMetrics
+    /// This loop's share of the access log (nil: access_log off).
+    let accessLog: AccessLogRing?
 
     /// Whether a response written now must close its connection. True from the moment `stop`
     /// is called, on every loop at once: a loop whose own drain message is still queued must
@@ -56,7 +60,7 @@ final class ProxyWorker {
     var endsKeepAlive: Bool { isDraining || shared.draining.load(ordering: .relaxed) }
 
     init(loop: EventLoop, settings: ProxySettings, shared: SharedProxyState, publisher: RoutingPublisher,
-         counters: DataPlaneCounters, logger: Logger) {
+         counters: DataPlaneCounters, logger: Logger, apps: AppRegistry, accessLog: AccessLogRing?) {
         self.loop = loop
         self.counters = counters
         self.settings = settings
@@ -65,9 +69,12 @@ final class ProxyWorker {
         self.logger = logger
         upstreamPool = UpstreamIdlePool(
             maxPerServer: settings.limits.upstreamIdlePerServer, idleTimeoutMs: settings.timeouts.upstreamIdleMs)
-        let snapshot = publisher.snapshot()
-        routing = LocalRouting(table: snapshot.table, generation: snapshot.generation)
         requestIDPrefix = UInt64.random(in: 0...UInt64.max) ^ UInt64(loop.index)
+        let snapshot = publisher.snapshot()
+        self.accessLog = accessLog
+        let metrics = LoopMetrics(apps: apps)
+        self.metrics = metrics
+        routing = LocalRouting(table: snapshot.table, generation: snapshot.generation, metrics: metrics)
     }
 
     /// The routing snapshot for a request parsed now. One atomic load per request; the lock is
@@ -76,7 +83,7 @@ final class ProxyWorker {
     func currentRouting() -> LocalRouting {
         if publisher.generation != routing.generation {
             let snapshot = publisher.snapshot()
-            routing = LocalRouting(table: snapshot.table, generation: snapshot.generation)
+            routing = LocalRouting(table: snapshot.table, generation: snapshot.generation, metrics: metrics)
         }
         return routing
     }

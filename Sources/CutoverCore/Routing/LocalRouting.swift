@@ -19,14 +19,15 @@ final class LocalRouting {
         var app: Int
     }
 
-    init(table: RoutingTable, generation: UInt64) {
+    init(table: RoutingTable, generation: UInt64, metrics: LoopMetrics) {
         self.generation = generation
         self.table = table
         var names: [UInt8] = []
         var routes: [Route] = []
         var pools: [LocalPool] = []
         for (index, app) in table.apps.enumerated() {
-            pools.append(LocalPool(app: app.name, color: table.activeColor, servers: app.servers(table.activeColor)))
+            pools.append(LocalPool(app: app.name, color: table.activeColor, servers: app.servers(table.activeColor),
+                                   stats: metrics.stats(app: app.name, color: table.activeColor)))
             let prefix = Array((app.pathPrefix ?? "").utf8)
             for host in app.hosts {
                 let hostBytes = Array(host.utf8)
@@ -101,12 +102,15 @@ final class LocalPool {
     let app: String
     let color: Color
     let servers: [ServerEntry]
+    /// Where this loop records the requests it sends to this pool.
+    let stats: ColorStats
     private var cursor = 0
 
-    init(app: String, color: Color, servers: [ServerEntry]) {
+    init(app: String, color: Color, servers: [ServerEntry], stats: ColorStats) {
         self.app = app
         self.color = color
         self.servers = servers
+        self.stats = stats
     }
 
     /// The next routable server, skipping `excluding` (a server that just failed this request)

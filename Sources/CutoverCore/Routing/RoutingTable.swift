@@ -54,7 +54,7 @@ public final class RoutingTable: Sendable {
                         throw ConfigError(file: config.path, line: endpoint.line, message: "cannot resolve server '\(endpoint.host)'")
                     }
                     result.append(ServerEntry(
-                        id: registry.id(for: address), name: endpoint.description, address: address, routable: true))
+                        id: registry.id(for: address, name: endpoint.description), name: endpoint.description, address: address, routable: true))
                 }
                 return result
             }
@@ -70,21 +70,45 @@ public final class RoutingTable: Sendable {
     }
 }
 
-/// Assigns each distinct upstream address a small stable integer (the index of per-loop pools).
+/// Assigns each distinct upstream address a small stable integer (the index of per-loop pools),
+/// and remembers the name it was first configured under (for logs and metrics).
 public final class ServerRegistry: Sendable {
-    private let ids = Mutex<[SocketAddress: Int]>([:])
+    private let table = Mutex<(ids: [SocketAddress: Int], names: [String])>(([:], []))
 
     public init() {}
 
-    public func id(for address: SocketAddress) -> Int {
-        ids.withLock { table in
-            if let existing = table[address] { return existing }
-            let next = table.count
-            table[address] = next
+    public func id(for address: SocketAddress, name: String = "") -> Int {
+        table.withLock { table in
+            if let existing = table.ids[address] { return existing }
+            let next = table.names.count
+            table.ids[address] = next
+            table.names.append(name.isEmpty ? address.description : name)
             return next
         }
     }
 
+    /// Every name by id.
+    public var names: [String] { table.withLock { $0.names } }
+}
+
+/// Assigns each app name a small stable integer, so a loop can name an app in a log record
+/// with four bytes.
+public final class AppRegistry: Sendable {
+    private let table = Mutex<(ids: [String: Int32], names: [String])>(([:], []))
+
+    public init() {}
+
+    public func id(for name: String) -> Int32 {
+        table.withLock { table in
+            if let existing = table.ids[name] { return existing }
+            let next = Int32(table.names.count)
+            table.ids[name] = next
+            table.names.append(name)
+            return next
+        }
+    }
+
+    public var names: [String] { table.withLock { $0.names } }
 }
 
 /// Publishes routing tables to the data-plane loops.

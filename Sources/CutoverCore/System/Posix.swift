@@ -203,6 +203,9 @@ func monotonicMilliseconds() -> Int64 { Int64(cutover_monotonic_ms()) }
 @inline(__always)
 func monotonicNanoseconds() -> Int64 { Int64(cutover_monotonic_ns()) }
 
+/// Wall-clock time (vDSO), for timestamps people read.
+func realtimeNanoseconds() -> Int64 { Int64(cutover_realtime_ns()) }
+
 // MARK: Blocking sockets and files of the control plane
 
 extension Posix {

@@ -1,0 +1,161 @@
+import Foundation
+
+/// How the control plane reads the data plane's request figures and reaches its access log.
+public struct DataPlaneLink: Sendable {
+    /// The figures of a window merged across loops (and the since-start totals when asked).
+    public var snapshot: @Sendable (_ window: WindowedStats.Window, _ includeTotals: Bool) -> MetricsSnapshot
+    /// When the data plane started (monotonic ns): where the "total" window begins.
+    public var startedNs: Int64
+    /// Open client connections and open upstream connections.
+    public var connections: @Sendable () -> (clients: Int, upstreams: Int)
+    /// Access log lines dropped because the writer fell behind.
+    public var accessLogDropped: @Sendable () -> UInt64
+    /// Reopens the access log file; nil when done, else why not.
+    public var reopenAccessLog: @Sendable () -> String?
+
+    public init(snapshot: @escaping @Sendable (WindowedStats.Window, Bool) -> MetricsSnapshot, startedNs: Int64,
+                connections: @escaping @Sendable () -> (clients: Int, upstreams: Int),
+                accessLogDropped: @escaping @Sendable () -> UInt64,
+                reopenAccessLog: @escaping @Sendable () -> String?) {
+        self.snapshot = snapshot
+        self.startedNs = startedNs
+        self.connections = connections
+        self.accessLogDropped = accessLogDropped
+        self.reopenAccessLog = reopenAccessLog
+    }
+}
+
+struct SwitchResultKey: Hashable, Sendable, Comparable {
+    let command: String  // switch | rollback
+    let result: String   // ok | refused | failed
+
+    static func < (lhs: SwitchResultKey, rhs: SwitchResultKey) -> Bool { (lhs.command, lhs.result) < (rhs.command, rhs.result) }
+}
+
+/// The control plane's side of the metrics: colors, readiness and every configured server.
+struct ControlFigures: Sendable {
+    struct Server: Sendable {
+        let app: String
+        let color: Color
+        let name: String
+        let id: Int
+        let up: Bool
+    }
+
+    let active: Color
+    let generation: Int
+    let ready: [Color: Bool]
+    let servers: [Server]
+    let gate: GateThresholds?
+
+    var apps: [String] {
+        var seen = Set<String>()
+        return servers.map(\.app).filter { seen.insert($0).inserted }
+    }
+}
+
+extension ControlPlane {
+    static let reportedPercentiles: [(label: String, value: Double)] = [
+        ("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99), ("p99.9", 99.9),
+    ]
+
+    // MARK: stats
+
+    /// `stats [10s|1m|5m|total]`: per app and color, requests, rate, outcomes, 5xx rate and
+    /// latency percentiles of the window.
+    func statsReport(_ window: WindowedStats.Window) -> JSON {
+        guard let source = attachedDataPlane.source else {
+            return ["ok": false, "error": "the data plane is not running"]
+        }
+        let control = controlFigures()
+        let snapshot = source.snapshot(window, false)
+        let span = snapshot.span(since: source.startedNs)
+        var rows: [JSON] = []
+        for app in control.apps {
+            for color in Color.allCases {
+                rows.append(Self.statsRow(app: app, color: color, active: color == control.active,
+                                          figures: snapshot.figures(app: app, color: color), span: span))
+            }
+        }
+        var unrouted: [(String, JSON)] = []
+        for (code, count) in snapshot.unroutedStatusCodes.enumerated() where count > 0 {
+            unrouted.append((String(code), .int(Int64(count))))
+        }
+        var reply: [(String, JSON)] = [
+            ("ok", true), ("window", .string(window.rawValue)), ("span_s", .double(Self.rounded(span, 3))),
+            ("active", .string(control.active.rawValue)), ("apps", .array(rows)), ("unrouted", .object(unrouted)),
+        ]
+        if snapshot.loopsMissing > 0 { reply.append(("loops_missing", .int(Int64(snapshot.loopsMissing)))) }
+        return .object(reply)
+    }
+
+    static func statsRow(app: String, color: Color, active: Bool, figures: WindowedStats.Figures, span: Double) -> JSON {
+        var errors: [(String, JSON)] = []
+        for kind in UpstreamErrorCounts.kinds { errors.append((kind.label, .int(Int64(figures.count(kind))))) }
+        var latency: [(String, JSON)] = []
+        for (label, value) in reportedPercentiles {
+            latency.append((label, .int(Int64(figures.latency.percentile(value)))))
+        }
+        latency.append(("max", .int(Int64(figures.latency.count == 0 ? 0 : figures.latency.max))))
+        latency.append(("mean", .int(Int64(figures.latency.mean.rounded()))))
+        var row: [(String, JSON)] = [
+            ("app", .string(app)), ("color", .string(color.rawValue)), ("active", .bool(active)),
+            ("requests", .int(Int64(figures.requests))), ("rps", .double(rounded(Double(figures.requests) / span, 1))),
+        ]
+        for outcome in [WindowedStats.Outcome.informational, .success, .redirect, .clientError, .serverError] {
+            row.append((outcome.label, .int(Int64(figures.count(outcome)))))
+        }
+        row += [
+            ("upstream_errors", .object(errors)),
+            ("5xx_rate", .double(rounded(figures.serverErrorRate, 6))),
+            ("latency_us", .object(latency)),
+            ("upstream_mean_us", .int(Int64(figures.upstreamMeanMicros.rounded()))),
+            ("bytes_in", .int(Int64(figures.bytesIn))), ("bytes_out", .int(Int64(figures.bytesOut))),
+        ]
+        return .object(row)
+    }
+
+    static func rounded(_ value: Double, _ places: Int) -> Double {
+        let scale = pow(10, Double(places))
+        return (value * scale).rounded() / scale
+    }
+
+    // MARK: Gate thresholds
+
+    /// The traffic part of the switch gate: for each app whose `target` pool served at least
+    /// `min_requests` in the gate's window, its 5xx rate and its p95 against the active
+    /// color's. Apps whose target saw too little traffic are not judged (a color that has
+    /// served nothing yet has nothing to show); the figures are named in every refusal.
+    func gateThresholdProblems(target: Color, active: Color) -> [String] {
+        let control = controlFigures()
+        guard let gate = control.gate, let source = attachedDataPlane.source else { return [] }
+        let snapshot = source.snapshot(gate.window, false)
+        var problems: [String] = []
+        let over = "over the last \(gate.window.rawValue)"
+        for app in control.apps {
+            let candidate = snapshot.figures(app: app, color: target)
+            guard candidate.requests >= UInt64(gate.minRequests) else { continue }
+            if let limit = gate.max5xxRate, candidate.serverErrorRate > limit {
+                let errors = candidate.count(.serverError) + candidate.upstreamErrors
+                problems.append("app \(app): \(target.rawValue) 5xx rate \(Self.percent(candidate.serverErrorRate)) \(over) "
+                                + "(\(errors) of \(candidate.requests) requests) exceeds max_5xx_rate \(Self.percent(limit))")
+            }
+            if let ratio = gate.maxP95Ratio {
+                let baseline = snapshot.figures(app: app, color: active)
+                guard baseline.requests >= UInt64(gate.minRequests) else { continue }
+                let targetP95 = Double(candidate.latency.percentile(95))
+                let activeP95 = Double(max(1, baseline.latency.percentile(95)))
+                if targetP95 > activeP95 * ratio {
+                    problems.append("app \(app): \(target.rawValue) p95 \(Self.milliseconds(targetP95)) \(over) is "
+                                    + "\(String(format: "%.2f", targetP95 / activeP95))× \(active.rawValue)'s \(Self.milliseconds(activeP95)), "
+                                    + "above max_p95_ratio \(String(format: "%.2f", ratio)) "
+                                    + "(\(candidate.requests) and \(baseline.requests) requests)")
+                }
+            }
+        }
+        return problems
+    }
+
+    static func percent(_ fraction: Double) -> String { String(format: "%.2f%%", fraction * 100) }
+    static func milliseconds(_ micros: Double) -> String { String(format: "%.2f ms", micros / 1000) }
+}
