@@ -27,7 +27,8 @@ let package = Package(
         .executableTarget(name: "cutover", dependencies: ["CutoverCore"]),
         .executableTarget(name: "cutover-bench", dependencies: ["CutoverCore"], path: "Benchmarks/cutover-bench"),
         .testTarget(name: "CutoverHTTPTests", dependencies: ["CutoverHTTP"]),
-        .testTarget(name: "CutoverCoreTests", dependencies: ["CutoverCore", "CutoverHTTP"]),
+        .target(name: "CAllocationCounter", path: "Tests/CAllocationCounter"),
+        .testTarget(name: "CutoverCoreTests", dependencies: ["CutoverCore", "CutoverHTTP", "CAllocationCounter"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -56,6 +56,7 @@ enum Pretty {
             return lines.joined(separator: "\n")
         case "verify": return (["verify \(text(reply["color"])): all passed"] + verifyLines(reply["results"])).joined(separator: "\n")
         case "health": return health(reply)
+        case "stats": return stats(reply)
         case "help":
             return (reply["commands"]?.arrayValue ?? []).map { entry in
                 "\(text(entry["command"]).padding(toLength: 46, withPad: " ", startingAt: 0)) \(text(entry["summary"]))"
@@ -105,6 +106,49 @@ enum Pretty {
             }
         }
         return lines.joined(separator: "\n")
+    }
+
+    /// One line per app and color, aligned for a terminal.
+    private static func stats(_ reply: JSON) -> String {
+        let headers = ["app", "color", "requests", "rps", "2xx", "3xx", "4xx", "5xx", "upstream err", "5xx rate",
+                       "p50", "p90", "p95", "p99", "p99.9", "max"]
+        var rows: [[String]] = []
+        for row in reply["apps"]?.arrayValue ?? [] {
+            let errors = (row["upstream_errors"].flatMap { value -> [JSON]? in
+                guard case .object(let pairs) = value else { return nil }
+                return pairs.map(\.1)
+            } ?? []).reduce(Int64(0)) { $0 + ($1.intValue ?? 0) }
+            let latency = row["latency_us"]
+            var cells = [text(row["app"]), text(row["color"]) + (row["active"]?.boolValue == true ? " *" : ""),
+                         text(row["requests"]), String(format: "%.1f", row["rps"]?.doubleValue ?? 0)]
+            cells += ["2xx", "3xx", "4xx", "5xx"].map { text(row[$0]) }
+            cells.append(String(errors))
+            cells.append(String(format: "%.2f%%", (row["5xx_rate"]?.doubleValue ?? 0) * 100))
+            cells += ["p50", "p90", "p95", "p99", "p99.9", "max"].map { duration(latency?[$0]?.intValue ?? 0) }
+            rows.append(cells)
+        }
+        let widths = headers.indices.map { column in ([headers[column]] + rows.map { $0[column] }).map(\.count).max() ?? 0 }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { column, cell in
+                column < 2 ? cell.padding(toLength: widths[column], withPad: " ", startingAt: 0)
+                           : String(repeating: " ", count: widths[column] - cell.count) + cell
+            }.joined(separator: "  ")
+        }
+        var lines = ["window \(text(reply["window"])) (\(String(format: "%.1f", reply["span_s"]?.doubleValue ?? 0)) s), "
+                     + "active \(text(reply["active"])) (*); latency from the first request byte to the last response byte"]
+        lines.append(line(headers))
+        lines += rows.map(line)
+        if case .object(let unrouted)? = reply["unrouted"], !unrouted.isEmpty {
+            lines.append("unrouted: " + unrouted.map { "\($0.0) × \(text($0.1))" }.joined(separator: ", "))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// Microseconds for a terminal: µs below 1 ms, then ms, then s.
+    static func duration(_ micros: Int64) -> String {
+        if micros < 1_000 { return "\(micros)µs" }
+        if micros < 1_000_000 { return String(format: "%.2fms", Double(micros) / 1_000) }
+        return String(format: "%.2fs", Double(micros) / 1_000_000)
     }
 
     private static func health(_ reply: JSON) -> String {

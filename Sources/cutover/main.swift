@@ -13,23 +13,25 @@ let usage = """
     Running:
       cutover run   [-c FILE] [--reset-state]   run the proxy (default config: conf/cutover.conf)
       cutover check [-c FILE]                   validate a config: exit 0, or 1 with FILE:LINE: message
-      cutover demo  [--listen ADDR] [--blue-port N] [--green-port N]
+      cutover demo  [--listen ADDR] [--blue-port N] [--green-port N] [--metrics-listen ADDR]
                                                 the proxy on its embedded default with built-in blue
-                                                (:8091) and green (:8092) upstreams and an admin socket
+                                                (:8091) and green (:8092) upstreams, an admin socket,
+                                                an access log and /metrics on 127.0.0.1:9108
     Operating a running proxy (over its admin socket):
       cutover status | health | history [n]
       cutover switch <blue|green> [--force] [--reason TEXT]
       cutover rollback [--force] [--reason TEXT]
       cutover verify <blue|green>
       cutover drain <app> <host:port> | undrain <app> <host:port>
-      cutover reload
+      cutover reload | reopen
+      cutover stats [10s|1m|5m|total]           per app and color: rps, 5xx, latency percentiles
         options: -c FILE (its admin_socket) or -s SOCKET; --json prints the raw reply
     Audit trail:
       cutover audit verify [-c FILE]            check the audit log's hash chain
     cutover --help | --version
 
     Signals: SIGTERM/SIGINT drain in-flight requests (up to timeouts.drain) and exit 0;
-    SIGHUP does what `cutover reload` does.
+    SIGHUP does what `cutover reload` does; SIGUSR1 reopens the access log (logrotate).
     Exit codes: 0 ok, 1 refused or failed, 2 usage, 3 cannot reach the admin socket.
     """
 
@@ -84,12 +86,12 @@ func loadConfig(_ path: String) -> Config {
 func blockSignals() -> sigset_t {
     var set = sigset_t()
     sigemptyset(&set)
-    for signal in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&set, signal) }
+    for signal in [SIGINT, SIGTERM, SIGHUP, SIGUSR1] { sigaddset(&set, signal) }
     pthread_sigmask(SIG_BLOCK, &set, nil)
     return set
 }
 
-/// Runs until SIGTERM/SIGINT; SIGHUP reloads.
+/// Runs until SIGTERM/SIGINT; SIGHUP reloads; SIGUSR1 reopens the access log.
 func serve(_ runtime: CutoverRuntime, logger: Logger, signals: sigset_t, extraStop: () -> Void = {}) -> Never {
     do {
         try runtime.start()
@@ -104,6 +106,15 @@ func serve(_ runtime: CutoverRuntime, logger: Logger, signals: sigset_t, extraSt
             let reply = runtime.controlPlane.reload(actor: .current())
             if reply["ok"]?.boolValue != true {
                 logger.log(.warning, "SIGHUP: reload failed; the running configuration is unchanged")
+            }
+            continue
+        }
+        if received == SIGUSR1 {
+            // logrotate moved the access log: write to a fresh file at the configured path.
+            if let problem = runtime.server.accessLog?.reopen() {
+                logger.log(.warning, "SIGUSR1: \(problem)")
+            } else {
+                logger.log(.info, "SIGUSR1: access log reopened")
             }
             continue
         }
@@ -147,7 +158,8 @@ func adminSocket(_ arguments: Arguments) -> String {
     return socket
 }
 
-let adminCommands: Set<String> = ["status", "health", "history", "switch", "rollback", "verify", "drain", "undrain", "reload"]
+let adminCommands: Set<String> = ["status", "health", "history", "switch", "rollback", "verify", "drain", "undrain", "reload",
+                                    "stats", "reopen"]
 
 let words = Array(CommandLine.arguments.dropFirst())
 guard let command = words.first else { fail(usage, code: 2) }
@@ -181,7 +193,8 @@ do {
         let runtime = makeRuntime(config: config, path: path, logger: logger, resetState: arguments.flags.contains("--reset-state"))
         serve(runtime, logger: logger, signals: signals)
     case "demo":
-        let arguments = try Arguments(rest, valueOptions: ["--listen", "--blue-port", "--green-port"], flagOptions: ["--reset-state"])
+        let arguments = try Arguments(rest, valueOptions: ["--listen", "--blue-port", "--green-port", "--metrics-listen"],
+                                      flagOptions: ["--reset-state"])
         guard arguments.positional.isEmpty else { throw UsageError(message: "unexpected '\(arguments.positional[0])'") }
         let listen = arguments.value("--listen", default: "127.0.0.1:8080")!
         guard let bluePort = UInt16(arguments.value("--blue-port", default: "8091")!),
@@ -201,7 +214,8 @@ do {
         // Files go where the sample config keeps them (conf/run/ in the repository) so that
         // `cutover status` and friends find the demo's admin socket without options.
         let base = FileManager.default.fileExists(atPath: "conf/cutover.conf") ? "conf" : "."
-        let text = DemoConfig.text(listen: listen, bluePort: blue.port, greenPort: green.port)
+        let text = DemoConfig.text(listen: listen, bluePort: blue.port, greenPort: green.port,
+                                   metricsListen: arguments.value("--metrics-listen", default: "127.0.0.1:9108")!)
         let config: Config
         do {
             config = try ConfigParser.parse(text, path: "<demo>", baseDirectory: base)

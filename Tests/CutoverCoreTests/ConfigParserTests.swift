@@ -339,7 +339,6 @@ final class ConfigParserTests: XCTestCase {
             (m + "listen [::g]:8080\n", "t.conf:7: listen: bad host '::g' in '[::g]:8080'"),
             (m + "listen 999.1.1.1:80\n", "t.conf:7: listen: bad host '999.1.1.1' in '999.1.1.1:80'"),
             (m + "listen 127.0.0.1:\n", "t.conf:7: listen: bad port '' in '127.0.0.1:' (0..65535)"),
-            (m + "metrics_listen 127.0.0.1:0\n", "t.conf:7: metrics_listen: bad port '0' in '127.0.0.1:0' (1..65535)"),
             (m + "app b {\n host b\n green 127.0.0.1:0\n}\n", "t.conf:9: green: bad port '0' in '127.0.0.1:0' (1..65535)"),
             (m + "app b {\n host b\n green 127.0.0.1:http\n}\n", "t.conf:9: green: bad port 'http' in '127.0.0.1:http' (1..65535)"),
             (m + "app b {\n host b\n blue 127.0.0.1\n}\n", "t.conf:9: blue: '127.0.0.1' is not an address (expected host:port or [IPv6]:port)"),

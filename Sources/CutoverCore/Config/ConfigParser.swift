@@ -589,7 +589,7 @@ private extension Directive {
 
     func metricsListen() throws(ConfigError) -> Endpoint? {
         let value = try oneValue()
-        return value == "off" ? nil : try endpoint(value, wildcard: true, portZero: false)
+        return value == "off" ? nil : try endpoint(value, wildcard: true, portZero: true)
     }
 
     func appName() throws(ConfigError) -> String {

@@ -159,3 +159,91 @@ extension ControlPlane {
     static func percent(_ fraction: Double) -> String { String(format: "%.2f%%", fraction * 100) }
     static func milliseconds(_ micros: Double) -> String { String(format: "%.2f ms", micros / 1000) }
 }
+
+extension ControlPlane {
+    // MARK: Prometheus
+
+    /// Every metric in text exposition format 0.0.4 (`GET /metrics`).
+    public func prometheusExposition() -> String {
+        let control = controlFigures()
+        let (link, counters) = attachedDataPlane
+        let snapshot = link?.snapshot(.total, true)
+        let serverNames = Dictionary(control.servers.map { ($0.id, $0.name) }, uniquingKeysWith: { first, _ in first })
+        var out = PrometheusText()
+
+        // Each family whole, HELP and TYPE first: scrapers reject interleaved families.
+        let totals = snapshot.map { snapshot in snapshot.totals.keys.sorted().map { ($0, snapshot.totals[$0]!) } } ?? []
+        out.family("cutover_requests_total", .counter,
+                   "Requests routed to an app, by app, color and the status code sent (499: the client left before a response).")
+        for (key, figures) in totals {
+            for (code, count) in figures.statusCodes.enumerated() where count > 0 {
+                out.sample("cutover_requests_total", [("app", key.app), ("color", key.color.rawValue), ("code", String(code))], Double(count))
+            }
+        }
+        out.family("cutover_request_duration_seconds", .histogram,
+                   "First byte of the request head to the last byte of the response, by app and color.")
+        for (key, figures) in totals {
+            out.histogram("cutover_request_duration_seconds", [("app", key.app), ("color", key.color.rawValue)],
+                          bounds: WindowedStats.durationBoundsMicros.map { Double($0) / 1e6 },
+                          counts: figures.durationBuckets, sum: Double(figures.figures.latency.sum) / 1e6)
+        }
+        out.family("cutover_bytes_total", .counter, "Request (in) and response (out) bytes, heads included, by app and color.")
+        for (key, figures) in totals {
+            out.sample("cutover_bytes_total", [("app", key.app), ("color", key.color.rawValue), ("direction", "in")], Double(figures.figures.bytesIn))
+            out.sample("cutover_bytes_total", [("app", key.app), ("color", key.color.rawValue), ("direction", "out")], Double(figures.figures.bytesOut))
+        }
+        out.family("cutover_upstream_errors_total", .counter,
+                   "Upstream failures by server and kind (connect_failure, reset, timeout, invalid_response), retried attempts included.")
+        if let snapshot {
+            for key in snapshot.serverErrors.keys.sorted() {
+                for (serverID, counts) in snapshot.serverErrors[key]!.sorted(by: { $0.key < $1.key }) {
+                    let server = serverNames[serverID] ?? "#\(serverID)"
+                    for kind in UpstreamErrorCounts.kinds where counts.count(kind) > 0 {
+                        out.sample("cutover_upstream_errors_total",
+                                   [("app", key.app), ("color", key.color.rawValue), ("server", server), ("kind", kind.label)],
+                                   Double(counts.count(kind)))
+                    }
+                }
+            }
+        }
+        out.family("cutover_unrouted_requests_total", .counter,
+                   "Requests answered without an app: malformed (400, 408, 413, 431…) or matching no app (404).")
+        for (code, count) in (snapshot?.unroutedStatusCodes ?? []).enumerated() where count > 0 {
+            out.sample("cutover_unrouted_requests_total", [("code", String(code))], Double(count))
+        }
+
+        out.family("cutover_upstream_up", .gauge, "1 when the server passes its health checks, by app, color and server.")
+        for server in control.servers {
+            out.sample("cutover_upstream_up", [("app", server.app), ("color", server.color.rawValue), ("server", server.name)],
+                       server.up ? 1 : 0)
+        }
+        out.family("cutover_active_color", .gauge, "1 for the color that receives traffic.")
+        for color in Color.allCases { out.sample("cutover_active_color", [("color", color.rawValue)], color == control.active ? 1 : 0) }
+        out.family("cutover_color_ready", .gauge, "1 when the color passes the switch gate's readiness (min_healthy for ready_after).")
+        for color in Color.allCases { out.sample("cutover_color_ready", [("color", color.rawValue)], control.ready[color] == true ? 1 : 0) }
+        out.family("cutover_routing_generation", .gauge, "Generation of the published routing table (every switch adds one).")
+        out.sample("cutover_routing_generation", [], Double(control.generation))
+        out.family("cutover_switches_total", .counter, "Switch and rollback commands by result (ok, refused, failed).")
+        let outcomes = switchOutcomeCounts
+        for command in ["switch", "rollback"] {
+            for result in ["ok", "refused", "failed"] {
+                out.sample("cutover_switches_total", [("command", command), ("result", result)],
+                           Double(outcomes[SwitchResultKey(command: command, result: result)] ?? 0))
+            }
+        }
+        if let counters {
+            out.family("cutover_inflight_requests", .gauge, "Requests in flight by the color they were routed to.")
+            for color in Color.allCases { out.sample("cutover_inflight_requests", [("color", color.rawValue)], Double(counters.inflight(color))) }
+        }
+        if let link {
+            let connections = link.connections()
+            out.family("cutover_connections", .gauge, "Open connections: clients, and upstreams (idle keep-alive ones included).")
+            out.sample("cutover_connections", [("side", "client")], Double(connections.clients))
+            out.sample("cutover_connections", [("side", "upstream")], Double(connections.upstreams))
+            out.family("cutover_access_log_dropped_total", .counter,
+                       "Access log lines lost because the writer fell behind or the file refused the write.")
+            out.sample("cutover_access_log_dropped_total", [], Double(link.accessLogDropped()))
+        }
+        return out.text
+    }
+}

@@ -7,6 +7,8 @@ public final class CutoverRuntime: @unchecked Sendable {
     public let controlPlane: ControlPlane
     public let server: ProxyServer
     public private(set) var admin: AdminServer?
+    /// `metrics_listen`: /metrics and /healthz (nil: off).
+    public private(set) var metrics: MetricsServer?
     private let logger: Logger
     private let audit: AuditLog?
     private let adminIdleTimeoutMs: Int
@@ -62,6 +64,17 @@ public final class CutoverRuntime: @unchecked Sendable {
         }
         controlPlane.attach(counters: server.counters)
         controlPlane.attach(dataPlane: server.link)
+        if let endpoint = config.metricsListen {
+            let metrics = MetricsServer(logger: logger) { [controlPlane] in controlPlane.prometheusExposition() }
+            do {
+                try metrics.start(endpoint)
+            } catch {
+                server.stop()
+                admin?.stop()
+                throw error
+            }
+            self.metrics = metrics
+        }
         controlPlane.startChecks()
         let state = controlPlane.persistentState
         controlPlane.appendAudit(AuditRecord(event: "start", to: state.active, actor: .current(), generation: state.generation,
@@ -72,6 +85,7 @@ public final class CutoverRuntime: @unchecked Sendable {
     /// Drains and stops everything (SIGTERM).
     public func stop() {
         admin?.stop()
+        metrics?.stop()
         server.stop()
         controlPlane.stop()
         let state = controlPlane.persistentState

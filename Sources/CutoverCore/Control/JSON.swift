@@ -104,6 +104,15 @@ public indirect enum JSON: Sendable, Equatable, ExpressibleByStringLiteral, Expr
         return nil
     }
 
+    /// A number, integer or not.
+    public var doubleValue: Double? {
+        switch self {
+        case .double(let value): return value
+        case .int(let value): return Double(value)
+        default: return nil
+        }
+    }
+
     public var arrayValue: [JSON]? {
         if case .array(let value) = self { return value }
         return nil

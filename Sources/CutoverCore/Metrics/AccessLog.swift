@@ -320,13 +320,20 @@ public final class AccessLog: @unchecked Sendable {
         }
         append(",\"client\":")
         appendString(bytes(AccessRecord.client, byte(AccessRecord.clientLength)))
-        append(",\"method\":")
-        appendString(bytes(AccessRecord.method, byte(AccessRecord.methodLength)))
-        append(",\"host\":")
-        appendString(bytes(AccessRecord.host, byte(AccessRecord.hostLength)))
-        append(",\"path\":")
-        let pathLength = Int(record.loadUnaligned(fromByteOffset: AccessRecord.pathLength, as: UInt16.self))
-        appendString(bytes(AccessRecord.path, pathLength), truncated: byte(AccessRecord.pathTruncated) != 0)
+        // A parsed request always has a method: without one, the head could not be parsed
+        // (400, 408) and method, host and path are unknown.
+        let methodLength = byte(AccessRecord.methodLength)
+        if methodLength == 0 {
+            append(",\"method\":null,\"host\":null,\"path\":null")
+        } else {
+            append(",\"method\":")
+            appendString(bytes(AccessRecord.method, methodLength))
+            append(",\"host\":")
+            appendString(bytes(AccessRecord.host, byte(AccessRecord.hostLength)))
+            append(",\"path\":")
+            let pathLength = Int(record.loadUnaligned(fromByteOffset: AccessRecord.pathLength, as: UInt16.self))
+            appendString(bytes(AccessRecord.path, pathLength), truncated: byte(AccessRecord.pathTruncated) != 0)
+        }
         append(",\"status\":")
         appendNumber(Int64(record.loadUnaligned(fromByteOffset: AccessRecord.status, as: UInt16.self)))
         let appID = Int(record.loadUnaligned(fromByteOffset: AccessRecord.appID, as: Int32.self))

@@ -165,9 +165,11 @@ public struct WindowedStats: Sendable {
     private var tenSecondStamps: [Int64]
 
     public init() {
-        seconds = Array(repeating: Figures(), count: Self.secondSlots)
+        // One Figures value each (not `repeating:`, whose copies share storage until the first
+        // write copies it): every slot's memory exists from here on.
+        seconds = (0..<Self.secondSlots).map { _ in Figures() }
         secondStamps = Array(repeating: .min, count: Self.secondSlots)
-        tenSeconds = Array(repeating: Figures(), count: Self.tenSecondSlots)
+        tenSeconds = (0..<Self.tenSecondSlots).map { _ in Figures() }
         tenSecondStamps = Array(repeating: .min, count: Self.tenSecondSlots)
     }
 

@@ -164,6 +164,18 @@ public final class ProxyServer: @unchecked Sendable {
         return merged
     }
 
+    /// Runs `work` on every loop's thread, between events, and returns when all have run it.
+    func runOnEveryLoop(_ work: @escaping @Sendable () -> Void) {
+        for worker in workers {
+            let done = DispatchSemaphore(value: 0)
+            worker.loop.execute {
+                work()
+                done.signal()
+            }
+            done.wait()
+        }
+    }
+
     /// Open client connections and open upstream connections (idle ones included).
     public var connectionCounts: (clients: Int, upstreams: Int) {
         (openConnections, counters.upstreamConnections(.blue) + counters.upstreamConnections(.green))
@@ -176,7 +188,10 @@ public final class ProxyServer: @unchecked Sendable {
             startedNs: startedNs,
             connections: { [self] in connectionCounts },
             accessLogDropped: { [self] in accessLog?.dropped ?? 0 },
-            reopenAccessLog: { [self] in accessLog?.reopen() ?? "access_log is off: nothing to reopen" })
+            reopenAccessLog: { [self] in
+                guard let accessLog else { return "access_log is off: nothing to reopen" }
+                return accessLog.reopen()  // nil: reopened
+            })
     }
 }
 

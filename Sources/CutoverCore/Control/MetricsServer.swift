@@ -1,0 +1,166 @@
+import CutoverHTTP
+import Foundation
+import Glibc
+
+/// `metrics_listen`: a small HTTP/1.1 endpoint for Prometheus, apart from the data plane (a
+/// scrape never takes a loop's time beyond the figures it merges). `GET /metrics` is text
+/// exposition format 0.0.4; `GET /healthz` answers 200 while the process runs. Requests are
+/// parsed by the same strict codec as proxied ones; every answer closes the connection.
+public final class MetricsServer: @unchecked Sendable {
+    private let exposition: @Sendable () -> String
+    private let logger: Logger
+    private let lock = NSLock()
+    private var listenFD: Int32 = -1
+    private var stopped = false
+    private var clients = 0
+    private let acceptDone = DispatchSemaphore(value: 0)
+    public private(set) var address: SocketAddress?
+
+    static let maxClients = 16
+    static let timeoutMs = 5_000
+    static let maxHeadBytes = 8 * 1024
+
+    public init(logger: Logger, exposition: @escaping @Sendable () -> String) {
+        self.logger = logger
+        self.exposition = exposition
+    }
+
+    public func start(_ endpoint: Endpoint) throws {
+        guard var address = SocketAddress.resolve(host: endpoint.host, port: endpoint.port) else {
+            throw StartupError("metrics_listen: cannot resolve '\(endpoint.host)'")
+        }
+        let fd: Int32
+        do {
+            fd = try Posix.socket(family: address.family)
+            try Posix.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
+            try Posix.bind(fd, address)
+            try Posix.listen(fd, backlog: 64)
+        } catch {
+            throw StartupError("cannot listen on \(address) for metrics: \(error)")
+        }
+        if let bound = Posix.localAddress(fd) { address = bound }
+        self.address = address
+        listenFD = fd
+        let thread = Thread { [self] in acceptLoop() }
+        thread.name = "cutover-metrics"
+        thread.start()
+        logger.log(.info, "metrics on http://\(address)/metrics")
+    }
+
+    public func stop() {
+        let fd: Int32 = lock.withLock {
+            stopped = true
+            return listenFD
+        }
+        guard fd >= 0 else { return }
+        shutdown(fd, Int32(SHUT_RDWR))
+        acceptDone.wait()
+        Posix.close(fd)
+    }
+
+    private func acceptLoop() {
+        defer { acceptDone.signal() }
+        while true {
+            _ = Posix.waitFor(listenFD, events: Int16(POLLIN), timeoutMs: 1_000)
+            if lock.withLock({ stopped }) { return }
+            let client: Int32
+            switch Result(catching: { () throws(IOError) in try Posix.acceptBlocking(listenFD) }) {
+            case .success(let fd):
+                client = fd
+            case .failure(let error):
+                if error.errnoCode == EMFILE || error.errnoCode == ENFILE { usleep(100_000) }
+                continue
+            }
+            let admitted = lock.withLock { () -> Bool in
+                guard clients < Self.maxClients else { return false }
+                clients += 1
+                return true
+            }
+            guard admitted else {
+                Posix.close(client)  // a scraper retries; a flood gets nothing
+                continue
+            }
+            let thread = Thread { [self] in
+                serve(client)
+                lock.withLock { clients -= 1 }
+            }
+            thread.name = "cutover-metrics-client"
+            thread.start()
+        }
+    }
+
+    private func serve(_ fd: Int32) {
+        defer { Posix.close(fd) }
+        var timeout = timeval(tv_sec: Self.timeoutMs / 1000, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var parser = RequestHeadParser(limits: HTTPLimits(maxHeaderBytes: Self.maxHeadBytes, maxHeaders: 64, maxURIBytes: 2048))
+        let fields = UnsafeMutableBufferPointer<HeaderField>.allocate(capacity: 64)
+        fields.initialize(repeating: HeaderField(name: .empty, value: .empty, kind: .other))
+        defer { fields.deallocate() }
+        var buffer = [UInt8](repeating: 0, count: Self.maxHeadBytes)
+        var received = 0
+        let started = monotonicMillisecondsNow()
+        while true {
+            let result = buffer.withUnsafeMutableBytes { bytes in
+                Result { () throws(IOError) in try Posix.receive(fd, bytes.baseAddress! + received, bytes.count - received) }
+            }
+            guard case .success(.processed(let count)) = result, count > 0 else { return }
+            received += count
+            let outcome = buffer.withUnsafeBytes { bytes in
+                parser.parse(UnsafeRawBufferPointer(rebasing: bytes[0..<received]), fields: fields)
+            }
+            switch outcome {
+            case .needMore:
+                if received == buffer.count || monotonicMillisecondsNow() - started > Int64(Self.timeoutMs) {
+                    respond(fd, status: 431, reason: "Request Header Fields Too Large", body: "request head too large\n")
+                    return
+                }
+            case .invalid(let error):
+                respond(fd, status: error.status, reason: "\(LocalResponse.reasonPhrase(error.status))", body: "\(error.reason)\n")
+                return
+            case .complete(let head, _):
+                let path = buffer.withUnsafeBytes { bytes in
+                    String(decoding: bytes[Int(head.path.start)..<Int(head.path.start + head.path.count)], as: UTF8.self)
+                }
+                answer(fd, method: head.method, path: path)
+                return
+            }
+        }
+    }
+
+    private func answer(_ fd: Int32, method: HTTPMethod, path: String) {
+        let route = path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? path
+        guard route == "/metrics" || route == "/healthz" else {
+            respond(fd, status: 404, reason: "Not Found", body: "not found: try /metrics or /healthz\n")
+            return
+        }
+        guard method == .get || method == .head else {
+            respond(fd, status: 405, reason: "Method Not Allowed", body: "use GET or HEAD\n", extra: "Allow: GET, HEAD\r\n")
+            return
+        }
+        if route == "/healthz" {
+            respond(fd, status: 200, reason: "OK", body: "ok\n", headOnly: method == .head)
+        } else {
+            respond(fd, status: 200, reason: "OK", body: exposition(), headOnly: method == .head,
+                    contentType: "text/plain; version=0.0.4; charset=utf-8")
+        }
+    }
+
+    private func respond(_ fd: Int32, status: Int, reason: String, body: String, headOnly: Bool = false,
+                         contentType: String = "text/plain; charset=utf-8", extra: String = "") {
+        let bodyBytes = Array(body.utf8)
+        var message = Array(("HTTP/1.1 \(status) \(reason)\r\nContent-Type: \(contentType)\r\n"
+                             + "Content-Length: \(bodyBytes.count)\r\n\(extra)Connection: close\r\n\r\n").utf8)
+        if !headOnly { message += bodyBytes }
+        var sent = 0
+        while sent < message.count {
+            let result = message.withUnsafeBytes { bytes in
+                Result { () throws(IOError) in try Posix.sendNoSignal(fd, bytes.baseAddress! + sent, bytes.count - sent) }
+            }
+            guard case .success(.processed(let count)) = result, count > 0 else { return }
+            sent += count
+        }
+        Posix.shutdownWrite(fd)
+    }
+}
