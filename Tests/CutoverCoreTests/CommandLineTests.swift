@@ -123,9 +123,14 @@ final class CommandLineTests: XCTestCase {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-demo-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: folder) }
-        let demo = try RunningProxy(arguments: ["demo", "--listen", "127.0.0.1:0", "--blue-port", "0", "--green-port", "0"],
+        let demo = try RunningProxy(arguments: ["demo", "--listen", "127.0.0.1:0", "--blue-port", "0", "--green-port", "0",
+                                                "--metrics-listen", "127.0.0.1:0"],
                                     directory: folder)
         let port = try XCTUnwrap(demo.listeningPort(), "demo did not report its port")
+        let metricsLog = try XCTUnwrap(demo.waitForLog("/metrics"), "demo did not report its metrics address")
+        let metricsPort = try XCTUnwrap(metricsLog.range(of: "metrics on http://127.0.0.1:").map { range in
+            UInt16(metricsLog[range.upperBound...].prefix { $0.isNumber })
+        } ?? nil)
 
         let curl = try run(executable: "/usr/bin/curl", ["-s", "-i", "http://127.0.0.1:\(port)/"])
         XCTAssertTrue(curl.hasPrefix("HTTP/1.1 200 OK"), curl)
@@ -146,10 +151,27 @@ final class CommandLineTests: XCTestCase {
             """
         XCTAssertEqual(try run(executable: "/usr/bin/env", ["python3", "-c", script]).trimmingCharacters(in: .whitespacesAndNewlines), "ok")
 
-        let status = try run(["status", "-s", folder.appendingPathComponent("run/cutover.sock").path])
+        let socket = folder.appendingPathComponent("run/cutover.sock").path
+        let status = try run(["status", "-s", socket])
         XCTAssertEqual(status.status, 0, status.stderr)
         XCTAssertTrue(status.stdout.hasPrefix("active: blue"), status.stdout)
+
+        // The observability of the runbook: the stats table, /metrics, the access log.
+        let stats = try run(["stats", "total", "-s", socket])
+        XCTAssertEqual(stats.status, 0, stats.stderr)
+        let rows = stats.stdout.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true) }
+        XCTAssertEqual(rows.first { $0.starts(with: ["demo", "blue", "*"]) }?[3], "4", "four requests on blue: \(stats.stdout)")
+        XCTAssertEqual(rows.first { $0.starts(with: ["demo", "green"]) }?[2], "0", stats.stdout)
+        XCTAssertEqual(try run(["stats", "forever", "-s", socket]).status, 2, "a bad window is a usage error")
+        let metrics = try PrometheusExposition(try run(executable: "/usr/bin/curl", ["-s", "http://127.0.0.1:\(metricsPort)/metrics"]))
+        XCTAssertEqual(metrics.value("cutover_request_duration_seconds_count", ["app": "demo", "color": "blue"]), 4)
+        XCTAssertEqual(metrics.value("cutover_active_color", ["color": "blue"]), 1)
+
         XCTAssertEqual(demo.terminate(), 0, "SIGTERM drains and exits 0")
+        // Stopping writes every finished request's line.
+        let lines = try String(contentsOf: folder.appendingPathComponent("run/access.log"), encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, 4, "one line per request")
+        XCTAssertTrue(lines.allSatisfy { $0.contains("\"color\":\"blue\"") && $0.contains("\"app\":\"demo\"") }, "\(lines)")
     }
 
     func testRunReloadsRoutingOnSIGHUP() throws {

@@ -100,6 +100,16 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertEqual(config.apps[0].servers(.green).map(\.description), ["127.0.0.1:8092"])
     }
 
+    func testGateThresholds() throws {
+        let config = try ConfigParser.parse(minimal + "gate {\n window 5m\n max_5xx_rate 0.5%\n max_p95_ratio 1.25\n min_requests 500\n}\n",
+                                            path: "t.conf")
+        XCTAssertEqual(config.gate, GateThresholds(window: .fiveMinutes, max5xxRate: 0.005, maxP95Ratio: 1.25, minRequests: 500))
+        let fraction = try ConfigParser.parse(minimal + "gate {\n max_5xx_rate 0.01\n}\n", path: "t.conf")
+        XCTAssertEqual(fraction.gate, GateThresholds(window: .oneMinute, max5xxRate: 0.01, maxP95Ratio: nil, minRequests: 100),
+                       "a fraction is a rate too; window 1m and min_requests 100 by default")
+        XCTAssertNil(try ConfigParser.parse(minimal, path: "t.conf").gate, "no block: health and verify only")
+    }
+
     func testDefaultsWhenAbsent() throws {
         let config = try ConfigParser.parse(minimal, path: "t.conf")
         XCTAssertEqual(config.path, "t.conf")
@@ -332,6 +342,15 @@ final class ConfigParserTests: XCTestCase {
             (m + "admin_mode 0800\n", "t.conf:7: admin_mode: '0800' is not an octal file mode 0000..0777 (e.g. 0600)"),
             (m + "admin_mode 4755\n", "t.conf:7: admin_mode: '4755' is not an octal file mode 0000..0777 (e.g. 0600)"),
             (m + "initial_color red\n", "t.conf:7: initial_color: expected blue or green, got 'red'"),
+            // Gate thresholds.
+            (m + "gate {\n window 1m\n}\n", "t.conf:7: gate: set max_5xx_rate, max_p95_ratio or both (the block checks nothing otherwise)"),
+            (m + "gate {\n window total\n max_5xx_rate 1%\n}\n", "t.conf:8: window: 'total' is not a window (10s, 1m or 5m)"),
+            (m + "gate {\n max_5xx_rate 150%\n}\n", "t.conf:8: max_5xx_rate: '150%' is more than 100%"),
+            (m + "gate {\n max_5xx_rate half\n}\n",
+             "t.conf:8: max_5xx_rate: 'half' is not a rate (a percentage such as 0.5% or a fraction such as 0.005)"),
+            (m + "gate {\n max_p95_ratio 0.9\n}\n", "t.conf:8: max_p95_ratio: '0.9' is not a ratio of 1 or more (e.g. 1.1)"),
+            (m + "gate {\n max_p95_ratio 1.1\n min_requests 0\n}\n", "t.conf:9: min_requests: 0 is out of range (1..1000000000)"),
+            (m + "gate {\n max_p95_ratio 1.1\n p99 2\n}\n", "t.conf:9: unknown directive 'p99' in gate block"),
             // Addresses and ports.
             (m + "listen 127.0.0.1:65536\n", "t.conf:7: listen: bad port '65536' in '127.0.0.1:65536' (0..65535)"),
             (m + "listen 127.0.0.1\n", "t.conf:7: listen: '127.0.0.1' is not an address (expected host:port, [IPv6]:port or *:port)"),

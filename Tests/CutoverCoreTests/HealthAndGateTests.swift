@@ -66,10 +66,11 @@ final class HealthAndGateTests: XCTestCase {
         }
     }
 
-    private func makeControlPlane(clock: ManualClock, probe: ScriptedProbe, folder: URL) throws -> ControlPlane {
+    private func makeControlPlane(clock: ManualClock, probe: ScriptedProbe, folder: URL, gate: String = "") throws -> ControlPlane {
         let text = """
             listen 127.0.0.1:0
             state_file \(folder.path)/state
+            \(gate)
             health {
                 rise 2
                 fall 2
@@ -248,6 +249,87 @@ final class HealthAndGateTests: XCTestCase {
         let expected = PersistentState(active: .green, previous: .blue, generation: 1, drained: ["api 127.0.0.1:9001"])
         XCTAssertEqual(control.persistentState, expected)
         XCTAssertEqual(try StateFile.load(path: folder.appendingPathComponent("state").path), expected, "what is on disk")
+    }
+
+    // MARK: Gate thresholds from traffic
+
+    /// Figures the test sets, served to the control plane as the data plane's.
+    final class ScriptedFigures: @unchecked Sendable {
+        private let lock = NSLock()
+        private var figures: [AppColor: WindowedStats.Figures] = [:]
+
+        func set(_ app: String, _ color: Color, requests: Int, errors: Int = 0, latencyMicros: UInt64) {
+            var value = WindowedStats.Figures()
+            for index in 0..<requests {
+                let failed = index < errors
+                value.record(RequestSample(outcome: failed ? .serverError : .success, status: failed ? 500 : 200,
+                                           latencyMicros: latencyMicros))
+            }
+            lock.withLock { figures[AppColor(app: app, color: color)] = value }
+        }
+
+        var link: DataPlaneLink {
+            DataPlaneLink(
+                snapshot: { [self] window, totals in
+                    var snapshot = MetricsSnapshot(window: window, nanoseconds: 60_000_000_000, includesTotals: totals)
+                    snapshot.windowFigures = lock.withLock { figures }
+                    return snapshot
+                },
+                startedNs: 0, connections: { (0, 0) }, accessLogDropped: { 0 }, reopenAccessLog: { nil })
+        }
+    }
+
+    func testGateThresholdsCompareTheTargetsTrafficWithTheActiveColor() throws {
+        let clock = ManualClock()
+        let probe = ScriptedProbe()
+        let folder = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let control = try makeControlPlane(clock: clock, probe: probe, folder: folder, gate: """
+            gate {
+                window 1m
+                max_5xx_rate 0.5%
+                max_p95_ratio 1.1
+                min_requests 100
+            }
+            """)
+        let figures = ScriptedFigures()
+        control.attach(dataPlane: figures.link)
+        for _ in 0..<2 {
+            for (app, color, server) in [("api", Color.green, "127.0.0.1:9002"), ("api", .green, "127.0.0.1:9003"),
+                                         ("web", .green, "127.0.0.1:9012"), ("api", .blue, "127.0.0.1:9001"), ("web", .blue, "127.0.0.1:9011")] {
+                control.record(.success(status: 200, latencyMs: 2), for: key(app, color, server))
+            }
+            clock.advance(1_000)
+        }
+        clock.advance(30_000)
+        figures.set("web", .blue, requests: 1_000, latencyMicros: 10_000)
+
+        // A canary of green that fails 2.5 % of its requests.
+        figures.set("web", .green, requests: 200, errors: 5, latencyMicros: 10_000)
+        var reply = control.execute("switch green", actor: operatorActor)
+        XCTAssertEqual(reply["ok"], false)
+        XCTAssertEqual(reply["reasons"]?.arrayValue?.compactMap(\.stringValue),
+                       ["app web: green 5xx rate 2.50% over the last 1m (5 of 200 requests) exceeds max_5xx_rate 0.50%"])
+
+        // No errors, but three times slower than blue at p95.
+        figures.set("web", .green, requests: 200, latencyMicros: 30_000)
+        reply = control.execute("switch green", actor: operatorActor)
+        XCTAssertEqual(reply["ok"], false)
+        let reason = reply["reasons"]?.arrayValue?.first?.stringValue ?? ""
+        XCTAssertTrue(reason.hasPrefix("app web: green p95 30.0"), reason)
+        XCTAssertTrue(reason.contains("over the last 1m is 3.00× blue's 10.0"), reason)
+        XCTAssertTrue(reason.contains("above max_p95_ratio 1.10 (200 and 1000 requests)"), reason)
+        XCTAssertTrue(try String(contentsOf: folder.appendingPathComponent("audit.log"), encoding: .utf8).contains("max_p95_ratio"),
+                      "the refusal and its figures are on record")
+
+        // Too little traffic to judge (under min_requests): health and verify decide.
+        figures.set("web", .green, requests: 50, errors: 50, latencyMicros: 90_000)
+        reply = control.execute("switch green", actor: operatorActor)
+        XCTAssertEqual(reply["ok"], true, reply.serialized())
+
+        // Rollback is never held back by traffic figures: it must be fast.
+        figures.set("web", .blue, requests: 500, errors: 500, latencyMicros: 90_000)
+        XCTAssertEqual(control.execute("rollback", actor: operatorActor)["ok"], true)
     }
 }
 

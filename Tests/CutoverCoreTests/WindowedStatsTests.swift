@@ -1,4 +1,4 @@
-import CutoverCore
+@testable import CutoverCore
 import XCTest
 
 /// Sliding windows rotate with the injected clock: no test waits for real time.
@@ -77,5 +77,40 @@ final class WindowedStatsTests: XCTestCase {
         XCTAssertEqual(buckets[WindowedStats.durationBoundsMicros.count - 1], 1, "60 s is ≤ 60")
         XCTAssertEqual(buckets.last, 1, "61 s is only in +Inf")
         XCTAssertEqual(buckets.reduce(0, +), 5)
+    }
+}
+
+/// The exposition writer, read back by the strict parser the /metrics test uses.
+final class PrometheusTextTests: XCTestCase {
+    func testLabelValuesAreEscapedAndHistogramsAreCumulative() throws {
+        var text = PrometheusText()
+        text.family("demo_requests_total", .counter, "Requests \\ with a backslash\nand a newline in the help.")
+        text.sample("demo_requests_total", [("server", "a\"quoted\\path\nline")], 3)
+        text.family("demo_seconds", .histogram, "A histogram.")
+        text.histogram("demo_seconds", [("app", "web")], bounds: [0.001, 0.5], counts: [2, 0, 5], sum: 12.5)
+        let parsed = try PrometheusExposition(text.text)
+        XCTAssertEqual(parsed.value("demo_requests_total", ["server": "a\"quoted\\path\nline"]), 3, text.text)
+        XCTAssertEqual(parsed.value("demo_seconds_bucket", ["app": "web", "le": "0.001"]), 2)
+        XCTAssertEqual(parsed.value("demo_seconds_bucket", ["app": "web", "le": "0.5"]), 2)
+        XCTAssertEqual(parsed.value("demo_seconds_bucket", ["app": "web", "le": "+Inf"]), 7)
+        XCTAssertEqual(parsed.value("demo_seconds_count", ["app": "web"]), 7)
+        XCTAssertEqual(parsed.value("demo_seconds_sum", ["app": "web"]), 12.5)
+        XCTAssertTrue(text.text.contains("# HELP demo_requests_total Requests \\\\ with a backslash\\nand a newline in the help.\n"))
+    }
+
+    func testTheParserRejectsWhatAScraperWould() {
+        let bad = [
+            "m 1",                                                    // no trailing newline
+            "# TYPE m counter\nm{a=\"x} 1\n",                         // unterminated label value
+            "# TYPE m counter\nm{a=\"\\x\"} 1\n",                     // bad escape
+            "# TYPE m counter\nm -1\n",                               // negative counter
+            "m 1\n# TYPE m counter\n",                                // TYPE after samples
+            "# TYPE m counter\n# TYPE n gauge\nm 1\nn 1\nm 2\n",      // family not contiguous
+            "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",  // not cumulative
+            "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n",                         // no +Inf
+        ]
+        for text in bad {
+            XCTAssertThrowsError(try PrometheusExposition(text), text)
+        }
     }
 }
