@@ -134,4 +134,21 @@ final class BenchSmokeTests: XCTestCase {
             XCTAssertEqual(histogram.count, 50_000)
         }
     }
+
+    /// A slow upstream (`--delay`) still answers a `Connection: close` request and a client that
+    /// half-closed after sending it: health checks do both.
+    func testDelayedUpstreamAnswersClosingAndHalfClosedClients() throws {
+        let upstream = DemoUpstream(.init(color: "blue", delayMs: 30))
+        try upstream.start()
+        defer { upstream.stop() }
+        let closing = try RawHTTPClient(port: upstream.port)
+        try closing.send("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        XCTAssertEqual(try closing.readResponse().bodyString, "blue\n")
+        let halfClosed = try RawHTTPClient(port: upstream.port)
+        try halfClosed.send("GET /api/system/status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        halfClosed.shutdownWrite()
+        XCTAssertEqual(try halfClosed.readResponse().status, 200)
+        XCTAssertEqual(HTTPProbe.get(upstream.address!, host: "a", path: "/api/system/status", timeoutMs: 2_000).isSuccess, true,
+                       "the health check of a slow upstream passes")
+    }
 }

@@ -186,7 +186,13 @@ final class DemoConnection: Channel {
         guard space > 0 else { return false }
         switch try? Posix.read(fd, input.writableBytes.baseAddress!, space) {
         case .processed(0)?, nil:
-            close()
+            if delayed != nil {
+                // A half-closed client still gets its delayed answer; then the connection ends.
+                keepAlive = false
+                readable = false
+            } else {
+                close()
+            }
             return false
         case .processed(let count)?:
             input.end += count
@@ -299,7 +305,7 @@ final class DemoConnection: Channel {
         }
         if output.isEmpty {
             loop.buffers.release(&output)
-            if !keepAlive { close() }
+            if !keepAlive && delayed == nil { close() }  // a delayed answer still has to go out
         }
     }
 
