@@ -124,7 +124,8 @@ enum Pretty {
             cells += ["2xx", "3xx", "4xx", "5xx"].map { text(row[$0]) }
             cells.append(String(errors))
             cells.append(String(format: "%.2f%%", (row["5xx_rate"]?.doubleValue ?? 0) * 100))
-            cells += ["p50", "p90", "p95", "p99", "p99.9", "max"].map { duration(latency?[$0]?.intValue ?? 0) }
+            let served = (row["requests"]?.intValue ?? 0) > 0
+            cells += ["p50", "p90", "p95", "p99", "p99.9", "max"].map { served ? duration(latency?[$0]?.intValue ?? 0) : "-" }
             rows.append(cells)
         }
         let widths = headers.indices.map { column in ([headers[column]] + rows.map { $0[column] }).map(\.count).max() ?? 0 }
