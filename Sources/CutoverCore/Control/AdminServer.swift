@@ -13,11 +13,7 @@ public final class AdminServer: @unchecked Sendable {
     private let logger: Logger
     private let idleTimeoutMs: Int
     private let maxClients = 32
-    private var listenFD: Int32 = -1
-    private let lock = NSLock()
-    private var clients = 0
-    private var stopped = false
-    private var acceptThreadDone = DispatchSemaphore(value: 0)
+    private var threads: ClientThreads?
 
     public init(path: String, idleTimeoutMs: Int = 30_000, logger: Logger,
                 handler: @escaping @Sendable (String, AuditActor) -> JSON) {
@@ -78,68 +74,21 @@ public final class AdminServer: @unchecked Sendable {
             close(fd)
             throw StartupError("admin socket \(path): listen failed")
         }
-        listenFD = fd
-        let thread = Thread { [self] in acceptLoop() }
-        thread.name = "cutover-admin"
-        thread.start()
+        let threads = ClientThreads(name: "cutover-admin", maxClients: maxClients, serve: { [self] in serve($0) }, refuse: { [self] in
+            writeLine($0, (["ok": false, "error": "too many admin clients; try again"] as JSON).serialized())
+        })
+        threads.start(listening: fd)
+        self.threads = threads
         logger.log(.info, "admin socket \(path) (mode \(String(mode, radix: 8)))")
     }
 
     public func stop() {
-        let fd: Int32 = lock.withLock {
-            stopped = true
-            return listenFD
-        }
-        guard fd >= 0 else { return }
-        shutdown(fd, Int32(SHUT_RDWR))
-        acceptThreadDone.wait()
-        close(fd)
+        guard let threads else { return }
+        threads.stop()
         unlink(path)
     }
 
-    private func acceptLoop() {
-        defer { acceptThreadDone.signal() }
-        while true {
-            let accepted = Result { () throws(IOError) in try Posix.acceptBlocking(listenFD) }
-            if lock.withLock({ stopped }) {
-                if case .success(let client) = accepted { close(client) }
-                return
-            }
-            let client: Int32
-            switch accepted {
-            case .success(let fd):
-                client = fd
-            case .failure(let error):
-                switch error.errnoCode {
-                case ECONNABORTED, EAGAIN: continue
-                case EMFILE, ENFILE:
-                    usleep(100_000)  // no descriptor now: try again shortly rather than spin
-                    continue
-                default:
-                    return
-                }
-            }
-            let admitted = lock.withLock { () -> Bool in
-                guard clients < maxClients else { return false }
-                clients += 1
-                return true
-            }
-            guard admitted else {
-                writeLine(client, (["ok": false, "error": "too many admin clients; try again"] as JSON).serialized())
-                close(client)
-                continue
-            }
-            let thread = Thread { [self] in
-                serve(client)
-                lock.withLock { clients -= 1 }
-            }
-            thread.name = "cutover-admin-client"
-            thread.start()
-        }
-    }
-
     private func serve(_ fd: Int32) {
-        defer { close(fd) }
         var timeout = timeval(tv_sec: idleTimeoutMs / 1000, tv_usec: (idleTimeoutMs % 1000) * 1000)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))

@@ -9,11 +9,7 @@ import Glibc
 public final class MetricsServer: @unchecked Sendable {
     private let exposition: @Sendable () -> String
     private let logger: Logger
-    private let lock = NSLock()
-    private var listenFD: Int32 = -1
-    private var stopped = false
-    private var clients = 0
-    private let acceptDone = DispatchSemaphore(value: 0)
+    private var threads: ClientThreads?
     public private(set) var address: SocketAddress?
 
     static let maxClients = 16
@@ -29,68 +25,29 @@ public final class MetricsServer: @unchecked Sendable {
         guard var address = SocketAddress.resolve(host: endpoint.host, port: endpoint.port) else {
             throw StartupError("metrics_listen: cannot resolve '\(endpoint.host)'")
         }
-        let fd: Int32
+        var fd: Int32 = -1
         do {
-            fd = try Posix.socket(family: address.family)
+            fd = try Posix.socket(family: address.family, blocking: true)
             try Posix.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
             try Posix.bind(fd, address)
             try Posix.listen(fd, backlog: 64)
         } catch {
+            if fd >= 0 { Posix.close(fd) }
             throw StartupError("cannot listen on \(address) for metrics: \(error)")
         }
         if let bound = Posix.localAddress(fd) { address = bound }
         self.address = address
-        listenFD = fd
-        let thread = Thread { [self] in acceptLoop() }
-        thread.name = "cutover-metrics"
-        thread.start()
+        let threads = ClientThreads(name: "cutover-metrics", maxClients: Self.maxClients, serve: { [self] in serve($0) })
+        threads.start(listening: fd)
+        self.threads = threads
         logger.log(.info, "metrics on http://\(address)/metrics")
     }
 
     public func stop() {
-        let fd: Int32 = lock.withLock {
-            stopped = true
-            return listenFD
-        }
-        guard fd >= 0 else { return }
-        shutdown(fd, Int32(SHUT_RDWR))
-        acceptDone.wait()
-        Posix.close(fd)
-    }
-
-    private func acceptLoop() {
-        defer { acceptDone.signal() }
-        while true {
-            _ = Posix.waitFor(listenFD, events: Int16(POLLIN), timeoutMs: 1_000)
-            if lock.withLock({ stopped }) { return }
-            let client: Int32
-            switch Result(catching: { () throws(IOError) in try Posix.acceptBlocking(listenFD) }) {
-            case .success(let fd):
-                client = fd
-            case .failure(let error):
-                if error.errnoCode == EMFILE || error.errnoCode == ENFILE { usleep(100_000) }
-                continue
-            }
-            let admitted = lock.withLock { () -> Bool in
-                guard clients < Self.maxClients else { return false }
-                clients += 1
-                return true
-            }
-            guard admitted else {
-                Posix.close(client)  // a scraper retries; a flood gets nothing
-                continue
-            }
-            let thread = Thread { [self] in
-                serve(client)
-                lock.withLock { clients -= 1 }
-            }
-            thread.name = "cutover-metrics-client"
-            thread.start()
-        }
+        threads?.stop()
     }
 
     private func serve(_ fd: Int32) {
-        defer { Posix.close(fd) }
         var timeout = timeval(tv_sec: Self.timeoutMs / 1000, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -112,8 +69,13 @@ public final class MetricsServer: @unchecked Sendable {
             }
             switch outcome {
             case .needMore:
-                if received == buffer.count || monotonicMillisecondsNow() - started > Int64(Self.timeoutMs) {
+                if received == buffer.count {
                     respond(fd, status: 431, reason: "Request Header Fields Too Large", body: "request head too large\n")
+                    return
+                }
+                // The whole head within the timeout, however it trickles in.
+                if monotonicMillisecondsNow() - started > Int64(Self.timeoutMs) {
+                    respond(fd, status: 408, reason: "Request Timeout", body: "request head not received in time\n")
                     return
                 }
             case .invalid(let error):

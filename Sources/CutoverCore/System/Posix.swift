@@ -74,8 +74,9 @@ enum Posix {
         _ = Glibc.close(fd)
     }
 
-    static func socket(family: Int32) throws(IOError) -> Int32 {
-        let type = Int32(SOCK_STREAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue)
+    /// A TCP socket, non-blocking (the loops) unless `blocking` (the control plane's threads).
+    static func socket(family: Int32, blocking: Bool = false) throws(IOError) -> Int32 {
+        let type = Int32(SOCK_STREAM.rawValue | (blocking ? 0 : SOCK_NONBLOCK.rawValue) | SOCK_CLOEXEC.rawValue)
         switch try check("socket", { Glibc.socket(family, type, 0) }) {
         case .processed(let fd): return fd
         case .wouldBlock: throw IOError(errnoCode: EAGAIN, function: "socket")
