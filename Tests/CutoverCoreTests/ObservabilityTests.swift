@@ -189,6 +189,86 @@ final class ObservabilityTests: XCTestCase {
         XCTAssertEqual(snapshot.totals[AppColor(app: "web", color: .green)]?.statusCodes[502], 1)
     }
 
+    private func lines(ofLog path: String) throws -> [[String: Any]] {
+        try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map {
+            try XCTUnwrap(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
+        }
+    }
+
+    /// A stalled response body is blamed on the side that stalled: a client that stops reading
+    /// is not an upstream timeout, an upstream that stops sending is.
+    func testStalledBodiesAreBlamedOnTheSideThatStalled() throws {
+        let release = DispatchSemaphore(value: 0)
+        let upstream = try TestUpstream(name: "blue") { request, connection in
+            if request.target == "/huge" {
+                connection.respond(body: [UInt8](repeating: 0x61, count: 48 << 20))
+            } else {
+                connection.write("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nonly ten b")
+                release.wait()
+            }
+        }
+        defer { release.signal(); release.signal(); upstream.stop() }
+        let folder = try makeFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let logPath = folder.appendingPathComponent("access.log").path
+        let proxy = try ProxyHarness(apps: [TestApp(name: "web", blue: [upstream.port], green: [upstream.port])], workers: 1,
+                                     extra: "access_log \(logPath)\ntimeouts {\n    client_body 300ms\n}")
+        defer { proxy.stop() }
+
+        let reader = try proxy.client()
+        try reader.send("GET /huge HTTP/1.1\r\nHost: a\r\n\r\n")  // and never read
+        let staller = try proxy.client()
+        try staller.send("GET /stall HTTP/1.1\r\nHost: a\r\n\r\n")
+        XCTAssertTrue(staller.waitForClose(timeout: 10), "the stalled upstream body is cut after client_body")
+        // The reader must not read, so nothing on its socket says when the proxy gave up on it:
+        // watch the figures (bounded).
+        var snapshot = proxy.server.metrics(.total, includeTotals: true)
+        let deadline = Date().addingTimeInterval(10)
+        while snapshot.figures(app: "web", color: .blue).requests < 2 && Date() < deadline {
+            usleep(20_000)
+            snapshot = proxy.server.metrics(.total, includeTotals: true)
+        }
+        withExtendedLifetime(reader) {}
+        let figures = snapshot.figures(app: "web", color: .blue)
+        XCTAssertEqual(figures.count(.timeout), 1, "only the upstream's stall is an upstream timeout")
+        XCTAssertEqual(snapshot.serverErrors[AppColor(app: "web", color: .blue)]?.values.first?.count(.timeout), 1)
+        proxy.server.accessLog?.flush()
+        let log = try lines(ofLog: logPath)
+        let stalled = try XCTUnwrap(log.first { $0["path"] as? String == "/stall" })
+        XCTAssertEqual(stalled["status"] as? Int, 200, "the head went out: the client saw a 200, then a cut")
+        XCTAssertEqual(stalled["error"] as? String, "timeout")
+        let huge = try XCTUnwrap(log.first { $0["path"] as? String == "/huge" })
+        XCTAssertEqual(huge["status"] as? Int, 200)
+        XCTAssertEqual(huge["error"] as? String, "client_timeout", "the client stopped reading")
+    }
+
+    /// Requests still running when the drain deadline passes are the proxy's doing, not the
+    /// client's: 503 with `drain_timeout`.
+    func testRequestsCutByTheDrainDeadlineAreRecordedAsSuch() throws {
+        let arrived = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let upstream = try TestUpstream(name: "blue") { _, connection in
+            arrived.signal()
+            release.wait()
+            connection.respond(body: Array("late".utf8))
+        }
+        defer { release.signal(); upstream.stop() }
+        let folder = try makeFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let logPath = folder.appendingPathComponent("access.log").path
+        let proxy = try ProxyHarness(apps: [TestApp(name: "web", blue: [upstream.port], green: [upstream.port])], workers: 1,
+                                     extra: "access_log \(logPath)\ntimeouts {\n    drain 100ms\n}")
+        let client = try proxy.client()
+        try client.send("GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        XCTAssertEqual(arrived.wait(timeout: .now() + 10), .success)
+        proxy.stop()  // returns after the drain deadline closed the exchange and the log was written
+        let line = try XCTUnwrap(try lines(ofLog: logPath).first)
+        XCTAssertEqual(line["status"] as? Int, 503)
+        XCTAssertEqual(line["error"] as? String, "drain_timeout")
+        XCTAssertEqual(proxy.server.metrics(.total, includeTotals: true).loopsMissing, 1,
+                       "a stopped proxy's figures are not waited for")
+    }
+
     /// Recording a request — windows, totals, status codes, Prometheus buckets and an access-log
     /// record — allocates nothing once the app's figures exist. Counted by the test binary's
     /// malloc family on this thread, not assumed.
@@ -216,7 +296,7 @@ final class ObservabilityTests: XCTestCase {
                 if slot >= 0 {
                     ring.fillRequest(slot, method: slice(0, 3), host: slice(3, 12), target: slice(15, 11), requestID: slice(26, 5),
                                      generatedID: (1, UInt64(index)), client: slice(31, 9))
-                    ring.finish(slot, endNs: second, sample: sample, error: nil, serverID: 0, appID: stats.appID, color: .green)
+                    ring.finish(slot, endNs: second, sample: sample, error: nil, termination: .none, serverID: 0, appID: stats.appID, color: .green)
                 }
                 if index % 32 == 31 { _ = ring.consume { _ in } }  // the writer's side, here on the same thread
             }

@@ -29,8 +29,8 @@ final class WindowedStatsTests: XCTestCase {
 
         XCTAssertEqual(stats.figures(.oneMinute, at: 159).requests, 5)
         XCTAssertEqual(stats.figures(.oneMinute, at: 160).requests, 0, "the minute moves in ten-second steps")
-        XCTAssertEqual(stats.figures(.fiveMinutes, at: 399).requests, 5)
-        XCTAssertEqual(stats.figures(.fiveMinutes, at: 400).requests, 0)
+        XCTAssertEqual(stats.figures(.fiveMinutes, at: 359).requests, 5, "minute 1 (100…119 s) is in the five minutes ending with minute 5")
+        XCTAssertEqual(stats.figures(.fiveMinutes, at: 360).requests, 0, "the five minutes move in one-minute steps")
         XCTAssertEqual(stats.figures(.total, at: 10_000).requests, 5)
         XCTAssertEqual(stats.totals.statusCodes[500], 1)
         XCTAssertEqual(stats.totals.statusCodes[502], 1)
@@ -112,5 +112,18 @@ final class PrometheusTextTests: XCTestCase {
         for text in bad {
             XCTAssertThrowsError(try PrometheusExposition(text), text)
         }
+    }
+}
+
+final class DurationBucketTests: XCTestCase {
+    /// The comparison chain on the data path and the published bounds agree at every edge.
+    func testBucketsMatchTheirPublishedBounds() {
+        let bounds = WindowedStats.durationBoundsMicros
+        for (index, bound) in bounds.enumerated() {
+            XCTAssertEqual(WindowedStats.durationBucket(bound), index, "\(bound) µs is ≤ its own bound")
+            XCTAssertEqual(WindowedStats.durationBucket(bound + 1), index + 1, "\(bound + 1) µs is above it")
+        }
+        XCTAssertEqual(WindowedStats.durationBucket(0), 0)
+        XCTAssertEqual(WindowedStats.durationBucket(.max), bounds.count)
     }
 }

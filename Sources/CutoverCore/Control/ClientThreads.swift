@@ -26,8 +26,8 @@ final class ClientThreads: @unchecked Sendable {
     }
 
     func start(listening fd: Int32) {
-        listenFD = fd
-        let thread = Thread { [self] in acceptLoop() }
+        lock.withLock { listenFD = fd }
+        let thread = Thread { [self] in acceptLoop(fd) }
         thread.name = name
         thread.start()
     }
@@ -35,6 +35,7 @@ final class ClientThreads: @unchecked Sendable {
     /// Stops accepting (clients being served finish on their own) and closes the listener.
     func stop() {
         let fd: Int32 = lock.withLock {
+            defer { listenFD = -1 }  // a second stop finds nothing to do
             stopped = true
             return listenFD
         }
@@ -44,7 +45,7 @@ final class ClientThreads: @unchecked Sendable {
         Posix.close(fd)
     }
 
-    private func acceptLoop() {
+    private func acceptLoop(_ listenFD: Int32) {
         defer { acceptDone.signal() }
         while true {
             let accepted = Result { () throws(IOError) in try Posix.acceptBlocking(listenFD) }

@@ -124,12 +124,22 @@ extension ControlPlane {
 
     /// The traffic part of the switch gate: for each app whose `target` pool served at least
     /// `min_requests` in the gate's window, its 5xx rate and its p95 against the active
-    /// color's. Apps whose target saw too little traffic are not judged (a color that has
-    /// served nothing yet has nothing to show); the figures are named in every refusal.
+    /// color's over the same window. Apps whose target saw too little traffic are not judged (a
+    /// color that has served nothing yet has nothing to show); the figures are named in every
+    /// refusal. Today a color serves traffic only while active, so this judges a switch back to
+    /// a color that was active within the window; preview and canary routes will give a new
+    /// color traffic before its switch.
     func gateThresholdProblems(target: Color, active: Color) -> [String] {
         let control = controlFigures()
-        guard let gate = control.gate, let source = attachedDataPlane.source else { return [] }
+        guard let gate = control.gate else { return [] }
+        // Thresholds that cannot be evaluated refuse (force overrides): never pass blind.
+        guard let source = attachedDataPlane.source else {
+            return ["gate thresholds: no traffic figures (the data plane is not running)"]
+        }
         let snapshot = source.snapshot(gate.window, false)
+        if snapshot.loopsMissing > 0 {
+            return ["gate thresholds: traffic figures incomplete (\(snapshot.loopsMissing) worker loop(s) did not answer in time)"]
+        }
         var problems: [String] = []
         let over = "over the last \(gate.window.rawValue)"
         for app in control.apps {
@@ -163,12 +173,18 @@ extension ControlPlane {
 extension ControlPlane {
     // MARK: Prometheus
 
-    /// Every metric in text exposition format 0.0.4 (`GET /metrics`).
-    public func prometheusExposition() -> String {
+    /// Every metric in text exposition format 0.0.4 (`GET /metrics`). Nil when a loop did not
+    /// answer in time: counters missing a loop's share would look like a reset to Prometheus
+    /// (and spike every `rate()`), so such a scrape fails instead.
+    public func prometheusExposition() -> String? {
         let control = controlFigures()
         let (link, counters) = attachedDataPlane
         let snapshot = link?.snapshot(.total, true)
-        let serverNames = Dictionary(control.servers.map { ($0.id, $0.name) }, uniquingKeysWith: { first, _ in first })
+        if let snapshot, snapshot.loopsMissing > 0 { return nil }
+        // Names by id from the registry, which keeps servers a reload removed: their series
+        // keep their label.
+        let registered = registry.names
+        func serverName(_ id: Int) -> String { id >= 0 && id < registered.count ? registered[id] : "#\(id)" }
         var out = PrometheusText()
 
         // Each family whole, HELP and TYPE first: scrapers reject interleaved families.
@@ -192,12 +208,20 @@ extension ControlPlane {
             out.sample("cutover_bytes_total", [("app", key.app), ("color", key.color.rawValue), ("direction", "in")], Double(figures.figures.bytesIn))
             out.sample("cutover_bytes_total", [("app", key.app), ("color", key.color.rawValue), ("direction", "out")], Double(figures.figures.bytesOut))
         }
+        out.family("cutover_request_errors_total", .counter,
+                   "Requests ended by an upstream failure, answered 502/504 or cut off mid-response (then counted under the status sent), by kind.")
+        for (key, figures) in totals {
+            for kind in UpstreamErrorCounts.kinds where figures.figures.count(kind) > 0 {
+                out.sample("cutover_request_errors_total", [("app", key.app), ("color", key.color.rawValue), ("kind", kind.label)],
+                           Double(figures.figures.count(kind)))
+            }
+        }
         out.family("cutover_upstream_errors_total", .counter,
                    "Upstream failures by server and kind (connect_failure, reset, timeout, invalid_response), retried attempts included.")
         if let snapshot {
             for key in snapshot.serverErrors.keys.sorted() {
                 for (serverID, counts) in snapshot.serverErrors[key]!.sorted(by: { $0.key < $1.key }) {
-                    let server = serverNames[serverID] ?? "#\(serverID)"
+                    let server = serverName(serverID)
                     for kind in UpstreamErrorCounts.kinds where counts.count(kind) > 0 {
                         out.sample("cutover_upstream_errors_total",
                                    [("app", key.app), ("color", key.color.rawValue), ("server", server), ("kind", kind.label)],

@@ -7,7 +7,7 @@ import Glibc
 /// exposition format 0.0.4; `GET /healthz` answers 200 while the process runs. Requests are
 /// parsed by the same strict codec as proxied ones; every answer closes the connection.
 public final class MetricsServer: @unchecked Sendable {
-    private let exposition: @Sendable () -> String
+    private let exposition: @Sendable () -> String?
     private let logger: Logger
     private var threads: ClientThreads?
     public private(set) var address: SocketAddress?
@@ -16,7 +16,8 @@ public final class MetricsServer: @unchecked Sendable {
     static let timeoutMs = 5_000
     static let maxHeadBytes = 8 * 1024
 
-    public init(logger: Logger, exposition: @escaping @Sendable () -> String) {
+    /// `exposition` returns nil when the figures are incomplete: the scrape gets a 503.
+    public init(logger: Logger, exposition: @escaping @Sendable () -> String?) {
         self.logger = logger
         self.exposition = exposition
     }
@@ -59,6 +60,13 @@ public final class MetricsServer: @unchecked Sendable {
         var received = 0
         let started = monotonicMillisecondsNow()
         while true {
+            // One deadline for the whole head: each read waits only for what is left of it, so
+            // a client trickling bytes holds a slot for `timeoutMs` at most.
+            let left = Int64(Self.timeoutMs) - (monotonicMillisecondsNow() - started)
+            guard left > 0, Posix.waitFor(fd, events: Int16(POLLIN), timeoutMs: Int(left)) else {
+                respond(fd, status: 408, reason: "Request Timeout", body: "request head not received in time\n")
+                return
+            }
             let result = buffer.withUnsafeMutableBytes { bytes in
                 Result { () throws(IOError) in try Posix.receive(fd, bytes.baseAddress! + received, bytes.count - received) }
             }
@@ -71,11 +79,6 @@ public final class MetricsServer: @unchecked Sendable {
             case .needMore:
                 if received == buffer.count {
                     respond(fd, status: 431, reason: "Request Header Fields Too Large", body: "request head too large\n")
-                    return
-                }
-                // The whole head within the timeout, however it trickles in.
-                if monotonicMillisecondsNow() - started > Int64(Self.timeoutMs) {
-                    respond(fd, status: 408, reason: "Request Timeout", body: "request head not received in time\n")
                     return
                 }
             case .invalid(let error):
@@ -103,9 +106,12 @@ public final class MetricsServer: @unchecked Sendable {
         }
         if route == "/healthz" {
             respond(fd, status: 200, reason: "OK", body: "ok\n", headOnly: method == .head)
-        } else {
-            respond(fd, status: 200, reason: "OK", body: exposition(), headOnly: method == .head,
+        } else if let text = exposition() {
+            respond(fd, status: 200, reason: "OK", body: text, headOnly: method == .head,
                     contentType: "text/plain; version=0.0.4; charset=utf-8")
+        } else {
+            respond(fd, status: 503, reason: "Service Unavailable",
+                    body: "figures incomplete: a worker loop did not answer in time\n")
         }
     }
 

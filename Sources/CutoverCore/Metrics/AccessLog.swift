@@ -13,13 +13,34 @@ enum AccessRecord {
     static let status = 68, color = 70, error = 71
     // Lengths of the byte fields below.
     static let methodLength = 72, hostLength = 73, requestIDLength = 74, clientLength = 75
-    static let pathLength = 76, pathTruncated = 78
+    static let pathLength = 76, pathTruncated = 78, termination = 79
     // Byte fields and their room.
     static let method = 80, methodRoom = 16
     static let client = 96, clientRoom = 48
     static let requestID = 144, requestIDRoom = 128
     static let host = 272, hostRoom = 128
     static let path = 400, pathRoom = 512
+}
+
+/// Why an exchange ended short of its full response, apart from an upstream failure: the
+/// access log's `error` when no upstream failure explains it.
+enum Termination: UInt8 {
+    case none = 0
+    /// The client closed or reset the connection first.
+    case clientClosed
+    /// The client stopped sending its request or reading its response for `client_body`.
+    case clientTimeout
+    /// The proxy stopped and the drain deadline passed.
+    case drainTimeout
+
+    var label: StaticString {
+        switch self {
+        case .none: return ""
+        case .clientClosed: return "client_closed"
+        case .clientTimeout: return "client_timeout"
+        case .drainTimeout: return "drain_timeout"
+        }
+    }
 }
 
 /// One loop's share of the access log: a pool of record slots and two single-producer,
@@ -128,9 +149,9 @@ extension AccessLogRing {
     /// A record for a request whose head could not be parsed: no request fields.
     func clearRequest(_ slot: Int32, client: UnsafeRawBufferPointer) {
         let base = record(slot)
-        for offset in [AccessRecord.methodLength, AccessRecord.hostLength, AccessRecord.requestIDLength] {
-            base.storeBytes(of: 0, toByteOffset: offset, as: UInt8.self)
-        }
+        base.storeBytes(of: 0, toByteOffset: AccessRecord.methodLength, as: UInt8.self)
+        base.storeBytes(of: 0, toByteOffset: AccessRecord.hostLength, as: UInt8.self)
+        base.storeBytes(of: 0, toByteOffset: AccessRecord.requestIDLength, as: UInt8.self)
         base.storeBytes(of: 0, toByteOffset: AccessRecord.pathLength, as: UInt16.self)
         base.storeBytes(of: 0, toByteOffset: AccessRecord.pathTruncated, as: UInt8.self)
         base.storeBytes(of: 0, toByteOffset: AccessRecord.generatedIDHigh, as: UInt64.self)
@@ -141,7 +162,7 @@ extension AccessLogRing {
     /// Fills the outcome and hands the record to the writer (loop thread).
     @inline(__always)
     func finish(_ slot: Int32, endNs: Int64, sample: RequestSample, error: WindowedStats.Outcome?,
-                serverID: Int, appID: Int32, color: Color?) {
+                termination: Termination, serverID: Int, appID: Int32, color: Color?) {
         let base = record(slot)
         base.storeBytes(of: endNs, toByteOffset: AccessRecord.endNs, as: Int64.self)
         base.storeBytes(of: Int64(sample.latencyMicros), toByteOffset: AccessRecord.durationMicros, as: Int64.self)
@@ -154,6 +175,7 @@ extension AccessLogRing {
         let colorCode: UInt8 = color == nil ? 0 : (color == .blue ? 1 : 2)
         base.storeBytes(of: colorCode, toByteOffset: AccessRecord.color, as: UInt8.self)
         base.storeBytes(of: error.map { UInt8($0.rawValue) + 1 } ?? 0, toByteOffset: AccessRecord.error, as: UInt8.self)
+        base.storeBytes(of: termination.rawValue, toByteOffset: AccessRecord.termination, as: UInt8.self)
         publish(slot)
     }
 
@@ -173,12 +195,14 @@ public final class AccessLog: @unchecked Sendable {
     let rings: [AccessLogRing]
     private let serverNames: @Sendable () -> [String]
     private let appNames: @Sendable () -> [String]
-    /// Held while records are taken from the rings and written: the writer thread, `flush`
-    /// and `reopen` never interleave.
+    /// Held while records are taken from the rings and written: the writer thread and `flush`
+    /// never interleave. Nothing else waits for it (a write may block on a slow disk or pipe).
     private let writeLock = NSLock()
     private var fd: Int32
+    /// A descriptor opened by `reopen`, taken up by the writer before its next write.
+    private let reopened = Mutex<Int32>(-1)
     private var line: [UInt8] = []
-    private var lostOnWrite: UInt64 = 0
+    private let lostOnWrite = Atomic<UInt64>(0)
     private let stopRequested = Atomic<Bool>(false)
     private let wake = DispatchSemaphore(value: 0)
     private let stopped = DispatchSemaphore(value: 0)
@@ -209,6 +233,8 @@ public final class AccessLog: @unchecked Sendable {
 
     deinit {
         if case .file = target, fd >= 0 { Glibc.close(fd) }
+        let pending = reopened.withLock { $0 }
+        if pending >= 0 { Glibc.close(pending) }
     }
 
     static func open(_ path: String) throws -> Int32 {
@@ -230,13 +256,14 @@ public final class AccessLog: @unchecked Sendable {
         thread.start()
     }
 
-    /// Writes what the loops finished, then stops the writer.
+    /// Writes what the loops finished, then stops the writer. Gives up waiting after 5 s (the
+    /// disk or the pipe behind stdout is stuck): stopping the proxy never hangs on its log.
     public func stop() {
         guard threadStarted else { return }
         threadStarted = false
         stopRequested.store(true, ordering: .releasing)
         wake.signal()
-        stopped.wait()
+        _ = stopped.wait(timeout: .now() + .seconds(5))
     }
 
     /// Writes every record finished so far (tests, shutdown).
@@ -244,20 +271,22 @@ public final class AccessLog: @unchecked Sendable {
 
     /// Lines lost: the writer fell behind (no free slot), or the file refused the write.
     public var dropped: UInt64 {
-        rings.reduce(0) { $0 + $1.dropped.load(ordering: .relaxed) } + writeLock.withLock { lostOnWrite }
+        rings.reduce(0) { $0 + $1.dropped.load(ordering: .relaxed) } + lostOnWrite.load(ordering: .relaxed)
     }
 
-    /// Opens the configured path again and writes there from now on; nil when done, else why not
-    /// (the old file stays in use).
+    /// Opens the configured path again; the writer continues there from its next batch (lines
+    /// of the batch under way finish in the old file). Nil when done, else why not — the old
+    /// file then stays in use. Never waits for the writer.
     public func reopen() -> String? {
         guard case .file(let path) = target else { return "access_log is \(target == .stdout ? "stdout" : "off"): nothing to reopen" }
         let fresh: Int32
         do { fresh = try Self.open(path) } catch { return "\(error)" }
-        writeLock.withLock {
-            drainLocked()  // lines finished before the reopen go to the old file
-            Glibc.close(fd)
-            fd = fresh
+        let replaced = reopened.withLock { pending -> Int32 in
+            defer { pending = fresh }
+            return pending
         }
+        if replaced >= 0 { Glibc.close(replaced) }  // two reopens before one batch: the newer wins
+        wake.signal()
         return nil
     }
 
@@ -267,12 +296,24 @@ public final class AccessLog: @unchecked Sendable {
     }
 
     private func drainLocked() -> Int {
-        let servers = serverNames()
-        let apps = appNames()
+        let fresh = reopened.withLock { pending -> Int32 in
+            defer { pending = -1 }
+            return pending
+        }
+        if fresh >= 0 {
+            Glibc.close(fd)
+            fd = fresh
+        }
+        // Names are read when a record needs them (an idle writer takes no lock every 20 ms).
+        var servers: [String] = []
+        var apps: [String] = []
         let wallOffset = realtimeNanoseconds() - monotonicNanoseconds()
         var total = 0
         for ring in rings {
             total += ring.consume { record in
+                // An app or server registered after the names were read (a reload): read again.
+                if Int(record.loadUnaligned(fromByteOffset: AccessRecord.appID, as: Int32.self)) >= apps.count { apps = appNames() }
+                if Int(record.loadUnaligned(fromByteOffset: AccessRecord.serverID, as: Int64.self)) >= servers.count { servers = serverNames() }
                 formatLine(record, wallOffset: wallOffset, servers: servers, apps: apps)
                 if line.count > 192 * 1024 { writeOut() }
             }
@@ -293,7 +334,7 @@ public final class AccessLog: @unchecked Sendable {
             }
             return true
         }
-        if !ok { lostOnWrite &+= UInt64(line.reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) }) }
+        if !ok { lostOnWrite.add(UInt64(line.reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) }), ordering: .relaxed) }
         line.removeAll(keepingCapacity: true)
     }
 
@@ -359,7 +400,15 @@ public final class AccessLog: @unchecked Sendable {
         if upstream >= 0 { appendNumber(upstream) } else { append("null") }
         append(",\"error\":")
         let error = byte(AccessRecord.error)
-        if error > 0, let kind = WindowedStats.Outcome(rawValue: error - 1) { appendString(kind.label) } else { append("null") }
+        if error > 0, let kind = WindowedStats.Outcome(rawValue: error - 1) {
+            appendString(kind.label)
+        } else if let termination = Termination(rawValue: UInt8(byte(AccessRecord.termination))), termination != .none {
+            line.append(0x22)
+            append(termination.label)
+            line.append(0x22)
+        } else {
+            append("null")
+        }
         append("}\n")
     }
 

@@ -49,9 +49,13 @@ public struct LatencyHistogram: Sendable {
         if micros > max { max = micros }
     }
 
+    /// Adds `other`. Only the buckets between its min and max are visited: merging a window's
+    /// slots costs what their latencies span, not the 1,408 buckets.
     public mutating func merge(_ other: LatencyHistogram) {
         guard other.count > 0 else { return }
-        for index in 0..<Self.bucketCount where other.counts[index] != 0 { counts[index] &+= other.counts[index] }
+        for index in Self.bucketIndex(other.min)...Self.bucketIndex(other.max) where other.counts[index] != 0 {
+            counts[index] &+= other.counts[index]
+        }
         count &+= other.count
         sum &+= other.sum
         min = Swift.min(min, other.min)
@@ -59,7 +63,9 @@ public struct LatencyHistogram: Sendable {
     }
 
     public mutating func reset() {
-        for index in counts.indices { counts[index] = 0 }
+        if count > 0 {
+            for index in Self.bucketIndex(min)...Self.bucketIndex(max) { counts[index] = 0 }
+        }
         count = 0
         sum = 0
         min = .max
@@ -72,7 +78,7 @@ public struct LatencyHistogram: Sendable {
         guard count > 0 else { return 0 }
         let rank = Swift.max(1, UInt64((p / 100 * Double(count)).rounded(.up)))
         var seen: UInt64 = 0
-        for index in 0..<Self.bucketCount {
+        for index in Self.bucketIndex(min)...Self.bucketIndex(max) {
             seen &+= counts[index]
             if seen >= rank {
                 let range = Self.bucketRange(index)

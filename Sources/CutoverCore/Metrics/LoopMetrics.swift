@@ -138,7 +138,7 @@ public struct MetricsSnapshot: Sendable {
         switch window {
         case .tenSeconds: windowStart = (second - 9) * 1_000_000_000
         case .oneMinute: windowStart = (second / 10 - 5) * 10_000_000_000
-        case .fiveMinutes: windowStart = (second / 10 - 29) * 10_000_000_000
+        case .fiveMinutes: windowStart = (second / 60 - 4) * 60_000_000_000
         case .total: windowStart = startedNs
         }
         return max(0.001, Double(nanoseconds - max(windowStart, startedNs)) / 1e9)

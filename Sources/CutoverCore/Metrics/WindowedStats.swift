@@ -1,8 +1,8 @@
 /// Request figures of one app and color, as one loop records them: totals since start and
 /// sliding windows of 10 s, 1 m and 5 m.
 ///
-/// The windows are rings of stamped slots: ten one-second slots (10 s) and thirty ten-second
-/// slots (1 m = the newest six, 5 m = all thirty). A slot whose stamp is not the second it is
+/// The windows are rings of stamped slots: ten one-second slots (10 s), six ten-second slots
+/// (1 m) and five one-minute slots (5 m). A slot whose stamp is not the second it is
 /// asked to record is reset first, and a reader merges only slots whose stamps fall inside the
 /// window — so time can jump (or be driven by a test clock) and nothing needs a timer. A value
 /// owned by one loop: no locks, and no allocation after `init`.
@@ -125,6 +125,30 @@ public struct WindowedStats: Sendable {
         1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
     ]
 
+    /// The Prometheus bucket of a latency: the first bound it does not exceed (`le` is
+    /// inclusive), or the `+Inf` bucket. Compares with constants, smallest first: most requests
+    /// are decided in two or three comparisons. Must match `durationBoundsMicros`.
+    @inline(__always)
+    static func durationBucket(_ micros: UInt64) -> Int {
+        if micros <= 500 { return 0 }
+        if micros <= 1_000 { return 1 }
+        if micros <= 2_500 { return 2 }
+        if micros <= 5_000 { return 3 }
+        if micros <= 10_000 { return 4 }
+        if micros <= 25_000 { return 5 }
+        if micros <= 50_000 { return 6 }
+        if micros <= 100_000 { return 7 }
+        if micros <= 250_000 { return 8 }
+        if micros <= 500_000 { return 9 }
+        if micros <= 1_000_000 { return 10 }
+        if micros <= 2_500_000 { return 11 }
+        if micros <= 5_000_000 { return 12 }
+        if micros <= 10_000_000 { return 13 }
+        if micros <= 30_000_000 { return 14 }
+        if micros <= 60_000_000 { return 15 }
+        return 16
+    }
+
     /// Since start: the figures, the upstream latency histogram, exact status codes and the
     /// Prometheus duration buckets (non-cumulative; the exposition sums them).
     public struct Totals: Sendable {
@@ -141,10 +165,7 @@ public struct WindowedStats: Sendable {
             figures.record(sample)
             if sample.upstreamMicros >= 0 { upstreamLatency.record(UInt64(sample.upstreamMicros)) }
             statusCodes[Int(sample.status) < 600 ? Int(sample.status) : 0] &+= 1
-            var bucket = 0
-            let bounds = WindowedStats.durationBoundsMicros
-            while bucket < bounds.count && sample.latencyMicros > bounds[bucket] { bucket += 1 }
-            durationBuckets[bucket] &+= 1
+            durationBuckets[WindowedStats.durationBucket(sample.latencyMicros)] &+= 1
         }
 
         public mutating func merge(_ other: Totals) {
@@ -156,13 +177,16 @@ public struct WindowedStats: Sendable {
     }
 
     static let secondSlots = 10
-    static let tenSecondSlots = 30
+    static let tenSecondSlots = 6
+    static let minuteSlots = 5
 
     public private(set) var totals = Totals()
     private var seconds: [Figures]
     private var secondStamps: [Int64]
     private var tenSeconds: [Figures]
     private var tenSecondStamps: [Int64]
+    private var minutes: [Figures]
+    private var minuteStamps: [Int64]
 
     public init() {
         // One Figures value each (not `repeating:`, whose copies share storage until the first
@@ -171,6 +195,8 @@ public struct WindowedStats: Sendable {
         secondStamps = Array(repeating: .min, count: Self.secondSlots)
         tenSeconds = (0..<Self.tenSecondSlots).map { _ in Figures() }
         tenSecondStamps = Array(repeating: .min, count: Self.tenSecondSlots)
+        minutes = (0..<Self.minuteSlots).map { _ in Figures() }
+        minuteStamps = Array(repeating: .min, count: Self.minuteSlots)
     }
 
     /// Records one finished request at `second` (whole seconds of the injected clock).
@@ -190,10 +216,18 @@ public struct WindowedStats: Sendable {
             tenSecondStamps[tenSlot] = tenSecond
         }
         tenSeconds[tenSlot].record(sample)
+        let minute = Self.floorDiv(second, 60)
+        let minuteSlot = Self.index(minute, Self.minuteSlots)
+        if minuteStamps[minuteSlot] != minute {
+            minutes[minuteSlot].reset()
+            minuteStamps[minuteSlot] = minute
+        }
+        minutes[minuteSlot].record(sample)
     }
 
-    /// Adds the figures of `window` as of `second` to `into`. The minute windows move in
-    /// ten-second steps: "1m" is the current ten-second slot and the five before it.
+    /// Adds the figures of `window` as of `second` to `into`. "1m" is the current ten-second
+    /// slot and the five before it (it moves in ten-second steps); "5m" the current minute and
+    /// the four before it (one-minute steps).
     public func merge(_ window: Window, at second: Int64, into merged: inout Figures) {
         switch window {
         case .total:
@@ -202,12 +236,15 @@ public struct WindowedStats: Sendable {
             for slot in 0..<Self.secondSlots where secondStamps[slot] > second - 10 && secondStamps[slot] <= second {
                 merged.merge(seconds[slot])
             }
-        case .oneMinute, .fiveMinutes:
+        case .oneMinute:
             let newest = Self.floorDiv(second, 10)
-            let span: Int64 = window == .oneMinute ? 6 : 30
-            for slot in 0..<Self.tenSecondSlots
-            where tenSecondStamps[slot] > newest - span && tenSecondStamps[slot] <= newest {
+            for slot in 0..<Self.tenSecondSlots where tenSecondStamps[slot] > newest - 6 && tenSecondStamps[slot] <= newest {
                 merged.merge(tenSeconds[slot])
+            }
+        case .fiveMinutes:
+            let newest = Self.floorDiv(second, 60)
+            for slot in 0..<Self.minuteSlots where minuteStamps[slot] > newest - 5 && minuteStamps[slot] <= newest {
+                merged.merge(minutes[slot])
             }
         }
     }

@@ -51,8 +51,9 @@ final class ClientConnection: Channel {
         var inflightColor: Color? = nil
 
         // What the request is recorded with when it ends (`recordExchange`).
-        /// The app and color the request was routed to (nil: it matched no app).
-        var stats: ColorStats? = nil
+        /// The app and color the request was routed to (nil: it matched no app). Unowned: a
+        /// loop keeps its figures for its whole life, and a request must not pay a retain.
+        unowned(unsafe) var stats: ColorStats? = nil
         var recorded = false
         /// Loop time of the first byte of the request head.
         var startedNs: Int64 = 0
@@ -66,6 +67,8 @@ final class ClientConnection: Channel {
         var headBytesOut = 0
         /// The access-log record being filled (-1: none yet; -2: none free, counted as dropped).
         var logSlot: Int32 = -1
+        /// Why the exchange ended short of its full response, when it did.
+        var termination: Termination = .none
     }
 
     unowned(unsafe) let worker: ProxyWorker
@@ -214,11 +217,15 @@ final class ClientConnection: Channel {
                     closeUpstream()
                     failExchange(status: 504, message: "upstream did not answer in time", error: .timeout)
                 } else {
-                    abort(status: 408)  // the client stopped sending its body
+                    abort(status: 408, termination: .clientTimeout)  // the client stopped sending its body
                 }
+            } else if !writable && !output.isEmpty {
+                // The client stopped reading the response (its socket buffer is full).
+                abort(status: 408, termination: .clientTimeout)
             } else {
-                // A body stalled mid-way: the upstream's, or the client stopped reading.
-                abort(status: 408, error: exchange.responseHeadDone ? .timeout : nil)
+                // The upstream stopped sending its body.
+                if let upstream { noteUpstreamFailure(.timeout, upstream) }
+                abort(status: 504, error: .timeout)
             }
         case .tunnel, .closing:
             close()
@@ -447,7 +454,7 @@ final class ClientConnection: Channel {
             }
             if !exchange.requestBody.isFinished && peerClosed && input.isEmpty {
                 // An incomplete body never becomes a complete request upstream.
-                abort(status: 499)
+                abort(status: 499, termination: .clientClosed)
                 return true
             }
         }
@@ -694,7 +701,10 @@ final class ClientConnection: Channel {
     private func noteResponseHead(_ status: Int, _ upstream: UpstreamConnection) {
         exchange.status = UInt16(truncatingIfNeeded: status)
         exchange.serverID = upstream.server.id
-        exchange.upstreamMicros = exchange.requestSentNs == 0 ? 0 : (loop.nowNs - exchange.requestSentNs) / 1_000
+        // An answer before the request body was complete (an early 413 or 401) is timed from the
+        // request's start.
+        let sent = exchange.requestSentNs != 0 ? exchange.requestSentNs : exchange.startedNs
+        exchange.upstreamMicros = max(0, loop.nowNs - sent) / 1_000
     }
 
     /// Counts a failure against the server (every attempt, also one retried elsewhere).
@@ -749,7 +759,7 @@ final class ClientConnection: Channel {
             clientAddress.withText { log.clearRequest(slot, client: $0) }
         }
         guard slot >= 0 else { return }
-        log.finish(slot, endNs: now, sample: sample, error: error, serverID: exchange.serverID,
+        log.finish(slot, endNs: now, sample: sample, error: error, termination: exchange.termination, serverID: exchange.serverID,
                    appID: exchange.stats?.appID ?? -1, color: exchange.stats?.color)
     }
 
@@ -762,10 +772,12 @@ final class ClientConnection: Channel {
     /// Ends everything at once: the client sees the connection close (and a truncated body if a
     /// response was under way — never an invented final chunk).
     /// `status` is what the request is recorded with when no response started (499: the
-    /// client left; 408: it stalled); `error` the upstream failure behind the abort.
-    private func abort(status: Int, error: WindowedStats.Outcome? = nil) {
+    /// client left; 408: it stalled; 502/504: the upstream failed); `error` the upstream failure
+    /// behind the abort, `termination` the client's or the proxy's part in it.
+    private func abort(status: Int, error: WindowedStats.Outcome? = nil, termination: Termination = .none) {
         if !exchange.recorded {
             if exchange.status == 0 || !exchange.finalResponseStarted { exchange.status = UInt16(status) }
+            exchange.termination = termination
             recordExchange(error: error)
         }
         endInflight()
@@ -781,15 +793,20 @@ final class ClientConnection: Channel {
 
     // MARK: Local responses and closing
 
-    private func respondLocally(status: Int, message: StaticString, keepAlive: Bool,
+    private func respondLocally(status: Int, message: StaticString, keepAlive requestedKeepAlive: Bool,
                                 error: WindowedStats.Outcome? = nil) {
+        // Decided before the head is written: a drain that began during the exchange must be
+        // announced by `Connection: close`, not by a silent close after it.
+        let keepAlive = requestedKeepAlive && !worker.endsKeepAlive
         loop.buffers.acquire(into: &output)
         output.compactIfNeeded(minimumSpace: 512)
         var writer = ByteWriter(output.writableBytes)
         LocalResponse.write(status: status, message: message, close: !keepAlive, into: &writer)
         guard !writer.overflowed else {
-            // Only reachable mid-response (the head went out, then the exchange failed):
-            // the client sees the truncation.
+            // No room behind what the client has not read yet (forwarded 1xx heads): it sees
+            // the connection close. Recorded as the answer it should have had.
+            exchange.status = UInt16(status)
+            recordExchange(error: error)
             close()
             return
         }
@@ -799,7 +816,7 @@ final class ClientConnection: Channel {
         recordExchange(error: error)
         exchange.keepAlive = keepAlive
         exchange.finalResponseStarted = true
-        if keepAlive && !worker.endsKeepAlive {
+        if keepAlive {
             phase = .awaitingHead
         } else {
             startClosing()
@@ -840,12 +857,25 @@ final class ClientConnection: Channel {
         return readable
     }
 
+    /// The drain deadline passed with this exchange still running: recorded as the proxy's
+    /// doing (503 when nothing was answered yet), then closed.
+    func closeAtDrainDeadline() {
+        if !exchange.recorded && (exchange.stats != nil || exchange.logSlot >= 0) && phase == .proxying {
+            if !exchange.finalResponseStarted { exchange.status = 503 }
+            exchange.termination = .drainTimeout
+            recordExchange(error: nil)
+        }
+        close()
+    }
+
     func close() {
         guard phase != .closed else { return }
         phase = .closed
-        if exchange.stats != nil && !exchange.recorded {
-            // The connection ended mid-exchange (the client reset it, or the drain deadline).
-            if exchange.status == 0 { exchange.status = 499 }
+        if !exchange.recorded && (exchange.stats != nil || exchange.logSlot >= 0) {
+            // The connection ended mid-exchange: the client reset it (or the drain deadline, see
+            // `closeAtDrainDeadline`). A response under way keeps its status.
+            if !exchange.finalResponseStarted { exchange.status = 499 }
+            if exchange.termination == .none { exchange.termination = .clientClosed }
             recordExchange()
         }
         endInflight()

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Glibc
+import Synchronization
 
 /// The data plane: one `EventLoop` thread per worker, each with its own SO_REUSEPORT listeners,
 /// routing snapshot and upstream pools. The control plane talks to it only through the
@@ -25,6 +26,8 @@ public final class ProxyServer: @unchecked Sendable {
     private var workers: [ProxyWorker] = []
     private var finished: [DispatchSemaphore] = []
     private var started = false
+    /// Set when `stop` begins: readers of the figures stop asking the loops.
+    private let stopping = Atomic<Bool>(false)
     /// When `start` finished (monotonic ns): the beginning of the "total" window.
     public private(set) var startedNs: Int64 = 0
 
@@ -116,6 +119,7 @@ public final class ProxyServer: @unchecked Sendable {
         guard started else { return }
         let drainMs = config.timeouts.drainMs
         shared.draining.store(true, ordering: .relaxed)
+        stopping.store(true, ordering: .releasing)
         for worker in workers {
             let box = UncheckedBox(worker)
             worker.loop.execute {
@@ -146,8 +150,12 @@ public final class ProxyServer: @unchecked Sendable {
         let now = monotonicNanoseconds()
         var merged = MetricsSnapshot(window: window, nanoseconds: now, includesTotals: includeTotals)
         guard started else { return merged }
-        let deadline = DispatchTime.now() + .milliseconds(timeoutMs)
-        for worker in workers {
+        guard !stopping.load(ordering: .acquiring) else {
+            merged.loopsMissing = workers.count  // stopped loops run no more work
+            return merged
+        }
+        // Every loop works on its part at once; the reader then collects them in turn.
+        let results = workers.map { worker in
             let result = LoopMetricsResult()
             let box = UncheckedBox(worker)
             worker.loop.execute {
@@ -155,6 +163,10 @@ public final class ProxyServer: @unchecked Sendable {
                 box.value.metrics.contribute(to: &snapshot)
                 result.deliver(snapshot)
             }
+            return result
+        }
+        let deadline = DispatchTime.now() + .milliseconds(timeoutMs)
+        for result in results {
             if let snapshot = result.wait(until: deadline) {
                 merged.merge(snapshot)
             } else {

@@ -191,7 +191,7 @@ final class ProxyWorker {
     /// Closes everything still open (the drain deadline passed).
     func closeAll() {
         loop.forEachChannel { channel in
-            if let client = channel as? ClientConnection { client.close() }
+            if let client = channel as? ClientConnection { client.closeAtDrainDeadline() }
         }
         upstreamPool.closeAll()
     }
