@@ -225,8 +225,9 @@ public struct Config: Sendable, Equatable {
 
 /// `gate { window 1m; max_5xx_rate 0.5%; max_p95_ratio 1.1; min_requests 100 }`: before a
 /// switch, a target color that served at least `minRequests` requests of an app in `window`
-/// (a preview or canary) must show a 5xx rate at most `max5xxRate` and, against the active
-/// color's own traffic in the same window, a p95 at most `maxP95Ratio` times the active one.
+/// (today: while it was active within the window) must show a 5xx rate at most `max5xxRate`
+/// and, against the active color's own traffic in the same window, a p95 at most
+/// `maxP95Ratio` times the active one.
 public struct GateThresholds: Sendable, Equatable {
     public var window: WindowedStats.Window
     /// A fraction: 0.005 for `0.5%`.

@@ -61,7 +61,7 @@ public struct WindowedStats: Sendable {
         public var outcomes = [UInt64](repeating: 0, count: Outcome.allCases.count)
         public var bytesIn: UInt64 = 0
         public var bytesOut: UInt64 = 0
-        /// First byte of the request head to the last byte of the response handed to the kernel.
+        /// First byte of the request head to the last byte of the response queued for the client.
         public var latency = LatencyHistogram()
         /// Requests that reached an upstream and got a response head, and their summed wait.
         public var upstreamCount: UInt64 = 0
