@@ -26,49 +26,51 @@ final class ClientConnection: Channel {
         case closed
     }
 
-    /// Per-request state, reset for every request on the connection.
+    /// Per-request state, reset for every request on the connection. Fields are grouped by
+    /// size (Swift keeps declaration order): every idle keep-alive connection carries one.
     struct Exchange {
+        var requestBody = BodyRelay(framing: .none, rechunk: false)
+        var responseBody = BodyRelay(framing: .none, rechunk: false)
+
+        // What the request is recorded with when it ends (`recordExchange`).
+        /// The app and color the request was routed to (nil: it matched no app). Unowned: a
+        /// loop keeps its figures for its whole life, and a request must not pay a retain.
+        unowned(unsafe) var stats: ColorStats? = nil
+        /// Loop time of the first byte of the request head.
+        var startedNs: Int64 = 0
+        /// Loop time the request (head and body) was fully written upstream (0: not yet).
+        var requestSentNs: Int64 = 0
+        var upstreamMicros: Int64 = -1
+        var serverID: Int32 = -1
+        /// The access-log record being filled (-1: none yet; -2: none free, counted as dropped).
+        var logSlot: Int32 = -1
+        /// Head bytes (at most max_header_bytes, or a local answer's) for the byte counts.
+        var headBytesIn: Int32 = 0
+        var headBytesOut: Int32 = 0
+        /// Length of the rewritten head at the start of the upstream output, to re-send it on a
+        /// retry after a stale keep-alive connection failed.
+        var headLength: Int32 = 0
+        /// The final status sent to the client (0: none yet).
+        var status: UInt16 = 0
+        var attempts: UInt8 = 0
         var method: HTTPMethod = .get
         var version: HTTPVersion = .http11
+        /// The color this request is counted in flight for (nil: not counted).
+        var inflightColor: Color? = nil
+        /// Why the exchange ended short of its full response, when it did.
+        var termination: Termination = .none
         var keepAlive = true
         var upgradeRequested = false
-        var requestBody = BodyRelay(framing: .none, rechunk: false)
         var requestHasBody = false
-        var responseBody = BodyRelay(framing: .none, rechunk: false)
         var responseHeadDone = false
         /// A final response head (or a local response) was queued for the client: from then on
         /// a failure can only be shown by closing the connection.
         var finalResponseStarted = false
         var sentContinue = false
         var responseReusable = false
-        var attempts = 0
-        /// Length of the rewritten head at the start of the upstream output, to re-send it on a
-        /// retry after a stale keep-alive connection failed.
-        var headLength = 0
         /// The upstream_header deadline was set for the current upstream attempt.
         var responseDeadlineSet = false
-        /// The color this request is counted in flight for (nil: not counted).
-        var inflightColor: Color? = nil
-
-        // What the request is recorded with when it ends (`recordExchange`).
-        /// The app and color the request was routed to (nil: it matched no app). Unowned: a
-        /// loop keeps its figures for its whole life, and a request must not pay a retain.
-        unowned(unsafe) var stats: ColorStats? = nil
         var recorded = false
-        /// Loop time of the first byte of the request head.
-        var startedNs: Int64 = 0
-        /// Loop time the request (head and body) was fully written upstream (0: not yet).
-        var requestSentNs: Int64 = 0
-        var upstreamMicros: Int64 = -1
-        /// The final status sent to the client (0: none yet).
-        var status: UInt16 = 0
-        var serverID = -1
-        var headBytesIn = 0
-        var headBytesOut = 0
-        /// The access-log record being filled (-1: none yet; -2: none free, counted as dropped).
-        var logSlot: Int32 = -1
-        /// Why the exchange ended short of its full response, when it did.
-        var termination: Termination = .none
     }
 
     unowned(unsafe) let worker: ProxyWorker
@@ -331,7 +333,7 @@ final class ClientConnection: Channel {
         let source = input.readableBytes
         exchange = Exchange()
         exchange.startedNs = startedNs
-        exchange.headBytesIn = consumed
+        exchange.headBytesIn = Int32(truncatingIfNeeded: consumed)
         exchange.method = head.method
         exchange.version = head.version
         exchange.keepAlive = head.keepAlive && !worker.endsKeepAlive
@@ -364,7 +366,7 @@ final class ClientConnection: Channel {
                            keepAlive: exchange.keepAlive && !exchange.requestHasBody)
             return
         }
-        exchange.serverID = server.id
+        exchange.serverID = Int32(truncatingIfNeeded: server.id)
         guard let upstream = acquireUpstream(server, color: pool.color) else {
             input.consume(consumed)
             pool.stats.upstreamFailed(serverID: server.id, kind: .connectFailure)
@@ -391,7 +393,7 @@ final class ClientConnection: Channel {
             return
         }
         upstream.output.end += writer.count
-        exchange.headLength = writer.count
+        exchange.headLength = Int32(truncatingIfNeeded: writer.count)
         exchange.requestBody = BodyRelay(framing: head.framing, rechunk: true)
         exchange.attempts = 1
         responseParser.reset()
@@ -615,7 +617,7 @@ final class ClientConnection: Channel {
             return false
         }
         output.end += writer.count
-        exchange.headBytesOut &+= writer.count
+        exchange.headBytesOut &+= Int32(truncatingIfNeeded: writer.count)
         if !head.isInformational { exchange.finalResponseStarted = true }
         return true
     }
@@ -662,7 +664,7 @@ final class ClientConnection: Channel {
             var requestBytes = failedUpstream.output
             if !nothingSent {
                 requestBytes.start = 0
-                requestBytes.end = exchange.headLength
+                requestBytes.end = Int(exchange.headLength)
             }
             failedUpstream.output = IOBuffer()
             closeUpstream()
@@ -673,7 +675,7 @@ final class ClientConnection: Channel {
             exchange.attempts += 1
             exchange.responseDeadlineSet = false
             exchange.requestSentNs = 0
-            exchange.serverID = server.id
+            exchange.serverID = Int32(truncatingIfNeeded: server.id)
             return
         }
         worker.log(.warning, "upstream \(failedUpstream.server.name): \(reason)")
@@ -700,7 +702,7 @@ final class ClientConnection: Channel {
     @inline(__always)
     private func noteResponseHead(_ status: Int, _ upstream: UpstreamConnection) {
         exchange.status = UInt16(truncatingIfNeeded: status)
-        exchange.serverID = upstream.server.id
+        exchange.serverID = Int32(truncatingIfNeeded: upstream.server.id)
         // An answer before the request body was complete (an early 413 or 401) is timed from the
         // request's start.
         let sent = exchange.requestSentNs != 0 ? exchange.requestSentNs : exchange.startedNs
@@ -759,7 +761,7 @@ final class ClientConnection: Channel {
             clientAddress.withText { log.clearRequest(slot, client: $0) }
         }
         guard slot >= 0 else { return }
-        log.finish(slot, endNs: now, sample: sample, error: error, termination: exchange.termination, serverID: exchange.serverID,
+        log.finish(slot, endNs: now, sample: sample, error: error, termination: exchange.termination, serverID: Int(exchange.serverID),
                    appID: exchange.stats?.appID ?? -1, color: exchange.stats?.color)
     }
 
@@ -811,7 +813,7 @@ final class ClientConnection: Channel {
             return
         }
         output.end += writer.count
-        exchange.headBytesOut &+= writer.count
+        exchange.headBytesOut &+= Int32(truncatingIfNeeded: writer.count)
         exchange.status = UInt16(status)
         recordExchange(error: error)
         exchange.keepAlive = keepAlive

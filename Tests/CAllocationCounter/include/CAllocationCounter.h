@@ -7,5 +7,7 @@
 // (a proxy loop, or itself) while XCTest and other threads allocate freely.
 void cutover_count_allocations(int on);
 uint64_t cutover_allocations(void);
+// 0 in a sanitizer build, whose runtime owns malloc.
+int cutover_allocation_counting_available(void);
 
 #endif
