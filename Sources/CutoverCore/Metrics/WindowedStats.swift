@@ -1,10 +1,10 @@
 /// Request figures of one app and color, as one loop records them: totals since start and
 /// sliding windows of 10 s, 1 m and 5 m.
 ///
-/// The windows are rings of stamped slots: ten one-second slots (10 s), six ten-second slots
-/// (1 m) and five one-minute slots (5 m). A slot whose stamp is not the second it is
-/// asked to record is reset first, and a reader merges only slots whose stamps fall inside the
-/// window — so time can jump (or be driven by a test clock) and nothing needs a timer. A value
+/// The windows are rings of stamped slots (`SlotRing`): ten one-second slots (10 s), six
+/// ten-second slots (1 m) and five one-minute slots (5 m). A slot whose stamp is not the period
+/// it is asked to record is reset first, and a reader merges only slots whose stamps fall inside
+/// the window — so time can jump (or be driven by a test clock) and nothing needs a timer. A value
 /// owned by one loop: no locks, and no allocation after `init`.
 public struct WindowedStats: Sendable {
     public enum Window: String, Sendable, CaseIterable {
@@ -176,53 +176,64 @@ public struct WindowedStats: Sendable {
         }
     }
 
-    static let secondSlots = 10
-    static let tenSecondSlots = 6
-    static let minuteSlots = 5
+    /// A ring of slots, each holding the figures of one period (a second, ten seconds, a
+    /// minute) and the period's number.
+    struct SlotRing: Sendable {
+        let periodSeconds: Int64
+        private var slots: [Figures]
+        private var stamps: [Int64]
+
+        init(periods: Int, periodSeconds: Int64) {
+            self.periodSeconds = periodSeconds
+            // One Figures value each (not `repeating:`, whose copies share storage until the
+            // first write copies it): every slot's memory exists from here on.
+            slots = (0..<periods).map { _ in Figures() }
+            stamps = Array(repeating: .min, count: periods)
+        }
+
+        /// The slot of the last second recorded: the divisions run once a second, not per request.
+        private var cachedSecond: Int64 = .min
+        private var cachedSlot = 0
+
+        @inline(__always)
+        mutating func record(_ sample: RequestSample, at second: Int64) {
+            if second != cachedSecond {
+                let period = WindowedStats.floorDiv(second, periodSeconds)
+                let slot = WindowedStats.index(period, slots.count)
+                if stamps[slot] != period {
+                    slots[slot].reset()
+                    stamps[slot] = period
+                }
+                cachedSecond = second
+                cachedSlot = slot
+            }
+            slots[cachedSlot].record(sample)
+        }
+
+        /// Adds every slot of the ring's span that ends with the period holding `second`.
+        func merge(at second: Int64, into merged: inout Figures) {
+            let newest = WindowedStats.floorDiv(second, periodSeconds)
+            let oldest = newest - Int64(slots.count)
+            for slot in slots.indices where stamps[slot] > oldest && stamps[slot] <= newest {
+                merged.merge(slots[slot])
+            }
+        }
+    }
 
     public private(set) var totals = Totals()
-    private var seconds: [Figures]
-    private var secondStamps: [Int64]
-    private var tenSeconds: [Figures]
-    private var tenSecondStamps: [Int64]
-    private var minutes: [Figures]
-    private var minuteStamps: [Int64]
+    private var seconds = SlotRing(periods: 10, periodSeconds: 1)
+    private var tenSeconds = SlotRing(periods: 6, periodSeconds: 10)
+    private var minutes = SlotRing(periods: 5, periodSeconds: 60)
 
-    public init() {
-        // One Figures value each (not `repeating:`, whose copies share storage until the first
-        // write copies it): every slot's memory exists from here on.
-        seconds = (0..<Self.secondSlots).map { _ in Figures() }
-        secondStamps = Array(repeating: .min, count: Self.secondSlots)
-        tenSeconds = (0..<Self.tenSecondSlots).map { _ in Figures() }
-        tenSecondStamps = Array(repeating: .min, count: Self.tenSecondSlots)
-        minutes = (0..<Self.minuteSlots).map { _ in Figures() }
-        minuteStamps = Array(repeating: .min, count: Self.minuteSlots)
-    }
+    public init() {}
 
     /// Records one finished request at `second` (whole seconds of the injected clock).
     @inline(__always)
     public mutating func record(_ sample: RequestSample, at second: Int64) {
         totals.record(sample)
-        let slot = Self.index(second, Self.secondSlots)
-        if secondStamps[slot] != second {
-            seconds[slot].reset()
-            secondStamps[slot] = second
-        }
-        seconds[slot].record(sample)
-        let tenSecond = Self.floorDiv(second, 10)
-        let tenSlot = Self.index(tenSecond, Self.tenSecondSlots)
-        if tenSecondStamps[tenSlot] != tenSecond {
-            tenSeconds[tenSlot].reset()
-            tenSecondStamps[tenSlot] = tenSecond
-        }
-        tenSeconds[tenSlot].record(sample)
-        let minute = Self.floorDiv(second, 60)
-        let minuteSlot = Self.index(minute, Self.minuteSlots)
-        if minuteStamps[minuteSlot] != minute {
-            minutes[minuteSlot].reset()
-            minuteStamps[minuteSlot] = minute
-        }
-        minutes[minuteSlot].record(sample)
+        seconds.record(sample, at: second)
+        tenSeconds.record(sample, at: second)
+        minutes.record(sample, at: second)
     }
 
     /// Adds the figures of `window` as of `second` to `into`. "1m" is the current ten-second
@@ -230,22 +241,10 @@ public struct WindowedStats: Sendable {
     /// the four before it (one-minute steps).
     public func merge(_ window: Window, at second: Int64, into merged: inout Figures) {
         switch window {
-        case .total:
-            merged.merge(totals.figures)
-        case .tenSeconds:
-            for slot in 0..<Self.secondSlots where secondStamps[slot] > second - 10 && secondStamps[slot] <= second {
-                merged.merge(seconds[slot])
-            }
-        case .oneMinute:
-            let newest = Self.floorDiv(second, 10)
-            for slot in 0..<Self.tenSecondSlots where tenSecondStamps[slot] > newest - 6 && tenSecondStamps[slot] <= newest {
-                merged.merge(tenSeconds[slot])
-            }
-        case .fiveMinutes:
-            let newest = Self.floorDiv(second, 60)
-            for slot in 0..<Self.minuteSlots where minuteStamps[slot] > newest - 5 && minuteStamps[slot] <= newest {
-                merged.merge(minutes[slot])
-            }
+        case .total: merged.merge(totals.figures)
+        case .tenSeconds: seconds.merge(at: second, into: &merged)
+        case .oneMinute: tenSeconds.merge(at: second, into: &merged)
+        case .fiveMinutes: minutes.merge(at: second, into: &merged)
         }
     }
 
@@ -256,11 +255,11 @@ public struct WindowedStats: Sendable {
         return merged
     }
 
-    private static func index(_ value: Int64, _ count: Int) -> Int {
+    static func index(_ value: Int64, _ count: Int) -> Int {
         Int(((value % Int64(count)) + Int64(count)) % Int64(count))
     }
 
-    private static func floorDiv(_ value: Int64, _ divisor: Int64) -> Int64 {
+    static func floorDiv(_ value: Int64, _ divisor: Int64) -> Int64 {
         value >= 0 ? value / divisor : -((-value + divisor - 1) / divisor)
     }
 }
