@@ -78,3 +78,18 @@ func withFields<R>(_ capacity: Int, _ body: (UnsafeMutableBufferPointer<HeaderFi
     defer { fields.deallocate() }
     return body(fields)
 }
+
+/// What a table case expects of a parse, for requests and responses alike.
+enum ParseOutcome<Summary: Equatable & CustomStringConvertible>: Equatable, CustomStringConvertible {
+    case needMore
+    case invalid(Int)
+    case complete(Summary)
+
+    var description: String {
+        switch self {
+        case .needMore: return "needMore"
+        case .invalid(let status): return "invalid(\(status))"
+        case .complete(let summary): return "complete(\(summary))"
+        }
+    }
+}

@@ -22,19 +22,7 @@ struct RequestSummary: Equatable, CustomStringConvertible {
     }
 }
 
-enum RequestOutcome: Equatable, CustomStringConvertible {
-    case needMore
-    case invalid(Int)
-    case complete(RequestSummary)
-
-    var description: String {
-        switch self {
-        case .needMore: return "needMore"
-        case .invalid(let status): return "invalid(\(status))"
-        case .complete(let summary): return "complete(\(summary))"
-        }
-    }
-}
+typealias RequestOutcome = ParseOutcome<RequestSummary>
 
 struct RequestCase {
     var name: String

@@ -17,19 +17,7 @@ struct ResponseSummary: Equatable, CustomStringConvertible {
     }
 }
 
-enum ResponseOutcome: Equatable, CustomStringConvertible {
-    case needMore
-    case invalid(Int)
-    case complete(ResponseSummary)
-
-    var description: String {
-        switch self {
-        case .needMore: return "needMore"
-        case .invalid(let status): return "invalid(\(status))"
-        case .complete(let summary): return "complete(\(summary))"
-        }
-    }
-}
+typealias ResponseOutcome = ParseOutcome<ResponseSummary>
 
 struct ResponseCase {
     var name: String
