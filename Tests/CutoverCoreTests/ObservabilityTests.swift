@@ -245,13 +245,7 @@ final class ObservabilityTests: XCTestCase {
     /// Requests still running when the drain deadline passes are the proxy's doing, not the
     /// client's: 503 with `drain_timeout`.
     func testRequestsCutByTheDrainDeadlineAreRecordedAsSuch() throws {
-        let arrived = DispatchSemaphore(value: 0)
-        let release = DispatchSemaphore(value: 0)
-        let upstream = try TestUpstream(name: "blue") { _, connection in
-            arrived.signal()
-            release.wait()
-            connection.respond(body: Array("late".utf8))
-        }
+        let (upstream, arrived, release) = try TestUpstream.holding("/slow", body: "late")
         defer { release.signal(); upstream.stop() }
         let folder = try makeFolder()
         defer { try? FileManager.default.removeItem(at: folder) }

@@ -36,15 +36,7 @@ final class SwitchContractTests: XCTestCase {
     }
 
     func testRequestInFlightFinishesOnItsColorAndTheConnectionStays() throws {
-        let arrived = DispatchSemaphore(value: 0)
-        let release = DispatchSemaphore(value: 0)
-        let blue = try TestUpstream(name: "blue") { request, connection in
-            if request.target == "/slow" {
-                arrived.signal()
-                release.wait()
-            }
-            connection.respond(body: Array("blue\n".utf8))
-        }
+        let (blue, arrived, release) = try TestUpstream.holding("/slow", body: "blue\n")
         let green = try TestUpstream.named("green")
         defer { release.signal(); blue.stop(); green.stop() }
         let proxy = try ProxyHarness(apps: [TestApp(name: "web", blue: [blue.port], green: [green.port])])
@@ -61,15 +53,7 @@ final class SwitchContractTests: XCTestCase {
     }
 
     func testGracefulStopFinishesInFlightRequestsAndClosesIdleConnections() throws {
-        let arrived = DispatchSemaphore(value: 0)
-        let release = DispatchSemaphore(value: 0)
-        let upstream = try TestUpstream(name: "blue") { request, connection in
-            if request.target == "/slow" {
-                arrived.signal()
-                release.wait()
-            }
-            connection.respond(body: Array("done".utf8))
-        }
+        let (upstream, arrived, release) = try TestUpstream.holding("/slow", body: "done")
         defer { release.signal(); upstream.stop() }
         let proxy = try ProxyHarness(apps: [TestApp(name: "web", blue: [upstream.port], green: [upstream.port])])
 

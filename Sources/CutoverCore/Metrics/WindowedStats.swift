@@ -12,16 +12,6 @@ public struct WindowedStats: Sendable {
         case oneMinute = "1m"
         case fiveMinutes = "5m"
         case total
-
-        /// Length in seconds (nil: since start).
-        public var seconds: Int64? {
-            switch self {
-            case .tenSeconds: return 10
-            case .oneMinute: return 60
-            case .fiveMinutes: return 300
-            case .total: return nil
-            }
-        }
     }
 
     /// Status classes 1xx…5xx, then the kinds of upstream failure the proxy answered itself.
@@ -52,8 +42,6 @@ public struct WindowedStats: Sendable {
             case .invalidResponse: return "invalid_response"
             }
         }
-
-        public var isUpstreamError: Bool { rawValue >= Outcome.connectFailure.rawValue }
     }
 
     /// Counters and latencies of one slot (or of a merged window).
@@ -73,7 +61,7 @@ public struct WindowedStats: Sendable {
         public func count(_ outcome: Outcome) -> UInt64 { outcomes[outcome.rawValue] }
 
         public var upstreamErrors: UInt64 {
-            Outcome.allCases.filter(\.isUpstreamError).reduce(0) { $0 + count($1) }
+            UpstreamErrorCounts.kinds.reduce(0) { $0 + count($1) }
         }
 
         /// 5xx answers (the upstream's, or the proxy's own 502/503/504 for upstream failures)

@@ -392,6 +392,22 @@ final class TestUpstream: @unchecked Sendable {
         thread.start()
     }
 
+    /// An upstream that answers `body`, but holds every request for `path` until the test
+    /// signals `release`; `arrived` is signalled when such a request comes in.
+    static func holding(_ path: String, name: String = "blue", body: String)
+        throws -> (upstream: TestUpstream, arrived: DispatchSemaphore, release: DispatchSemaphore) {
+        let arrived = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let upstream = try TestUpstream(name: name) { request, connection in
+            if request.target == path {
+                arrived.signal()
+                release.wait()
+            }
+            connection.respond(body: Array(body.utf8))
+        }
+        return (upstream, arrived, release)
+    }
+
     /// Convenience upstream: 200 with `X-Color: <color>` and body "<color>\n" (no body on HEAD,
     /// but the Content-Length a GET would have).
     static func named(_ color: String) throws -> TestUpstream {
