@@ -1,13 +1,26 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Dependencies point down: cutover (CLI) → CutoverCore (loops, proxy, routing, config)
-// → CutoverHTTP (pure codec) ; CutoverCore → CCutoverSys (the kernel headers Glibc lacks).
+// The targets are the architecture; each arrow points down, and the compiler enforces it:
+//
+//   cutover (CLI) ─→ CutoverRuntime ─→ CutoverProxy (data plane) and CutoverControl (control plane)
+//   CutoverProxy   ─→ CutoverLoop, CutoverHTTP (pure codec), CutoverRouting, CutoverMetrics
+//   CutoverControl ─→ CutoverRouting, CutoverMetrics, CutoverHTTP
+//   CutoverMetrics ─→ CutoverRouting ─→ CutoverConfig ─→ CutoverSystem ─→ CCutoverSys
+//   CutoverLoop    ─→ CutoverSystem, CutoverHTTP
+//   CutoverDemo, CutoverBench (tools) ─→ CutoverLoop, CutoverHTTP; the bench also drives the admin socket
+//
+// The data plane (CutoverProxy) and the control plane (CutoverControl) never import each
+// other: they meet at the routing snapshot (CutoverRouting) and the figures and the link
+// (CutoverMetrics). Only CutoverSystem makes syscalls.
+//
 // Release builds of the data path skip dynamic exclusivity checks: every access to a buffer
 // stored in a connection object would otherwise cost a runtime call (measured with perf as
-// the largest user-space item per request). Debug builds, which the tests use, keep them.
+// the largest user-space item per request). Cross-module optimisation makes the bodies of the
+// small functions a request calls across targets (buffers, loop clock, routing match,
+// recording) available to their callers, as they were when all of it was one module.
 let dataPlaneSettings: [SwiftSetting] = [
-    .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+    .unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"], .when(configuration: .release)),
 ]
 
 let package = Package(
@@ -17,18 +30,63 @@ let package = Package(
         .executable(name: "cutover-bench", targets: ["cutover-bench"]),
     ],
     targets: [
+        // The kernel: every syscall, behind one door.
         .target(name: "CCutoverSys"),
+        .target(name: "CutoverSystem", dependencies: ["CCutoverSys"], swiftSettings: dataPlaneSettings),
+        // The pure HTTP/1.1 codec: no sockets, no Foundation.
         .target(name: "CutoverHTTP", swiftSettings: dataPlaneSettings),
+        .target(name: "CutoverLoop", dependencies: ["CutoverSystem", "CutoverHTTP"], swiftSettings: dataPlaneSettings),
+        .target(name: "CutoverConfig", dependencies: ["CutoverSystem"], swiftSettings: dataPlaneSettings),
+        .target(name: "CutoverRouting", dependencies: ["CutoverConfig", "CutoverSystem"], swiftSettings: dataPlaneSettings),
         .target(
-            name: "CutoverCore",
-            dependencies: ["CCutoverSys", "CutoverHTTP"],
+            name: "CutoverMetrics",
+            dependencies: ["CutoverRouting", "CutoverConfig", "CutoverSystem"],
             swiftSettings: dataPlaneSettings
         ),
-        .executableTarget(name: "cutover", dependencies: ["CutoverCore"]),
-        .executableTarget(name: "cutover-bench", dependencies: ["CutoverCore"], path: "Benchmarks/cutover-bench"),
-        .testTarget(name: "CutoverHTTPTests", dependencies: ["CutoverHTTP"]),
+        // The data plane.
+        .target(
+            name: "CutoverProxy",
+            dependencies: ["CutoverLoop", "CutoverHTTP", "CutoverRouting", "CutoverMetrics", "CutoverConfig", "CutoverSystem"],
+            swiftSettings: dataPlaneSettings
+        ),
+        // The control plane.
+        .target(
+            name: "CutoverControl",
+            dependencies: ["CutoverRouting", "CutoverMetrics", "CutoverConfig", "CutoverSystem", "CutoverHTTP"]
+        ),
+        // Wiring: starts both planes from a config and links them.
+        .target(name: "CutoverRuntime", dependencies: ["CutoverProxy", "CutoverControl", "CutoverConfig", "CutoverSystem"]),
+        // Tools beside the product.
+        .target(
+            name: "CutoverDemo",
+            dependencies: ["CutoverLoop", "CutoverHTTP", "CutoverConfig", "CutoverSystem"],
+            swiftSettings: dataPlaneSettings
+        ),
+        .target(
+            name: "CutoverBench",
+            dependencies: ["CutoverControl", "CutoverMetrics", "CutoverLoop", "CutoverHTTP", "CutoverConfig", "CutoverSystem"],
+            swiftSettings: dataPlaneSettings
+        ),
+        .executableTarget(
+            name: "cutover",
+            dependencies: ["CutoverRuntime", "CutoverControl", "CutoverDemo", "CutoverRouting", "CutoverConfig", "CutoverSystem"]
+        ),
+        .executableTarget(name: "cutover-bench", dependencies: ["CutoverBench", "CutoverDemo", "CutoverConfig"], path: "Benchmarks/cutover-bench"),
+
         .target(name: "CAllocationCounter", path: "Tests/CAllocationCounter"),
-        .testTarget(name: "CutoverCoreTests", dependencies: ["CutoverCore", "CutoverHTTP", "CAllocationCounter"]),
+        .target(name: "CutoverTestSupport", path: "Tests/CutoverTestSupport"),
+        .testTarget(name: "CutoverHTTPTests", dependencies: ["CutoverHTTP"]),
+        .testTarget(name: "CutoverConfigTests", dependencies: ["CutoverConfig"]),
+        .testTarget(name: "CutoverMetricsTests", dependencies: ["CutoverMetrics", "CutoverTestSupport"]),
+        .testTarget(name: "CutoverControlTests", dependencies: ["CutoverControl", "CutoverConfig", "CutoverSystem"]),
+        // Loopback tests: real sockets on 127.0.0.1, real upstreams, the built binaries.
+        .testTarget(
+            name: "CutoverIntegrationTests",
+            dependencies: [
+                "CutoverRuntime", "CutoverProxy", "CutoverControl", "CutoverDemo", "CutoverMetrics", "CutoverRouting",
+                "CutoverConfig", "CutoverSystem", "CAllocationCounter", "CutoverTestSupport",
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,4 +1,6 @@
-import CutoverCore
+import CutoverBench
+import CutoverDemo
+import CutoverConfig
 import Foundation
 import Glibc
 

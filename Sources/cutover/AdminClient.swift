@@ -1,4 +1,6 @@
-import CutoverCore
+import CutoverConfig
+import CutoverControl
+import CutoverSystem
 import Foundation
 
 /// Sends one admin command over the Unix socket and prints the reply for a terminal (or raw

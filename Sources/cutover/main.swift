@@ -1,4 +1,9 @@
-import CutoverCore
+import CutoverRouting
+import CutoverConfig
+import CutoverControl
+import CutoverDemo
+import CutoverRuntime
+import CutoverSystem
 import Foundation
 import Glibc
 

@@ -1,0 +1,679 @@
+// Parser for conf/cutover.conf. README "Configuration" describes the syntax.
+//
+// The file is line oriented: one directive per line, `#` comments, and flat
+// `name {` ... `}` blocks. Parsing happens in two steps: `tokenize` turns the
+// text into one `Directive` per non-empty line (noting misplaced braces),
+// then `Reader` walks the directives in order, validates every value and
+// fills in a `Config`. The first error found is thrown; it carries the file
+// and the 1-based line it refers to.
+
+import Glibc
+
+public enum ConfigParser {
+    /// Parses config text. `path` is used in error messages and stored in
+    /// `Config.path`; relative file paths in the config are resolved against
+    /// `baseDirectory` (default: the folder of `path`, or the current
+    /// directory for `"<embedded>"` and bare file names).
+    public static func parse(_ text: String, path: String, baseDirectory: String? = nil) throws(ConfigError) -> Config {
+        let directives = tokenize(text, file: path)
+        var reader = Reader(file: path,
+                            baseDirectory: baseDirectory ?? defaultBaseDirectory(for: path),
+                            lastLine: lastLineNumber(of: text))
+        return try reader.read(directives)
+    }
+
+    /// Reads and parses a config file.
+    public static func load(path: String) throws(ConfigError) -> Config {
+        try parse(readText(path: path), path: path)
+    }
+
+    /// Milliseconds for `500ms`, `1s`, `2m`, `1h`; `nil` for anything else,
+    /// including a bare number (a unit is mandatory so `30` cannot be misread).
+    public static func parseDuration(_ s: Substring) -> Int? {
+        let digits = s.prefix(while: \.isASCIIDigit)
+        let unit = s[digits.endIndex...]
+        let factors: [Substring: Int] = ["ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000]
+        guard let factor = factors[unit], let value = Int(digits) else { return nil }
+        return multiply(value, factor)
+    }
+
+    /// Bytes for `512`, `16k`, `1m`, `2g` (powers of 1024); `nil` otherwise.
+    public static func parseSize(_ s: Substring) -> Int? {
+        let digits = s.prefix(while: \.isASCIIDigit)
+        let unit = s[digits.endIndex...]
+        let factors: [Substring: Int] = ["": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30]
+        guard let factor = factors[unit], let value = Int(digits) else { return nil }
+        return multiply(value, factor)
+    }
+
+    private static func multiply(_ a: Int, _ b: Int) -> Int? {
+        let (result, overflow) = a.multipliedReportingOverflow(by: b)
+        return overflow ? nil : result
+    }
+}
+
+// MARK: - Tokenizing
+
+/// One non-empty line of the file: `name arg arg ...`, possibly ending in `{`.
+private struct Directive {
+    let file: String
+    let line: Int
+    let name: Substring
+    let args: [Substring]
+    /// The line ended with `{` (which is not part of `args`).
+    let opensBlock: Bool
+    /// A brace layout error, kept until the reader reaches this line so that
+    /// errors come out in file order.
+    let problem: String?
+
+    var closesBlock: Bool { name == "}" }
+
+    func error(_ message: String) -> ConfigError {
+        ConfigError(file: file, line: line, message: message)
+    }
+}
+
+extension ConfigParser {
+    fileprivate static func tokenize(_ text: String, file: String) -> [Directive] {
+        // "\r\n" is a single Character in Swift, so it must be named explicitly.
+        let lines = text.split(omittingEmptySubsequences: false) { $0 == "\n" || $0 == "\r\n" }
+        var directives: [Directive] = []
+        for (index, line) in lines.enumerated() {
+            let tokens = tokensBeforeComment(line)
+            if tokens.isEmpty { continue }
+            directives.append(directive(tokens, file: file, line: index + 1))
+        }
+        return directives
+    }
+
+    /// Splits on blanks and drops everything from a token that starts with `#`.
+    /// A `#` inside a token is literal, so values never need quoting.
+    private static func tokensBeforeComment(_ line: Substring) -> [Substring] {
+        let tokens = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" })
+        return Array(tokens.prefix(while: { !$0.hasPrefix("#") }))
+    }
+
+    /// Builds a directive from non-empty `tokens`, checking the brace layout:
+    /// `{` ends an opening line, `}` stands alone.
+    private static func directive(_ tokens: [Substring], file: String, line: Int) -> Directive {
+        func make(_ opensBlock: Bool, _ problem: String?) -> Directive {
+            let args = tokens.dropFirst().dropLast(opensBlock ? 1 : 0)
+            return Directive(file: file, line: line, name: tokens[0], args: Array(args),
+                             opensBlock: opensBlock, problem: problem)
+        }
+        if tokens.contains("}") && tokens.count > 1 {
+            return make(false, "'}' must stand alone on its line")
+        }
+        switch tokens.firstIndex(of: "{") {
+        case nil: return make(false, nil)
+        case 0: return make(false, "'{' must follow a block name on the same line")
+        case tokens.count - 1: return make(true, nil)
+        default: return make(false, "'{' must end the line (put each directive on its own line)")
+        }
+    }
+
+    /// The line reported for whole-file problems (no `listen`, no `app`): the
+    /// last line of the file, where the missing directive would be added.
+    static func lastLineNumber(of text: String) -> Int {
+        let segments = text.split(omittingEmptySubsequences: false) { $0 == "\n" || $0 == "\r\n" }
+        let endsWithNewline = text.last == "\n" || text.last == "\r\n"
+        return max(1, segments.count - (endsWithNewline ? 1 : 0))
+    }
+}
+
+// MARK: - Files and paths
+
+extension ConfigParser {
+    static func defaultBaseDirectory(for path: String) -> String {
+        guard path != "<embedded>", let slash = path.lastIndex(of: "/") else { return currentDirectory() }
+        let folder = slash == path.startIndex ? "/" : String(path[..<slash])
+        // Make it absolute so the daemon is unaffected by later chdir calls.
+        return folder.hasPrefix("/") ? folder : join(currentDirectory(), folder)
+    }
+
+    /// `relative` resolved against `base`, with `.` segments and doubled
+    /// slashes removed. `..` is kept: collapsing it would be wrong across symlinks.
+    static func join(_ base: String, _ relative: String) -> String {
+        let parts = (base + "/" + relative).split(separator: "/").filter { $0 != "." }
+        let joined = parts.joined(separator: "/")
+        return base.hasPrefix("/") ? "/" + joined : joined
+    }
+
+    private static func currentDirectory() -> String {
+        guard let cwd = getcwd(nil, 0) else { return "." }
+        defer { free(cwd) }
+        return String(cString: cwd)
+    }
+
+    /// Reads the whole file with POSIX calls so a failure reports `strerror`.
+    static func readText(path: String) throws(ConfigError) -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw unreadable(path, errno) }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count == 0 { break }
+            if count < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                throw unreadable(path, code)
+            }
+            bytes.append(contentsOf: chunk[..<count])
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    private static func unreadable(_ path: String, _ code: Int32) -> ConfigError {
+        ConfigError(file: path, line: 0, message: "cannot read: \(String(cString: strerror(code)))")
+    }
+}
+
+// MARK: - Reading directives
+
+/// Rejects a second occurrence of a directive that may appear only once.
+private struct OnceTracker {
+    private var firstLines: [Substring: Int] = [:]
+
+    mutating func check(_ d: Directive) throws(ConfigError) {
+        if let first = firstLines[d.name] {
+            throw d.error("duplicate '\(d.name)' (first at line \(first))")
+        }
+        firstLines[d.name] = d.line
+    }
+
+    func contains(_ name: Substring) -> Bool { firstLines[name] != nil }
+}
+
+/// A (host, path prefix) pair that must belong to only one app.
+private struct Route: Hashable {
+    let host: String
+    let prefix: String?
+}
+
+private struct Reader {
+    let file: String
+    let baseDirectory: String
+    let lastLine: Int
+    var config: Config
+    var once = OnceTracker()
+    var appLines: [String: Int] = [:]
+    var routeOwners: [Route: AppConfig] = [:]
+
+    init(file: String, baseDirectory: String, lastLine: Int) {
+        self.file = file
+        self.baseDirectory = baseDirectory
+        self.lastLine = lastLine
+        self.config = Config(path: file, listen: [], apps: [])
+    }
+
+    mutating func read(_ directives: [Directive]) throws(ConfigError) -> Config {
+        var index = 0
+        while index < directives.count {
+            let d = directives[index]
+            if let problem = d.problem { throw d.error(problem) }
+            if d.closesBlock {
+                throw d.error("unexpected '}' (no block is open)")
+            }
+            if d.opensBlock {
+                let body = try blockBody(directives, opener: index)
+                try readBlock(d, body)
+                index += body.count + 2
+            } else {
+                try readTopLevel(d)
+                index += 1
+            }
+        }
+        return try finished()
+    }
+
+    /// The directives between an opening line and its `}`. Blocks never nest,
+    /// so meeting another opener means this block was left unclosed.
+    private func blockBody(_ directives: [Directive], opener: Int) throws(ConfigError) -> ArraySlice<Directive> {
+        let open = directives[opener]
+        let label = ([open.name] + open.args).joined(separator: " ")
+        for index in (opener + 1)..<directives.count {
+            let d = directives[index]
+            if let problem = d.problem { throw d.error(problem) }
+            if d.closesBlock { return directives[(opener + 1)..<index] }
+            if d.opensBlock {
+                throw open.error("unclosed block '\(label)' (no '}' before the block at line \(d.line))")
+            }
+        }
+        throw open.error("unclosed block '\(label)' (missing '}')")
+    }
+
+    private static let blockNames: Set<Substring> = ["timeouts", "limits", "health", "gate", "app"]
+
+    private mutating func readTopLevel(_ d: Directive) throws(ConfigError) {
+        if Self.blockNames.contains(d.name) {
+            throw d.error("\(d.name): expected '{' at the end of the line")
+        }
+        if d.name != "listen" { try once.check(d) }
+        switch d.name {
+        case "listen": try addListen(d)
+        case "workers": config.workers = try d.workers()
+        case "admin_socket": config.adminSocket = try d.optionalPath(baseDirectory)
+        case "admin_mode": config.adminMode = try d.fileMode()
+        case "admin_group": config.adminGroup = String(try d.oneValue())
+        case "state_file": config.stateFile = try d.optionalPath(baseDirectory)
+        case "audit_log": config.auditLog = try d.optionalPath(baseDirectory)
+        case "access_log": config.accessLog = try d.accessLog(baseDirectory)
+        case "metrics_listen": config.metricsListen = try d.metricsListen()
+        case "initial_color": config.initialColor = try d.color()
+        default: throw d.error("unknown directive '\(d.name)'")
+        }
+    }
+
+    private mutating func addListen(_ d: Directive) throws(ConfigError) {
+        let endpoint = try d.endpoint(try d.oneValue(), wildcard: true, portZero: true)
+        if let earlier = config.listen.first(where: { $0.host == endpoint.host && $0.port == endpoint.port }) {
+            throw d.error("listen: \(endpoint) is already listed at line \(earlier.line)")
+        }
+        config.listen.append(endpoint)
+    }
+
+    private mutating func readBlock(_ d: Directive, _ body: ArraySlice<Directive>) throws(ConfigError) {
+        guard Self.blockNames.contains(d.name) else {
+            throw d.error("'\(d.name)' is not a block (blocks are timeouts, limits, health, gate and app)")
+        }
+        if d.name == "app" {
+            try addApp(d, body)
+            return
+        }
+        try once.check(d)
+        try d.noValues()
+        switch d.name {
+        case "timeouts": config.timeouts = try readTimeouts(body)
+        case "limits": config.limits = try readLimits(body, opener: d)
+        case "gate": config.gate = try readGate(body, opener: d)
+        default: config.health = try readHealth(body)
+        }
+    }
+
+    private func readTimeouts(_ body: ArraySlice<Directive>) throws(ConfigError) -> Timeouts {
+        var t = Timeouts.defaults
+        var once = OnceTracker()
+        for d in body {
+            try once.check(d)
+            switch d.name {
+            case "connect": t.connectMs = try d.duration()
+            case "client_header": t.clientHeaderMs = try d.duration()
+            case "client_body": t.clientBodyMs = try d.duration()
+            case "client_idle": t.clientIdleMs = try d.duration()
+            case "upstream_header": t.upstreamHeaderMs = try d.duration()
+            case "upstream_idle": t.upstreamIdleMs = try d.duration()
+            // 0 is meaningful here: stop without waiting for in-flight requests.
+            case "drain": t.drainMs = try d.duration(allowZero: true)
+            default: throw d.error("unknown directive '\(d.name)' in timeouts block")
+            }
+        }
+        return t
+    }
+
+    private func readLimits(_ body: ArraySlice<Directive>, opener: Directive) throws(ConfigError) -> Limits {
+        var l = Limits.defaults
+        var once = OnceTracker()
+        // The line blamed if the URI limit ends up larger than the header limit.
+        var uriCheckLine = opener
+        for d in body {
+            try once.check(d)
+            switch d.name {
+            case "max_connections": l.maxConnections = try d.integer(1...Int.max)
+            case "max_header_bytes":
+                l.maxHeaderBytes = try d.size(1024...65536, rangeText: "1k..64k")
+                if uriCheckLine.name != "max_uri_bytes" { uriCheckLine = d }
+            case "max_headers": l.maxHeaders = try d.integer(1...1000)
+            case "max_uri_bytes":
+                l.maxURIBytes = try d.size(1...Int.max, rangeText: "at least 1")
+                uriCheckLine = d
+            case "max_body": l.maxBody = try d.optionalSize()
+            case "upstream_idle_per_server": l.upstreamIdlePerServer = try d.integer(0...Int.max)
+            default: throw d.error("unknown directive '\(d.name)' in limits block")
+            }
+        }
+        // A request line must fit in the header buffer, so a larger URI limit could never apply.
+        // The default follows a lowered max_header_bytes; only an explicit value can conflict.
+        if !once.contains("max_uri_bytes") {
+            l.maxURIBytes = min(l.maxURIBytes, l.maxHeaderBytes)
+        }
+        if l.maxURIBytes > l.maxHeaderBytes {
+            throw uriCheckLine.error("max_uri_bytes (\(l.maxURIBytes) bytes) must not exceed max_header_bytes (\(l.maxHeaderBytes) bytes)")
+        }
+        return l
+    }
+
+    private func readGate(_ body: ArraySlice<Directive>, opener: Directive) throws(ConfigError) -> GateThresholds {
+        var gate = GateThresholds()
+        var once = OnceTracker()
+        for d in body {
+            try once.check(d)
+            switch d.name {
+            case "window":
+                let value = try d.oneValue()
+                guard let window = StatsWindow(rawValue: String(value)), window != .total else {
+                    throw d.error("window: '\(value)' is not a window (10s, 1m or 5m)")
+                }
+                gate.window = window
+            case "max_5xx_rate": gate.max5xxRate = try d.rate()
+            case "max_p95_ratio": gate.maxP95Ratio = try d.ratio()
+            case "min_requests": gate.minRequests = try d.integer(1...1_000_000_000)
+            default: throw d.error("unknown directive '\(d.name)' in gate block")
+            }
+        }
+        guard gate.max5xxRate != nil || gate.maxP95Ratio != nil else {
+            throw opener.error("gate: set max_5xx_rate, max_p95_ratio or both (the block checks nothing otherwise)")
+        }
+        return gate
+    }
+
+    private func readHealth(_ body: ArraySlice<Directive>) throws(ConfigError) -> HealthSettings {
+        var h = HealthSettings.defaults
+        var once = OnceTracker()
+        for d in body {
+            try once.check(d)
+            switch d.name {
+            case "interval": h.intervalMs = try d.duration()
+            case "timeout": h.timeoutMs = try d.duration()
+            case "rise": h.rise = try d.integer(1...Int.max)
+            case "fall": h.fall = try d.integer(1...Int.max)
+            case "ready_after": h.readyAfterMs = try d.duration(allowZero: true)
+            case "min_healthy": h.minHealthy = try d.integer(1...Int.max)
+            default: throw d.error("unknown directive '\(d.name)' in health block")
+            }
+        }
+        return h
+    }
+
+    // MARK: Apps
+
+    private mutating func addApp(_ d: Directive, _ body: ArraySlice<Directive>) throws(ConfigError) {
+        let name = try d.appName()
+        if let first = appLines[name] {
+            throw d.error("duplicate app '\(name)' (first at line \(first))")
+        }
+        appLines[name] = d.line
+        let app = try readApp(name: name, opener: d, body)
+        config.apps.append(app)
+    }
+
+    private mutating func readApp(name: String, opener: Directive, _ body: ArraySlice<Directive>) throws(ConfigError) -> AppConfig {
+        var app = AppConfig(name: name, line: opener.line, hosts: [], blue: [], green: [])
+        var once = OnceTracker()
+        var hostLine: Directive?
+        for d in body {
+            try once.check(d)
+            switch d.name {
+            case "host":
+                app.hosts = try d.hosts()
+                hostLine = d
+            case "path": app.pathPrefix = try d.path(try d.oneValue())
+            case "health_path": app.healthPath = try d.path(try d.oneValue())
+            case "health_host": app.healthHost = String(try d.oneValue()).lowercased()
+            case "verify": app.verifyPaths = try d.values().map { (v) throws(ConfigError) in try d.path(v) }
+            case "blue": app.blue = try d.servers()
+            case "green": app.green = try d.servers()
+            default: throw d.error("unknown directive '\(d.name)' in app '\(name)'")
+            }
+        }
+        guard let hostLine else { throw opener.error("app '\(name)': missing 'host'") }
+        if app.blue.isEmpty { throw opener.error("app '\(name)': missing 'blue'") }
+        if app.green.isEmpty { throw opener.error("app '\(name)': missing 'green'") }
+        try claimRoutes(app, hostLine: hostLine)
+        return app
+    }
+
+    /// Two apps answering the same host and prefix would make routing ambiguous.
+    private mutating func claimRoutes(_ app: AppConfig, hostLine: Directive) throws(ConfigError) {
+        for host in app.hosts {
+            let route = Route(host: host, prefix: app.pathPrefix)
+            if let owner = routeOwners[route] {
+                if owner.name == app.name {
+                    throw hostLine.error("host: '\(host)' is listed twice")
+                }
+                let pathText = app.pathPrefix.map { "path '\($0)'" } ?? "no path"
+                throw hostLine.error("host: '\(host)' with \(pathText) is already routed by app '\(owner.name)' (line \(owner.line))")
+            }
+            routeOwners[route] = app
+        }
+    }
+
+    private func finished() throws(ConfigError) -> Config {
+        if config.listen.isEmpty {
+            throw ConfigError(file: file, line: lastLine, message: "no 'listen' directive (at least one is required)")
+        }
+        if config.apps.isEmpty {
+            throw ConfigError(file: file, line: lastLine, message: "no 'app' block (at least one is required)")
+        }
+        return config
+    }
+}
+
+// MARK: - Values
+
+private extension Directive {
+    func oneValue() throws(ConfigError) -> Substring {
+        guard let value = args.first else { throw error("\(name): missing value") }
+        if args.count > 1 { throw error("\(name): unexpected extra value '\(args[1])'") }
+        return value
+    }
+
+    func values() throws(ConfigError) -> [Substring] {
+        if args.isEmpty { throw error("\(name): missing value") }
+        return args
+    }
+
+    func noValues() throws(ConfigError) {
+        if let extra = args.first { throw error("\(name): unexpected extra value '\(extra)'") }
+    }
+
+    /// A percentage (`0.5%`) or a fraction (`0.005`), between 0 and 100 %.
+    func rate() throws(ConfigError) -> Double {
+        let value = try oneValue()
+        let isPercent = value.hasSuffix("%")
+        guard let number = Double(isPercent ? value.dropLast() : value), number.isFinite, number >= 0 else {
+            throw error("\(name): '\(value)' is not a rate (a percentage such as 0.5% or a fraction such as 0.005)")
+        }
+        let fraction = isPercent ? number / 100 : number
+        guard fraction <= 1 else { throw error("\(name): '\(value)' is more than 100%") }
+        return fraction
+    }
+
+    /// A ratio of at least 1 (`1.1`: 10 % slower at most).
+    func ratio() throws(ConfigError) -> Double {
+        let value = try oneValue()
+        guard let number = Double(value), number.isFinite, number >= 1 else {
+            throw error("\(name): '\(value)' is not a ratio of 1 or more (e.g. 1.1)")
+        }
+        return number
+    }
+
+    func integer(_ range: ClosedRange<Int>) throws(ConfigError) -> Int {
+        let value = try oneValue()
+        guard value.allSatisfy(\.isASCIIDigit), !value.isEmpty else {
+            throw error("\(name): '\(value)' is not a number")
+        }
+        guard let number = Int(value), range.contains(number) else {
+            throw error("\(name): \(value) is out of range (\(Self.describe(range)))")
+        }
+        return number
+    }
+
+    private static func describe(_ range: ClosedRange<Int>) -> String {
+        range.upperBound == Int.max ? "at least \(range.lowerBound)" : "\(range.lowerBound)..\(range.upperBound)"
+    }
+
+    func duration(allowZero: Bool = false) throws(ConfigError) -> Int {
+        let value = try oneValue()
+        guard let ms = ConfigParser.parseDuration(value) else {
+            if value.allSatisfy(\.isASCIIDigit) {
+                throw error("\(name): '\(value)' needs a unit (ms, s, m or h), e.g. 500ms or 2s")
+            }
+            throw error("\(name): '\(value)' is not a duration (a number with ms, s, m or h, e.g. 500ms or 2s)")
+        }
+        if ms == 0 && !allowZero { throw error("\(name): must be greater than 0") }
+        return ms
+    }
+
+    func size(_ range: ClosedRange<Int>, rangeText: String) throws(ConfigError) -> Int {
+        try size(try oneValue(), range, rangeText: rangeText)
+    }
+
+    private func size(_ value: Substring, _ range: ClosedRange<Int>, rangeText: String) throws(ConfigError) -> Int {
+        guard let bytes = ConfigParser.parseSize(value) else {
+            throw error("\(name): '\(value)' is not a size (bytes, or a number with k, m or g, e.g. 16k)")
+        }
+        guard range.contains(bytes) else { throw error("\(name): \(value) is out of range (\(rangeText))") }
+        return bytes
+    }
+
+    /// `off` (nil) or a size in bytes; 0 is allowed and means "no body".
+    func optionalSize() throws(ConfigError) -> Int? {
+        let value = try oneValue()
+        return value == "off" ? nil : try size(value, 0...Int.max, rangeText: "at least 0")
+    }
+
+    func workers() throws(ConfigError) -> Int? {
+        let value = try oneValue()
+        if value == "auto" { return nil }
+        guard value.allSatisfy(\.isASCIIDigit), let count = Int(value), (1...256).contains(count) else {
+            throw error("workers: expected 'auto' or a number 1..256, got '\(value)'")
+        }
+        return count
+    }
+
+    func fileMode() throws(ConfigError) -> UInt32 {
+        let value = try oneValue()
+        guard value.allSatisfy({ ("0"..."7").contains($0) }), let mode = UInt32(value, radix: 8), mode <= 0o777 else {
+            throw error("\(name): '\(value)' is not an octal file mode 0000..0777 (e.g. 0600)")
+        }
+        return mode
+    }
+
+    func color() throws(ConfigError) -> Color {
+        let value = try oneValue()
+        guard let color = Color(rawValue: String(value)) else {
+            throw error("\(name): expected blue or green, got '\(value)'")
+        }
+        return color
+    }
+
+    func path(_ value: Substring) throws(ConfigError) -> String {
+        guard value.hasPrefix("/") else { throw error("\(name): '\(value)' must start with '/'") }
+        return String(value)
+    }
+
+    /// A file path, or `off` (nil). Relative paths are resolved against `base`.
+    func optionalPath(_ base: String) throws(ConfigError) -> String? {
+        let value = try oneValue()
+        return value == "off" ? nil : Self.resolve(value, base)
+    }
+
+    func accessLog(_ base: String) throws(ConfigError) -> AccessLogTarget {
+        let value = try oneValue()
+        switch value {
+        case "off": return .off
+        case "stdout": return .stdout
+        default: return .file(Self.resolve(value, base))
+        }
+    }
+
+    private static func resolve(_ value: Substring, _ base: String) -> String {
+        value.hasPrefix("/") ? String(value) : ConfigParser.join(base, String(value))
+    }
+
+    func metricsListen() throws(ConfigError) -> Endpoint? {
+        let value = try oneValue()
+        return value == "off" ? nil : try endpoint(value, wildcard: true, portZero: true)
+    }
+
+    func appName() throws(ConfigError) -> String {
+        let value = try oneValue()
+        let allowed = value.allSatisfy { $0.isASCIILetter || $0.isASCIIDigit || "-_.".contains($0) }
+        guard allowed else { throw error("app: bad name '\(value)' (use letters, digits, '-', '_' and '.')") }
+        return String(value)
+    }
+
+    /// Lowercased host names, or `*` for any host.
+    func hosts() throws(ConfigError) -> [String] {
+        try values().map { (value) throws(ConfigError) in
+            guard value == "*" || HostSyntax.isDNSName(value) else {
+                throw error("host: bad host name '\(value)'")
+            }
+            return value.lowercased()
+        }
+    }
+
+    func servers() throws(ConfigError) -> [Endpoint] {
+        try values().map { (value) throws(ConfigError) in try endpoint(value, wildcard: false, portZero: false) }
+    }
+
+    /// `host:port`, `[IPv6]:port`, or (for listening) `*:port` meaning 0.0.0.0.
+    func endpoint(_ value: Substring, wildcard: Bool, portZero: Bool) throws(ConfigError) -> Endpoint {
+        let expected = wildcard ? "host:port, [IPv6]:port or *:port" : "host:port or [IPv6]:port"
+        guard let (hostText, portText) = HostSyntax.splitHostPort(value) else {
+            throw error("\(name): '\(value)' is not an address (expected \(expected))")
+        }
+        let host: String
+        if wildcard && hostText == "*" {
+            host = "0.0.0.0"
+        } else if let valid = HostSyntax.validHost(hostText) {
+            host = valid
+        } else {
+            throw error("\(name): bad host '\(hostText)' in '\(value)'")
+        }
+        let lowest = portZero ? 0 : 1
+        guard portText.allSatisfy(\.isASCIIDigit), let port = Int(portText), (lowest...65535).contains(port) else {
+            throw error("\(name): bad port '\(portText)' in '\(value)' (\(lowest)..65535)")
+        }
+        return Endpoint(host: host, port: UInt16(port), line: line)
+    }
+}
+
+/// Syntax checks for host names and addresses. Nothing here resolves names.
+private enum HostSyntax {
+    /// Splits `host:port` or `[v6]:port`; brackets are removed from the host.
+    static func splitHostPort(_ value: Substring) -> (host: Substring, port: Substring)? {
+        if value.hasPrefix("[") {
+            guard let close = value.firstIndex(of: "]") else { return nil }
+            let rest = value[value.index(after: close)...]
+            guard rest.hasPrefix(":") else { return nil }
+            return (value[value.index(after: value.startIndex)..<close], rest.dropFirst())
+        }
+        guard let colon = value.lastIndex(of: ":") else { return nil }
+        let host = value[..<colon]
+        // A second colon means an unbracketed IPv6 address: its port would be ambiguous.
+        guard !host.isEmpty, !host.contains(":") else { return nil }
+        return (host, value[value.index(after: colon)...])
+    }
+
+    /// The stored form of a host (lowercased), or nil when it is malformed.
+    static func validHost(_ host: Substring) -> String? {
+        let text = host.lowercased()
+        if text.contains(":") { return isAddress(text, family: AF_INET6) ? text : nil }
+        // All digits and dots: it has to be a real IPv4 literal, not a name.
+        if text.allSatisfy({ $0 == "." || $0.isASCIIDigit }) {
+            return isAddress(text, family: AF_INET) ? text : nil
+        }
+        return isDNSName(host) ? text : nil
+    }
+
+    static func isDNSName(_ name: Substring) -> Bool {
+        guard !name.isEmpty, name.count <= 253 else { return false }
+        return name.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { label in
+            !label.isEmpty && label.count <= 63 && !label.hasPrefix("-") && !label.hasSuffix("-")
+                && label.allSatisfy { $0.isASCIILetter || $0.isASCIIDigit || $0 == "-" || $0 == "_" }
+        }
+    }
+
+    private static func isAddress(_ text: String, family: Int32) -> Bool {
+        var buffer = in6_addr()  // large enough for either family
+        return inet_pton(family, text, &buffer) == 1
+    }
+}
+
+private extension Character {
+    var isASCIIDigit: Bool { ("0"..."9").contains(self) }
+    var isASCIILetter: Bool { ("a"..."z").contains(self) || ("A"..."Z").contains(self) }
+}

@@ -1,0 +1,201 @@
+import CutoverConfig
+import CutoverMetrics
+import CutoverSystem
+
+/// The admin protocol: one command per line of plain text, one JSON object per line in reply
+/// (`"ok": true|false`, an `"error"` string when false). This table is the whole command set;
+/// `help` prints it. Each command: parse its words, then `ControlPlane.execute` resolves the
+/// target, applies, replies — in that order.
+public enum AdminCommand: Equatable, Sendable {
+    case help
+    case status
+    case health
+    case switchColor(Color, force: Bool, reason: String?)
+    case rollback(force: Bool, reason: String?)
+    case drain(app: String, server: String)
+    case undrain(app: String, server: String)
+    case reload
+    case verify(Color)
+    case history(Int)
+    case stats(WindowedStats.Window)
+    case reopen
+
+    /// Commands that change state are recorded with the caller's identity.
+    public var changesState: Bool {
+        switch self {
+        case .switchColor, .rollback, .drain, .undrain, .reload: return true
+        case .help, .status, .health, .verify, .history, .stats, .reopen: return false
+        }
+    }
+}
+
+public struct AdminCommandSpec: Sendable {
+    public let name: String
+    public let usage: String
+    public let summary: String
+    let parse: @Sendable ([Substring]) -> AdminCommand?
+}
+
+public enum AdminCommands {
+    /// Longest accepted command line; longer input is answered with an error.
+    public static let maxLineBytes = 4096
+    public static let maxHistory = 1000
+
+    public static let table: [AdminCommandSpec] = [
+        AdminCommandSpec(name: "help", usage: "help", summary: "this table") { $0.isEmpty ? .help : nil },
+        AdminCommandSpec(name: "status", usage: "status",
+                         summary: "active and previous color, generation, readiness, servers, in-flight requests") {
+            $0.isEmpty ? .status : nil
+        },
+        AdminCommandSpec(name: "switch", usage: "switch <blue|green> [force] [reason <text…>]",
+                         summary: "send all traffic to a color; gated on readiness and verify paths unless forced") { words in
+            guard let first = words.first, let color = Color(rawValue: String(first)) else { return nil }
+            guard let (force, reason) = forceAndReason(words.dropFirst()) else { return nil }
+            return .switchColor(color, force: force, reason: reason)
+        },
+        AdminCommandSpec(name: "rollback", usage: "rollback [force] [reason <text…>]",
+                         summary: "back to the previous color; gated on one healthy server per app unless forced") { words in
+            guard let (force, reason) = forceAndReason(words[...]) else { return nil }
+            return .rollback(force: force, reason: reason)
+        },
+        AdminCommandSpec(name: "health", usage: "health", summary: "every server's check state in full") {
+            $0.isEmpty ? .health : nil
+        },
+        AdminCommandSpec(name: "drain", usage: "drain <app> <host:port>",
+                         summary: "no new requests to a server (operator intent, kept apart from health)") { words in
+            words.count == 2 ? .drain(app: String(words[0]), server: String(words[1])) : nil
+        },
+        AdminCommandSpec(name: "undrain", usage: "undrain <app> <host:port>", summary: "end a drain") { words in
+            words.count == 2 ? .undrain(app: String(words[0]), server: String(words[1])) : nil
+        },
+        AdminCommandSpec(name: "reload", usage: "reload",
+                         summary: "re-read the config file and publish it (active color and drains kept)") {
+            $0.isEmpty ? .reload : nil
+        },
+        AdminCommandSpec(name: "verify", usage: "verify <blue|green>",
+                         summary: "request the color's verify paths on every up server now") { words in
+            guard words.count == 1, let color = Color(rawValue: String(words[0])) else { return nil }
+            return .verify(color)
+        },
+        AdminCommandSpec(name: "stats", usage: "stats [10s|1m|5m|total]",
+                         summary: "per app and color: requests, rps, outcomes, 5xx rate, latency percentiles (default 1m)") { words in
+            if words.isEmpty { return .stats(.oneMinute) }
+            guard words.count == 1, let window = WindowedStats.Window(rawValue: String(words[0])) else { return nil }
+            return .stats(window)
+        },
+        AdminCommandSpec(name: "reopen", usage: "reopen", summary: "reopen the access log file (after logrotate moved it)") {
+            $0.isEmpty ? .reopen : nil
+        },
+        AdminCommandSpec(name: "history", usage: "history [n]", summary: "the last n audit records (default 10)") { words in
+            if words.isEmpty { return .history(10) }
+            guard words.count == 1, let count = Int(words[0]), count > 0, count <= maxHistory else { return nil }
+            return .history(count)
+        },
+    ]
+
+    /// `[force] [reason <text…>]`
+    private static func forceAndReason(_ words: ArraySlice<Substring>) -> (Bool, String?)? {
+        var rest = words
+        var force = false
+        if rest.first == "force" {
+            force = true
+            rest = rest.dropFirst()
+        }
+        guard let next = rest.first else { return (force, nil) }
+        guard next == "reason", rest.count >= 2 else { return nil }
+        return (force, rest.dropFirst().joined(separator: " "))
+    }
+
+    public enum ParseError: Error, Equatable {
+        case empty
+        case unknownCommand(String)
+        case usage(String)
+
+        public var message: String {
+            switch self {
+            case .empty: return "empty command; try 'help'"
+            case .unknownCommand(let name): return "unknown command '\(name)'; try 'help'"
+            case .usage(let usage): return "usage: \(usage)"
+            }
+        }
+    }
+
+    public static func parse(_ line: String) -> Result<AdminCommand, ParseError> {
+        let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+        guard let name = words.first else { return .failure(.empty) }
+        guard let spec = table.first(where: { $0.name == name.lowercased() }) else {
+            return .failure(.unknownCommand(String(name.prefix(64))))
+        }
+        guard let command = spec.parse(Array(words.dropFirst())) else { return .failure(.usage(spec.usage)) }
+        return .success(command)
+    }
+
+    public static var helpReply: JSON {
+        ["ok": true, "commands": .array(table.map { ["command": .string($0.usage), "summary": .string($0.summary)] })]
+    }
+}
+
+extension ControlPlane {
+    /// Runs one admin command line for `actor` and returns the reply object.
+    public func execute(_ line: String, actor: AuditActor) -> JSON {
+        switch AdminCommands.parse(line) {
+        case .failure(let error):
+            return ["ok": false, "error": .string(error.message)]
+        case .success(let command):
+            return execute(command, actor: actor)
+        }
+    }
+
+    public func execute(_ command: AdminCommand, actor: AuditActor) -> JSON {
+        switch command {
+        case .help:
+            return AdminCommands.helpReply
+        case .status:
+            return statusReport()
+        case .health:
+            return healthReport()
+        case .switchColor(let color, let force, let reason):
+            return changeColor(to: color, rollback: false, force: force, reason: reason, actor: actor)
+        case .rollback(let force, let reason):
+            guard let previous = persistentState.previous else {
+                return ["ok": false, "error": "no previous color to roll back to (no switch has happened yet)"]
+            }
+            return changeColor(to: previous, rollback: true, force: force, reason: reason, actor: actor)
+        case .drain(let app, let server):
+            return setDrained(true, app: app, server: server, actor: actor)
+        case .undrain(let app, let server):
+            return setDrained(false, app: app, server: server, actor: actor)
+        case .reload:
+            return reload(actor: actor)
+        case .verify(let color):
+            let results = runVerify(color)
+            let failed = results.filter { !$0.outcome.isSuccess }.count
+            let list: [JSON] = results.map {
+                ["app": .string($0.app), "server": .string($0.server), "path": .string($0.path),
+                 "ok": .bool($0.outcome.isSuccess), "result": .string($0.outcome.summary)]
+            }
+            if results.isEmpty {
+                return ["ok": false, "error": .string("no verify request to run: \(color.rawValue) has no up server with verify paths"),
+                        "results": .array(list)]
+            }
+            if failed > 0 {
+                return ["ok": false, "error": .string("\(failed) of \(results.count) verify requests failed"), "results": .array(list)]
+            }
+            return ["ok": true, "color": .string(color.rawValue), "results": .array(list)]
+        case .history(let count):
+            guard let audit else { return ["ok": false, "error": "audit_log is off"] }
+            do {
+                let lines = try audit.tail(count)
+                return ["ok": true, "records": .array(lines.map { JSON.parse($0) ?? .string($0) })]
+            } catch {
+                return ["ok": false, "error": .string("cannot read the audit log: \(error)")]
+            }
+        case .stats(let window):
+            return statsReport(window)
+        case .reopen:
+            guard let link = attachedDataPlane.source else { return ["ok": false, "error": "the data plane is not running"] }
+            if let problem = link.reopenAccessLog() { return ["ok": false, "error": .string(problem)] }
+            return ["ok": true]
+        }
+    }
+}

@@ -1,0 +1,67 @@
+import CutoverSystem
+import Glibc
+
+/// A client of the admin socket: one command line out, one reply line back. Used by the
+/// `cutover` command line and by `cutover-bench switch`.
+public enum AdminLine {
+    public enum Failure: Error, CustomStringConvertible {
+        /// The socket could not be reached (missing, refused, permission).
+        case unreachable(String)
+        /// Connected, but no complete reply arrived.
+        case noReply(String)
+
+        public var description: String {
+            switch self {
+            case .unreachable(let reason): return reason
+            case .noReply(let reason): return reason
+            }
+        }
+    }
+
+    /// Sends `line` and returns the reply line (without its newline). `timeoutSeconds` bounds
+    /// the wait: a switch waits for its gate's verify requests.
+    public static func exchange(_ line: String, socket path: String, timeoutSeconds: Int = 120) -> Result<String, Failure> {
+        let fd: Int32
+        switch Posix.connectUnix(path) {
+        case .success(let connected): fd = connected
+        case .failure(let error): return .failure(.unreachable(Posix.describe(error.errnoCode)))
+        }
+        defer { Posix.close(fd) }
+        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let request = Array((line + "\n").utf8)
+        var sent = 0
+        while sent < request.count {
+            let result = request.withUnsafeBytes { buffer in
+                Result { () throws(IOError) in try Posix.sendNoSignal(fd, buffer.baseAddress! + sent, buffer.count - sent) }
+            }
+            guard case .success(.processed(let count)) = result, count > 0 else { return .failure(.noReply("could not send the command")) }
+            sent += count
+        }
+        var reply: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while !reply.contains(0x0A) {
+            let result = chunk.withUnsafeMutableBytes { buffer in
+                Result { () throws(IOError) in try Posix.receive(fd, buffer.baseAddress!, buffer.count) }
+            }
+            switch result {
+            case .success(.processed(let count)) where count > 0: reply += chunk[0..<count]
+            case .success(.wouldBlock): return .failure(.noReply("no reply within \(timeoutSeconds) s"))
+            default: return .failure(.noReply("the connection closed without a reply"))
+            }
+        }
+        return .success(String(decoding: reply.prefix { $0 != 0x0A }, as: UTF8.self))
+    }
+
+    /// Sends a command; nil when the reply says `"ok":true`, else the error text.
+    public static func send(_ line: String, to path: String) -> String? {
+        switch exchange(line, socket: path) {
+        case .failure(let failure): return failure.description
+        case .success(let text):
+            let json = JSON.parse(text)
+            if json?["ok"]?.boolValue == true { return nil }
+            return json?["error"]?.stringValue ?? "invalid reply"
+        }
+    }
+}

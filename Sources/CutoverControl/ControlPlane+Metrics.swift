@@ -1,0 +1,251 @@
+import CutoverConfig
+import CutoverMetrics
+import CutoverSystem
+import Foundation
+
+struct SwitchResultKey: Hashable, Sendable, Comparable {
+    let command: String  // switch | rollback
+    let result: String   // ok | refused | failed
+
+    static func < (lhs: SwitchResultKey, rhs: SwitchResultKey) -> Bool { (lhs.command, lhs.result) < (rhs.command, rhs.result) }
+}
+
+/// The control plane's side of the metrics: colors, readiness and every configured server.
+struct ControlFigures: Sendable {
+    struct Server: Sendable {
+        let app: String
+        let color: Color
+        let name: String
+        let id: Int
+        let up: Bool
+    }
+
+    let active: Color
+    let generation: Int
+    let ready: [Color: Bool]
+    let servers: [Server]
+    let gate: GateThresholds?
+
+    var apps: [String] {
+        var seen = Set<String>()
+        return servers.map(\.app).filter { seen.insert($0).inserted }
+    }
+}
+
+extension ControlPlane {
+    static let reportedPercentiles: [(label: String, value: Double)] = [
+        ("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99), ("p99.9", 99.9),
+    ]
+
+    // MARK: stats
+
+    /// `stats [10s|1m|5m|total]`: per app and color, requests, rate, outcomes, 5xx rate and
+    /// latency percentiles of the window.
+    func statsReport(_ window: WindowedStats.Window) -> JSON {
+        guard let source = attachedDataPlane.source else {
+            return ["ok": false, "error": "the data plane is not running"]
+        }
+        let control = controlFigures()
+        let snapshot = source.snapshot(window, false)
+        let span = snapshot.span(since: source.startedNs)
+        var rows: [JSON] = []
+        for app in control.apps {
+            for color in Color.allCases {
+                rows.append(Self.statsRow(app: app, color: color, active: color == control.active,
+                                          figures: snapshot.figures(app: app, color: color), span: span))
+            }
+        }
+        var unrouted: [(String, JSON)] = []
+        for (code, count) in snapshot.unroutedStatusCodes.enumerated() where count > 0 {
+            unrouted.append((String(code), .int(Int64(count))))
+        }
+        var reply: [(String, JSON)] = [
+            ("ok", true), ("window", .string(window.rawValue)), ("span_s", .double(Self.rounded(span, 3))),
+            ("active", .string(control.active.rawValue)), ("apps", .array(rows)), ("unrouted", .object(unrouted)),
+        ]
+        if snapshot.loopsMissing > 0 { reply.append(("loops_missing", .int(Int64(snapshot.loopsMissing)))) }
+        return .object(reply)
+    }
+
+    static func statsRow(app: String, color: Color, active: Bool, figures: WindowedStats.Figures, span: Double) -> JSON {
+        var errors: [(String, JSON)] = []
+        for kind in UpstreamErrorCounts.kinds { errors.append((kind.label, .int(Int64(figures.count(kind))))) }
+        var latency: [(String, JSON)] = []
+        for (label, value) in reportedPercentiles {
+            latency.append((label, .int(Int64(figures.latency.percentile(value)))))
+        }
+        latency.append(("max", .int(Int64(figures.latency.count == 0 ? 0 : figures.latency.max))))
+        latency.append(("mean", .int(Int64(figures.latency.mean.rounded()))))
+        var row: [(String, JSON)] = [
+            ("app", .string(app)), ("color", .string(color.rawValue)), ("active", .bool(active)),
+            ("requests", .int(Int64(figures.requests))), ("rps", .double(rounded(Double(figures.requests) / span, 1))),
+        ]
+        for outcome in [WindowedStats.Outcome.informational, .success, .redirect, .clientError, .serverError] {
+            row.append((outcome.label, .int(Int64(figures.count(outcome)))))
+        }
+        row += [
+            ("upstream_errors", .object(errors)),
+            ("5xx_rate", .double(rounded(figures.serverErrorRate, 6))),
+            ("latency_us", .object(latency)),
+            ("upstream_mean_us", .int(Int64(figures.upstreamMeanMicros.rounded()))),
+            ("bytes_in", .int(Int64(figures.bytesIn))), ("bytes_out", .int(Int64(figures.bytesOut))),
+        ]
+        return .object(row)
+    }
+
+    static func rounded(_ value: Double, _ places: Int) -> Double {
+        let scale = pow(10, Double(places))
+        return (value * scale).rounded() / scale
+    }
+
+    // MARK: Gate thresholds
+
+    /// The traffic part of the switch gate: for each app whose `target` pool served at least
+    /// `min_requests` in the gate's window, its 5xx rate and its p95 against the active
+    /// color's over the same window. Apps whose target saw too little traffic are not judged (a
+    /// color that has served nothing yet has nothing to show); the figures are named in every
+    /// refusal. Today a color serves traffic only while active, so this judges a switch back to
+    /// a color that was active within the window; preview and canary routes will give a new
+    /// color traffic before its switch.
+    func gateThresholdProblems(target: Color, active: Color) -> [String] {
+        let control = controlFigures()
+        guard let gate = control.gate else { return [] }
+        // Thresholds that cannot be evaluated refuse (force overrides): never pass blind.
+        guard let source = attachedDataPlane.source else {
+            return ["gate thresholds: no traffic figures (the data plane is not running)"]
+        }
+        let snapshot = source.snapshot(gate.window, false)
+        if snapshot.loopsMissing > 0 {
+            return ["gate thresholds: traffic figures incomplete (\(snapshot.loopsMissing) worker loop(s) did not answer in time)"]
+        }
+        var problems: [String] = []
+        let over = "over the last \(gate.window.rawValue)"
+        for app in control.apps {
+            let candidate = snapshot.figures(app: app, color: target)
+            guard candidate.requests >= UInt64(gate.minRequests) else { continue }
+            if let limit = gate.max5xxRate, candidate.serverErrorRate > limit {
+                let errors = candidate.count(.serverError) + candidate.upstreamErrors
+                problems.append("app \(app): \(target.rawValue) 5xx rate \(Self.percent(candidate.serverErrorRate)) \(over) "
+                                + "(\(errors) of \(candidate.requests) requests) exceeds max_5xx_rate \(Self.percent(limit))")
+            }
+            if let ratio = gate.maxP95Ratio {
+                let baseline = snapshot.figures(app: app, color: active)
+                guard baseline.requests >= UInt64(gate.minRequests) else { continue }
+                let targetP95 = Double(candidate.latency.percentile(95))
+                let activeP95 = Double(max(1, baseline.latency.percentile(95)))
+                if targetP95 > activeP95 * ratio {
+                    problems.append("app \(app): \(target.rawValue) p95 \(Self.milliseconds(targetP95)) \(over) is "
+                                    + "\(String(format: "%.2f", targetP95 / activeP95))× \(active.rawValue)'s \(Self.milliseconds(activeP95)), "
+                                    + "above max_p95_ratio \(String(format: "%.2f", ratio)) "
+                                    + "(\(candidate.requests) and \(baseline.requests) requests)")
+                }
+            }
+        }
+        return problems
+    }
+
+    static func percent(_ fraction: Double) -> String { String(format: "%.2f%%", fraction * 100) }
+    static func milliseconds(_ micros: Double) -> String { String(format: "%.2f ms", micros / 1000) }
+}
+
+extension ControlPlane {
+    // MARK: Prometheus
+
+    /// Every metric in text exposition format 0.0.4 (`GET /metrics`). Nil when a loop did not
+    /// answer in time: counters missing a loop's share would look like a reset to Prometheus
+    /// (and spike every `rate()`), so such a scrape fails instead.
+    public func prometheusExposition() -> String? {
+        let control = controlFigures()
+        let (link, counters) = attachedDataPlane
+        let snapshot = link?.snapshot(.total, true)
+        if let snapshot, snapshot.loopsMissing > 0 { return nil }
+        // Names by id from the registry, which keeps servers a reload removed: their series
+        // keep their label.
+        let registered = registry.names
+        func serverName(_ id: Int) -> String { id >= 0 && id < registered.count ? registered[id] : "#\(id)" }
+        var out = PrometheusText()
+
+        // Each family whole, HELP and TYPE first: scrapers reject interleaved families.
+        let totals = snapshot.map { snapshot in snapshot.totals.keys.sorted().map { ($0, snapshot.totals[$0]!) } } ?? []
+        out.family("cutover_requests_total", .counter,
+                   "Requests routed to an app, by app, color and the status code sent (499: the client left before a response).")
+        for (key, figures) in totals {
+            for (code, count) in figures.statusCodes.enumerated() where count > 0 {
+                out.sample("cutover_requests_total", [("app", key.app), ("color", key.color.rawValue), ("code", String(code))], Double(count))
+            }
+        }
+        out.family("cutover_request_duration_seconds", .histogram,
+                   "First byte of the request head to the last byte of the response, by app and color.")
+        for (key, figures) in totals {
+            out.histogram("cutover_request_duration_seconds", [("app", key.app), ("color", key.color.rawValue)],
+                          bounds: WindowedStats.durationBoundsMicros.map { Double($0) / 1e6 },
+                          counts: figures.durationBuckets, sum: Double(figures.figures.latency.sum) / 1e6)
+        }
+        out.family("cutover_bytes_total", .counter, "Request (in) and response (out) bytes, heads included, by app and color.")
+        for (key, figures) in totals {
+            out.sample("cutover_bytes_total", [("app", key.app), ("color", key.color.rawValue), ("direction", "in")], Double(figures.figures.bytesIn))
+            out.sample("cutover_bytes_total", [("app", key.app), ("color", key.color.rawValue), ("direction", "out")], Double(figures.figures.bytesOut))
+        }
+        out.family("cutover_request_errors_total", .counter,
+                   "Requests ended by an upstream failure, answered 502/504 or cut off mid-response (then counted under the status sent), by kind.")
+        for (key, figures) in totals {
+            for kind in UpstreamErrorCounts.kinds where figures.figures.count(kind) > 0 {
+                out.sample("cutover_request_errors_total", [("app", key.app), ("color", key.color.rawValue), ("kind", kind.label)],
+                           Double(figures.figures.count(kind)))
+            }
+        }
+        out.family("cutover_upstream_errors_total", .counter,
+                   "Upstream failures by server and kind (connect_failure, reset, timeout, invalid_response), retried attempts included.")
+        if let snapshot {
+            for key in snapshot.serverErrors.keys.sorted() {
+                for (serverID, counts) in snapshot.serverErrors[key]!.sorted(by: { $0.key < $1.key }) {
+                    let server = serverName(serverID)
+                    for kind in UpstreamErrorCounts.kinds where counts.count(kind) > 0 {
+                        out.sample("cutover_upstream_errors_total",
+                                   [("app", key.app), ("color", key.color.rawValue), ("server", server), ("kind", kind.label)],
+                                   Double(counts.count(kind)))
+                    }
+                }
+            }
+        }
+        out.family("cutover_unrouted_requests_total", .counter,
+                   "Requests answered without an app: malformed (400, 408, 413, 431…) or matching no app (404).")
+        for (code, count) in (snapshot?.unroutedStatusCodes ?? []).enumerated() where count > 0 {
+            out.sample("cutover_unrouted_requests_total", [("code", String(code))], Double(count))
+        }
+
+        out.family("cutover_upstream_up", .gauge, "1 when the server passes its health checks, by app, color and server.")
+        for server in control.servers {
+            out.sample("cutover_upstream_up", [("app", server.app), ("color", server.color.rawValue), ("server", server.name)],
+                       server.up ? 1 : 0)
+        }
+        out.family("cutover_active_color", .gauge, "1 for the color that receives traffic.")
+        for color in Color.allCases { out.sample("cutover_active_color", [("color", color.rawValue)], color == control.active ? 1 : 0) }
+        out.family("cutover_color_ready", .gauge, "1 when the color passes the switch gate's readiness (min_healthy for ready_after).")
+        for color in Color.allCases { out.sample("cutover_color_ready", [("color", color.rawValue)], control.ready[color] == true ? 1 : 0) }
+        out.family("cutover_routing_generation", .gauge, "Generation of the published routing table (every switch adds one).")
+        out.sample("cutover_routing_generation", [], Double(control.generation))
+        out.family("cutover_switches_total", .counter, "Switch and rollback commands by result (ok, refused, failed).")
+        let outcomes = switchOutcomeCounts
+        for command in ["switch", "rollback"] {
+            for result in ["ok", "refused", "failed"] {
+                out.sample("cutover_switches_total", [("command", command), ("result", result)],
+                           Double(outcomes[SwitchResultKey(command: command, result: result)] ?? 0))
+            }
+        }
+        if let counters {
+            out.family("cutover_inflight_requests", .gauge, "Requests in flight by the color they were routed to.")
+            for color in Color.allCases { out.sample("cutover_inflight_requests", [("color", color.rawValue)], Double(counters.inflight(color))) }
+        }
+        if let link {
+            let connections = link.connections()
+            out.family("cutover_connections", .gauge, "Open connections: clients, and upstreams (idle keep-alive ones included).")
+            out.sample("cutover_connections", [("side", "client")], Double(connections.clients))
+            out.sample("cutover_connections", [("side", "upstream")], Double(connections.upstreams))
+            out.family("cutover_access_log_dropped_total", .counter,
+                       "Access log lines lost because the writer fell behind or the file refused the write.")
+            out.sample("cutover_access_log_dropped_total", [], Double(link.accessLogDropped()))
+        }
+        return out.text
+    }
+}

@@ -1,0 +1,239 @@
+import CCutoverSys
+import CutoverHTTP
+import CutoverSystem
+import Glibc
+import Synchronization
+
+/// Something registered with a loop's epoll instance. Subclasses override `handle(events:)`
+/// and `deadlineReached()`. Owned by its loop; every method runs on the loop's thread.
+open class Channel {
+    public let fd: Int32
+    public unowned(unsafe) let loop: EventLoop
+    /// Index in the loop's channel table; -1 when not registered.
+    package var slot: Int32 = -1
+    /// Monotonic milliseconds at which `deadlineReached` runs; 0 = none.
+    package var deadline: Int64 = 0
+
+    public init(fd: Int32, loop: EventLoop) {
+        self.fd = fd
+        self.loop = loop
+    }
+
+    open func handle(events: UInt32) {}
+    open func deadlineReached() {}
+
+    /// Sets the deadline and lets the loop know it may need to wake earlier. No syscall.
+    @inline(__always)
+    package final func setDeadline(after milliseconds: Int) {
+        deadline = loop.now + Int64(milliseconds)
+        if deadline < loop.nextDeadline { loop.nextDeadline = deadline }
+    }
+
+    @inline(__always)
+    package final func clearDeadline() { deadline = 0 }
+}
+
+/// One data-plane thread: an epoll instance, its channels, a buffer pool, an eventfd for
+/// wake-ups from other threads, and lazily checked deadlines (no timer syscall per request:
+/// `epoll_wait`'s timeout comes from the nearest deadline, and deadlines are scanned when due).
+public final class EventLoop {
+    package let index: Int
+    let epollFD: Int32
+    private let wakeFD: Int32
+    package let buffers: BufferPool
+
+    /// Monotonic milliseconds, read once per wake-up.
+    package private(set) var now: Int64
+    /// The same moment in nanoseconds: request latencies are measured between wake-ups, so
+    /// recording them costs no clock read (the resolution is one loop iteration).
+    package private(set) var nowNs: Int64
+    /// The earliest deadline set since the last scan (an upper bound on when to wake).
+    var nextDeadline: Int64 = .max
+
+    private var channels: [Channel?] = []
+    private var generations: [UInt32] = []
+    private var freeSlots: [Int32] = []
+
+    /// A timer in nanoseconds for work that needs finer timing than the millisecond deadlines
+    /// (the load generator's open-loop schedule). `.max`: none. The data plane never sets it.
+    package var preciseTimerNs: Int64 = .max
+    package var onPreciseTimer: (() -> Void)? = nil
+
+    /// Work posted from other threads (shutdown, tests). Rare; a lock is fine.
+    private let inbox = Mutex<[@Sendable () -> Void]>([])
+    private let stopFlag = Atomic<Bool>(false)
+
+    /// Scratch space for header field offsets, shared by every parse on this thread.
+    package let fields: UnsafeMutableBufferPointer<HeaderField>
+
+    private static let wakeToken = UInt64.max
+    /// Free I/O buffers kept mapped between bursts.
+    private static let bufferReserve = 32
+
+    package init(index: Int, bufferSize: Int, maxHeaders: Int) throws(IOError) {
+        self.index = index
+        epollFD = try Epoll.create()
+        wakeFD = try EventFD.create()
+        buffers = BufferPool(bufferSize: bufferSize)
+        nowNs = monotonicNanoseconds()
+        now = nowNs / 1_000_000
+        fields = .allocate(capacity: maxHeaders)
+        fields.initialize(repeating: HeaderField(name: .empty, value: .empty, kind: .other))
+        try Epoll.add(epollFD, fd: wakeFD, events: Epoll.readable | Epoll.edgeTriggered, token: Self.wakeToken)
+    }
+
+    deinit {
+        Posix.close(wakeFD)
+        Posix.close(epollFD)
+        fields.deallocate()
+    }
+
+    // MARK: Registration
+
+    /// Registers a channel for IN|OUT|RDHUP, edge-triggered: once per descriptor for its life.
+    package func register(_ channel: Channel) throws(IOError) {
+        let slot: Int32
+        if let reused = freeSlots.popLast() {
+            slot = reused
+            channels[Int(slot)] = channel
+        } else {
+            slot = Int32(channels.count)
+            channels.append(channel)
+            generations.append(0)
+        }
+        channel.slot = slot
+        let token = UInt64(UInt32(bitPattern: slot)) | UInt64(generations[Int(slot)]) << 32
+        do {
+            try Epoll.add(epollFD, fd: channel.fd,
+                          events: Epoll.readable | Epoll.writable | Epoll.peerHangup | Epoll.edgeTriggered,
+                          token: token)
+        } catch {
+            release(slot: slot)
+            channel.slot = -1
+            throw error
+        }
+    }
+
+    /// Forgets a channel and closes its descriptor (which also removes it from epoll).
+    /// Events already fetched for it in this batch are dropped by the generation check.
+    package func closeChannel(_ channel: Channel) {
+        guard channel.slot >= 0 else { return }
+        release(slot: channel.slot)
+        channel.slot = -1
+        Posix.close(channel.fd)
+    }
+
+    private func release(slot: Int32) {
+        channels[Int(slot)] = nil
+        generations[Int(slot)] &+= 1
+        freeSlots.append(slot)
+    }
+
+    // MARK: Cross-thread
+
+    /// Runs `work` on the loop's thread soon. Callable from any thread.
+    package func execute(_ work: @escaping @Sendable () -> Void) {
+        inbox.withLock { $0.append(work) }
+        EventFD.signal(wakeFD)
+    }
+
+    package func requestStop() {
+        stopFlag.store(true, ordering: .releasing)
+        EventFD.signal(wakeFD)
+    }
+
+    // MARK: Running
+
+    /// Runs until `requestStop`. Called on the loop's own thread.
+    package func run() {
+        let capacity: Int32 = 256
+        let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Int(capacity))
+        defer { events.deallocate() }
+        var nextScan: Int64 = .max
+        var nextMaintenance: Int64 = now + 1_000
+        while !stopFlag.load(ordering: .acquiring) {
+            let wake = min(nextDeadline, nextScan)
+            let count: Int
+            do {
+                if preciseTimerNs != .max {
+                    var timeoutNs = max(0, preciseTimerNs - monotonicNanoseconds())
+                    if wake != .max { timeoutNs = min(timeoutNs, max(0, wake - monotonicMilliseconds()) * 1_000_000) }
+                    count = try Epoll.wait(epollFD, events, capacity, timeoutNs: timeoutNs)
+                } else {
+                    let timeout: Int32 = wake == .max ? -1 : Int32(clamping: max(0, wake - monotonicMilliseconds()))
+                    count = try Epoll.wait(epollFD, events, capacity, timeoutMs: timeout)
+                }
+            } catch {
+                fatalError("epoll_wait: \(error)")  // only EBADF/EINVAL: a bug
+            }
+            nowNs = monotonicNanoseconds()
+            now = nowNs / 1_000_000
+            for index in 0..<count {
+                let event = events[index]
+                let token = event.data.u64
+                if token == Self.wakeToken {
+                    EventFD.drain(wakeFD)
+                    runInbox()
+                    continue
+                }
+                let slot = Int(UInt32(truncatingIfNeeded: token))
+                guard slot < channels.count, generations[slot] == UInt32(truncatingIfNeeded: token >> 32),
+                      let channel = channels[slot]
+                else { continue }
+                channel.handle(events: event.events)
+            }
+            if preciseTimerNs != .max && monotonicNanoseconds() >= preciseTimerNs {
+                preciseTimerNs = .max
+                onPreciseTimer?()
+            }
+            if now >= nextDeadline || now >= nextScan {
+                nextScan = scanDeadlines()
+            }
+            if now >= nextMaintenance {
+                // Give back buffers a burst left behind; keep a reserve for the next requests.
+                buffers.trim(keep: Self.bufferReserve)
+                nextMaintenance = now + 1_000
+            }
+            if buffers.freeCount > Self.bufferReserve { nextScan = min(nextScan, nextMaintenance) }
+        }
+    }
+
+    private func runInbox() {
+        let work = inbox.withLock { pending -> [@Sendable () -> Void] in
+            defer { pending.removeAll(keepingCapacity: true) }
+            return pending
+        }
+        for item in work { item() }
+    }
+
+    /// Fires every expired deadline and recomputes the nearest one. Returns when to scan again
+    /// (deadlines may also be extended without notice, so the scan is what is authoritative).
+    private func scanDeadlines() -> Int64 {
+        var nearest: Int64 = .max
+        nextDeadline = .max
+        var index = 0
+        while index < channels.count {
+            if let channel = channels[index], channel.deadline != 0 {
+                if channel.deadline <= now {
+                    channel.deadline = 0
+                    channel.deadlineReached()
+                }
+                if channel.slot >= 0 && channel.deadline != 0 { nearest = min(nearest, channel.deadline) }
+            }
+            index += 1
+        }
+        nextDeadline = min(nextDeadline, nearest)
+        return nearest
+    }
+
+    /// The channels registered now (a copy, so the visitor may close them).
+    package func channelsSnapshot() -> [Channel] { channels.compactMap { $0 } }
+
+}
+
+extension EventLoop {
+    /// Visits every registered channel (drain, shutdown). Not for the request path.
+    package func forEachChannel(_ body: (Channel) -> Void) {
+        for channel in channelsSnapshot() { body(channel) }
+    }
+}

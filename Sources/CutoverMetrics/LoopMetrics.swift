@@ -1,0 +1,162 @@
+import CutoverConfig
+import CutoverRouting
+
+/// What one loop records for one app and color. Owned by the loop's thread: recording is plain
+/// stores into memory allocated when the loop first routed to this app and color.
+package final class ColorStats {
+    let app: String
+    package let color: Color
+    /// The app's number in the process-wide `AppRegistry` (names it in access-log records).
+    package let appID: Int32
+    package var windows = WindowedStats()
+    /// Upstream failures by server id, including attempts that were retried elsewhere.
+    var serverErrors: [Int: UpstreamErrorCounts] = [:]
+
+    init(app: String, color: Color, appID: Int32) {
+        self.app = app
+        self.color = color
+        self.appID = appID
+    }
+
+    @inline(__always)
+    package func record(_ sample: RequestSample, atNanoseconds now: Int64) {
+        windows.record(sample, at: now / 1_000_000_000)
+    }
+
+    /// Rare (a failure): the first failure of a server allocates its entry.
+    package func upstreamFailed(serverID: Int, kind: WindowedStats.Outcome) {
+        serverErrors[serverID, default: UpstreamErrorCounts()].add(kind)
+    }
+}
+
+/// Upstream failures of one server by kind: connect_failure, reset, timeout, invalid_response.
+public struct UpstreamErrorCounts: Sendable, Equatable {
+    public static let kinds: [WindowedStats.Outcome] = [.connectFailure, .reset, .timeout, .invalidResponse]
+    public var counts: [UInt64] = [0, 0, 0, 0]
+
+    public init() {}
+
+    mutating func add(_ kind: WindowedStats.Outcome) {
+        counts[kind.rawValue - WindowedStats.Outcome.connectFailure.rawValue] &+= 1
+    }
+
+    public func count(_ kind: WindowedStats.Outcome) -> UInt64 {
+        counts[kind.rawValue - WindowedStats.Outcome.connectFailure.rawValue]
+    }
+
+    mutating func merge(_ other: UpstreamErrorCounts) {
+        for index in counts.indices { counts[index] &+= other.counts[index] }
+    }
+}
+
+/// All figures of one loop. Read by other threads only through the loop's inbox (`contribute`
+/// runs on the loop thread), so the data path needs no lock and no atomic.
+package final class LoopMetrics {
+    private let apps: AppRegistry
+    private var byApp: [String: (blue: ColorStats?, green: ColorStats?)] = [:]
+    /// Local answers to requests that matched no app or could not be parsed (400, 404, 408…),
+    /// by status code.
+    var unroutedStatusCodes = [UInt64](repeating: 0, count: 600)
+
+    package init(apps: AppRegistry) {
+        self.apps = apps
+    }
+
+    /// The recording target for an app and color; created once (when a loop first builds a
+    /// routing snapshot that sends requests there), then reused across publishes.
+    package func stats(app: String, color: Color) -> ColorStats {
+        var entry = byApp[app] ?? (nil, nil)
+        if let existing = color == .blue ? entry.blue : entry.green { return existing }
+        let created = ColorStats(app: app, color: color, appID: apps.id(for: app))
+        if color == .blue { entry.blue = created } else { entry.green = created }
+        byApp[app] = entry
+        return created
+    }
+
+    @inline(__always)
+    package func recordUnrouted(status: Int) {
+        unroutedStatusCodes[status < 600 ? status : 0] &+= 1
+    }
+
+    /// Adds this loop's figures to `snapshot`. Runs on the loop thread.
+    package func contribute(to snapshot: inout MetricsSnapshot) {
+        for (_, entry) in byApp {
+            for stats in [entry.blue, entry.green].compactMap({ $0 }) {
+                let key = AppColor(app: stats.app, color: stats.color)
+                var figures = snapshot.windowFigures[key] ?? WindowedStats.Figures()
+                stats.windows.merge(snapshot.window, at: snapshot.second, into: &figures)
+                snapshot.windowFigures[key] = figures
+                if snapshot.includesTotals {
+                    snapshot.totals[key, default: WindowedStats.Totals()].merge(stats.windows.totals)
+                    for (serverID, counts) in stats.serverErrors {
+                        snapshot.serverErrors[key, default: [:]][serverID, default: UpstreamErrorCounts()].merge(counts)
+                    }
+                }
+            }
+        }
+        for index in unroutedStatusCodes.indices where unroutedStatusCodes[index] != 0 {
+            snapshot.unroutedStatusCodes[index] &+= unroutedStatusCodes[index]
+        }
+    }
+}
+
+public struct AppColor: Hashable, Sendable, Comparable {
+    public let app: String
+    public let color: Color
+
+    public init(app: String, color: Color) {
+        self.app = app
+        self.color = color
+    }
+
+    public static func < (lhs: AppColor, rhs: AppColor) -> Bool {
+        (lhs.app, lhs.color.rawValue) < (rhs.app, rhs.color.rawValue)
+    }
+}
+
+/// The data plane's figures merged across loops, as of one moment.
+public struct MetricsSnapshot: Sendable {
+    public let window: WindowedStats.Window
+    /// When it was taken, on the monotonic clock the loops record with.
+    public let nanoseconds: Int64
+    public var second: Int64 { nanoseconds / 1_000_000_000 }
+    public let includesTotals: Bool
+    public var windowFigures: [AppColor: WindowedStats.Figures] = [:]
+    public var totals: [AppColor: WindowedStats.Totals] = [:]
+    public var serverErrors: [AppColor: [Int: UpstreamErrorCounts]] = [:]
+    public var unroutedStatusCodes = [UInt64](repeating: 0, count: 600)
+    /// Loops that did not answer in time (stopping): their figures are missing.
+    public var loopsMissing = 0
+
+    public init(window: WindowedStats.Window, nanoseconds: Int64, includesTotals: Bool) {
+        self.window = window
+        self.nanoseconds = nanoseconds
+        self.includesTotals = includesTotals
+    }
+
+    /// The seconds the window's figures cover: from the oldest slot it merges (or `since`, the
+    /// data plane's start, when that is later) to now.
+    public func span(since startedNs: Int64) -> Double {
+        let windowStart: Int64
+        switch window {
+        case .tenSeconds: windowStart = (second - 9) * 1_000_000_000
+        case .oneMinute: windowStart = (second / 10 - 5) * 10_000_000_000
+        case .fiveMinutes: windowStart = (second / 60 - 4) * 60_000_000_000
+        case .total: windowStart = startedNs
+        }
+        return max(0.001, Double(nanoseconds - max(windowStart, startedNs)) / 1e9)
+    }
+
+    public func figures(app: String, color: Color) -> WindowedStats.Figures {
+        windowFigures[AppColor(app: app, color: color)] ?? WindowedStats.Figures()
+    }
+
+    package mutating func merge(_ other: MetricsSnapshot) {
+        for (key, figures) in other.windowFigures { windowFigures[key, default: WindowedStats.Figures()].merge(figures) }
+        for (key, totals) in other.totals { self.totals[key, default: WindowedStats.Totals()].merge(totals) }
+        for (key, servers) in other.serverErrors {
+            for (id, counts) in servers { serverErrors[key, default: [:]][id, default: UpstreamErrorCounts()].merge(counts) }
+        }
+        for index in unroutedStatusCodes.indices { unroutedStatusCodes[index] &+= other.unroutedStatusCodes[index] }
+    }
+}

@@ -1,0 +1,231 @@
+import CutoverConfig
+import CutoverLoop
+import CutoverMetrics
+import CutoverRouting
+import CutoverSystem
+import Dispatch
+import Foundation
+import Glibc
+import Synchronization
+
+/// The data plane: one `EventLoop` thread per worker, each with its own SO_REUSEPORT listeners,
+/// routing snapshot and upstream pools. The control plane talks to it only through the
+/// `RoutingPublisher` (switch, reload) and `stop`.
+public final class ProxyServer: @unchecked Sendable {
+    public let config: Config
+    public let publisher: RoutingPublisher
+    public let logger: Logger
+    /// Requests in flight and upstream connections per color, connect failures per server.
+    public let counters: DataPlaneCounters
+    /// The addresses actually bound (port 0 in the config becomes the kernel's choice).
+    public private(set) var listenAddresses: [SocketAddress] = []
+
+    /// Apps and servers by number, as loops name them in records.
+    public let apps = AppRegistry()
+    public let servers: ServerRegistry
+    /// The access log (nil: off); opened by `start`.
+    public private(set) var accessLog: AccessLog?
+
+    private let settings: ProxySettings
+    private let shared: SharedProxyState
+    private var workers: [ProxyWorker] = []
+    private var finished: [DispatchSemaphore] = []
+    private var started = false
+    /// Set when `stop` begins: readers of the figures stop asking the loops.
+    private let stopping = Atomic<Bool>(false)
+    /// When `start` finished (monotonic ns): the beginning of the "total" window.
+    public private(set) var startedNs: Int64 = 0
+
+    /// `servers` names the server ids of the routing tables (the control plane's registry).
+    public init(config: Config, publisher: RoutingPublisher, logger: Logger, servers: ServerRegistry = ServerRegistry()) {
+        self.config = config
+        self.publisher = publisher
+        self.logger = logger
+        self.servers = servers
+        settings = ProxySettings(config: config)
+        counters = DataPlaneCounters(loops: Self.workerCount(config.workers))
+        shared = SharedProxyState(maxClients: Self.clientLimit(config.limits.maxConnections))
+    }
+
+    /// The number of worker loops for `workers auto` or a number.
+    public static func workerCount(_ configured: Int?) -> Int {
+        configured ?? max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    }
+
+    /// Each client may need an upstream descriptor too: keep half of the descriptor limit (less
+    /// a reserve) for upstream connections, so a flood of clients cannot starve them.
+    private static func clientLimit(_ configured: Int) -> Int {
+        var limit = rlimit()
+        getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max
+            setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+            getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+        }
+        let available = Int(clamping: limit.rlim_cur)
+        return max(1, min(configured, (available - 64) / 2))
+    }
+
+    /// Binds every listener on every loop and starts the loop threads.
+    public func start() throws {
+        precondition(!started, "start() called twice")
+        started = true
+        startedNs = monotonicNanoseconds()
+        signal(SIGPIPE, SIG_IGN)  // a peer that vanished must not kill the process
+        let count = Self.workerCount(config.workers)
+        if config.accessLog != .off {
+            accessLog = try AccessLog(target: config.accessLog, loops: count,
+                                      serverNames: { [servers] in servers.names }, appNames: { [apps] in apps.names })
+        }
+        var loops: [EventLoop] = []
+        for index in 0..<count {
+            let loop = try EventLoop(index: index, bufferSize: settings.bufferSize, maxHeaders: settings.http.maxHeaders)
+            loops.append(loop)
+            workers.append(ProxyWorker(
+                loop: loop, settings: settings, shared: shared, publisher: publisher, counters: counters, logger: logger,
+                apps: apps, accessLog: accessLog?.rings[index]))
+        }
+        for endpoint in config.listen {
+            guard var address = SocketAddress.resolve(host: endpoint.host, port: endpoint.port) else {
+                throw ConfigError(file: config.path, line: endpoint.line, message: "cannot resolve listen address '\(endpoint.host)'")
+            }
+            for worker in workers {
+                let fd: Int32
+                do {
+                    fd = try Posix.openListener(address)
+                } catch {
+                    throw StartupError("cannot listen on \(address): \(error)")
+                }
+                if address.port == 0, let bound = Posix.localAddress(fd) {
+                    address = bound  // the other loops share the port the kernel picked
+                }
+                try worker.addListener(fd: fd)
+            }
+            listenAddresses.append(address)
+        }
+        for worker in workers {
+            let done = DispatchSemaphore(value: 0)
+            finished.append(done)
+            let box = UncheckedBox(worker)
+            let thread = Thread {
+                box.value.loop.run()
+                done.signal()
+            }
+            thread.name = "cutover-loop-\(worker.loop.index)"
+            thread.start()
+        }
+        accessLog?.start()
+        logger.log(.info, "listening on \(listenAddresses.map(\.description).joined(separator: ", ")) with \(count) worker(s)")
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `timeouts.drain`, closes
+    /// keep-alive connections, and returns when every loop has stopped.
+    public func stop() {
+        guard started else { return }
+        let drainMs = config.timeouts.drainMs
+        shared.draining.store(true, ordering: .relaxed)
+        stopping.store(true, ordering: .releasing)
+        for worker in workers {
+            let box = UncheckedBox(worker)
+            worker.loop.execute {
+                let worker = box.value
+                worker.beginDrain { worker.loop.requestStop() }
+            }
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(drainMs)) {
+                box.value.loop.execute {
+                    box.value.closeAll()
+                    box.value.loop.requestStop()
+                }
+            }
+        }
+        for done in finished { done.wait() }
+        finished.removeAll()
+        accessLog?.stop()  // after the loops: every finished request has its line
+        logger.log(.info, "stopped")
+    }
+
+    /// Open client connections across all loops.
+    public var openConnections: Int { shared.openClients.load(ordering: .relaxed) }
+
+    /// The request figures of every loop for `window`, merged (and the since-start totals when
+    /// `includeTotals`). Each loop adds its own figures on its own thread, between two events,
+    /// so recording needs no lock; a loop that does not answer within `timeoutMs` (stopping)
+    /// is left out and counted in `loopsMissing`.
+    public func metrics(_ window: WindowedStats.Window, includeTotals: Bool, timeoutMs: Int = 2_000) -> MetricsSnapshot {
+        let now = monotonicNanoseconds()
+        var merged = MetricsSnapshot(window: window, nanoseconds: now, includesTotals: includeTotals)
+        guard started else { return merged }
+        guard !stopping.load(ordering: .acquiring) else {
+            merged.loopsMissing = workers.count  // stopped loops run no more work
+            return merged
+        }
+        // Every loop works on its part at once; the reader then collects them in turn.
+        let results = workers.map { worker in
+            let result = LoopMetricsResult()
+            let box = UncheckedBox(worker)
+            worker.loop.execute {
+                var snapshot = MetricsSnapshot(window: window, nanoseconds: now, includesTotals: includeTotals)
+                box.value.metrics.contribute(to: &snapshot)
+                result.deliver(snapshot)
+            }
+            return result
+        }
+        let deadline = DispatchTime.now() + .milliseconds(timeoutMs)
+        for result in results {
+            if let snapshot = result.wait(until: deadline) {
+                merged.merge(snapshot)
+            } else {
+                merged.loopsMissing += 1
+            }
+        }
+        return merged
+    }
+
+    /// Runs `work` on every loop's thread, between events, and returns when all have run it.
+    package func runOnEveryLoop(_ work: @escaping @Sendable () -> Void) {
+        for worker in workers {
+            let done = DispatchSemaphore(value: 0)
+            worker.loop.execute {
+                work()
+                done.signal()
+            }
+            done.wait()
+        }
+    }
+
+    /// Open client connections and open upstream connections (idle ones included).
+    public var connectionCounts: (clients: Int, upstreams: Int) {
+        (openConnections, counters.upstreamConnections(.blue) + counters.upstreamConnections(.green))
+    }
+
+    /// What the control plane reads and reaches of this data plane.
+    public var link: DataPlaneLink {
+        DataPlaneLink(
+            snapshot: { [self] window, totals in metrics(window, includeTotals: totals) },
+            startedNs: startedNs,
+            connections: { [self] in connectionCounts },
+            accessLogDropped: { [self] in accessLog?.dropped ?? 0 },
+            reopenAccessLog: { [self] in
+                guard let accessLog else { return "access_log is off: nothing to reopen" }
+                return accessLog.reopen()  // nil: reopened
+            })
+    }
+}
+
+/// One loop's answer to `metrics`, handed from the loop thread to the reader.
+private final class LoopMetricsResult: @unchecked Sendable {
+    private let ready = DispatchSemaphore(value: 0)
+    private let lock = NSLock()
+    private var snapshot: MetricsSnapshot?
+
+    func deliver(_ value: MetricsSnapshot) {
+        lock.withLock { snapshot = value }
+        ready.signal()
+    }
+
+    func wait(until deadline: DispatchTime) -> MetricsSnapshot? {
+        guard ready.wait(timeout: deadline) == .success else { return nil }
+        return lock.withLock { snapshot }
+    }
+}
+

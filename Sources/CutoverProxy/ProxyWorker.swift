@@ -1,0 +1,234 @@
+import CutoverConfig
+import CutoverHTTP
+import CutoverLoop
+import CutoverMetrics
+import CutoverRouting
+import CutoverSystem
+import Glibc
+import Synchronization
+
+/// Settings every loop reads; fixed for the life of the process (a reload that changes them
+/// needs a restart, like listen addresses).
+public struct ProxySettings: Sendable {
+    public var timeouts: Timeouts
+    public var limits: Limits
+    public var http: HTTPLimits
+    /// Size of every I/O buffer: it must hold a whole request head.
+    public var bufferSize: Int
+
+    public init(config: Config) {
+        timeouts = config.timeouts
+        limits = config.limits
+        http = HTTPLimits(maxHeaderBytes: config.limits.maxHeaderBytes, maxHeaders: config.limits.maxHeaders,
+                          maxURIBytes: config.limits.maxURIBytes)
+        bufferSize = max(16 * 1024, config.limits.maxHeaderBytes + 4 * 1024)
+    }
+}
+
+/// State shared by all loops: connection accounting and the drain flag.
+final class SharedProxyState: Sendable {
+    let openClients = Atomic<Int>(0)
+    let maxClients: Int
+    let draining = Atomic<Bool>(false)
+
+    init(maxClients: Int) {
+        self.maxClients = maxClients
+    }
+}
+
+/// The proxy's state on one loop: listeners, the routing snapshot, the idle upstream pool and
+/// the request-id generator. Everything here is touched only by the loop's thread.
+final class ProxyWorker {
+    let loop: EventLoop
+    let settings: ProxySettings
+    let shared: SharedProxyState
+    let publisher: RoutingPublisher
+    let counters: DataPlaneCounters
+    let logger: Logger
+    let upstreamPool: UpstreamIdlePool
+    private(set) var routing: LocalRouting
+    private var listeners: [Listener] = []
+    private var acceptPaused = false
+    private var requestCounter: UInt64 = 0
+    /// Random per process and loop, so ids are unique across restarts and threads without a
+    /// syscall per request.
+    private let requestIDPrefix: UInt64
+    private(set) var isDraining = false
+    /// Request figures of this loop, read by other threads only through `loop.execute`.
+    let metrics: LoopMetrics
+    /// This loop's share of the access log (nil: access_log off).
+    let accessLog: AccessLogRing?
+
+    /// Whether a response written now must close its connection. True from the moment `stop`
+    /// is called, on every loop at once: a loop whose own drain message is still queued must
+    /// not promise keep-alive to a client another loop has already started closing.
+    var endsKeepAlive: Bool { isDraining || shared.draining.load(ordering: .relaxed) }
+
+    init(loop: EventLoop, settings: ProxySettings, shared: SharedProxyState, publisher: RoutingPublisher,
+         counters: DataPlaneCounters, logger: Logger, apps: AppRegistry, accessLog: AccessLogRing?) {
+        self.loop = loop
+        self.counters = counters
+        self.settings = settings
+        self.shared = shared
+        self.publisher = publisher
+        self.logger = logger
+        upstreamPool = UpstreamIdlePool(
+            maxPerServer: settings.limits.upstreamIdlePerServer, idleTimeoutMs: settings.timeouts.upstreamIdleMs)
+        requestIDPrefix = UInt64.random(in: 0...UInt64.max) ^ UInt64(loop.index)
+        let snapshot = publisher.snapshot()
+        self.accessLog = accessLog
+        let metrics = LoopMetrics(apps: apps)
+        self.metrics = metrics
+        routing = LocalRouting(table: snapshot.table, generation: snapshot.generation, metrics: metrics)
+    }
+
+    /// The routing snapshot for a request parsed now. One atomic load per request; the lock is
+    /// taken only when a new table was published.
+    @inline(__always)
+    func currentRouting() -> LocalRouting {
+        if publisher.generation != routing.generation {
+            let snapshot = publisher.snapshot()
+            routing = LocalRouting(table: snapshot.table, generation: snapshot.generation, metrics: metrics)
+        }
+        return routing
+    }
+
+    func nextRequestID() -> (UInt64, UInt64) {
+        requestCounter &+= 1
+        return (requestIDPrefix, requestCounter)
+    }
+
+    func log(_ level: LogLevel, _ message: @autoclosure () -> String) {
+        logger.log(level, message())
+    }
+
+    // MARK: Accepting
+
+    func addListener(fd: Int32) throws(IOError) {
+        let listener = Listener(fd: fd, worker: self)
+        try loop.register(listener)
+        listeners.append(listener)
+    }
+
+    func acceptConnections(on listener: Listener) {
+        while !acceptPaused && !isDraining {
+            if shared.openClients.load(ordering: .relaxed) >= shared.maxClients {
+                // Resumed when a client of this loop closes, or by the retry in case the
+                // connection that frees a place belongs to another loop.
+                pauseAccepting(retryAfterMs: 100, listener: listener)
+                return
+            }
+            let accepted: (Int32, sockaddr_storage)
+            do {
+                switch try Posix.accept(listener.fd) {
+                case .processed(let result): accepted = result
+                case .wouldBlock: return
+                }
+            } catch {
+                switch error.errnoCode {
+                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                    // Out of descriptors: pause instead of spinning on a listener that stays
+                    // readable, and look again shortly (other loops may free descriptors).
+                    log(.warning, "accept paused: \(error)")
+                    pauseAccepting(retryAfterMs: 100, listener: listener)
+                    return
+                case ECONNABORTED, EPROTO, EPERM:
+                    continue
+                default:
+                    // Unexpected: look again shortly so an edge-triggered listener never stalls.
+                    log(.error, "accept: \(error)")
+                    pauseAccepting(retryAfterMs: 100, listener: listener)
+                    return
+                }
+            }
+            let (fd, address) = accepted
+            shared.openClients.add(1, ordering: .relaxed)
+            _ = try? Posix.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+            let client = ClientConnection(fd: fd, worker: self, clientAddress: PeerAddress(address))
+            do {
+                try loop.register(client)
+            } catch {
+                Posix.close(fd)
+                shared.openClients.subtract(1, ordering: .relaxed)
+                continue
+            }
+            client.setDeadline(after: settings.timeouts.clientIdleMs)
+        }
+    }
+
+    private func pauseAccepting(retryAfterMs: Int, listener: Listener) {
+        acceptPaused = true
+        listener.setDeadline(after: retryAfterMs)
+    }
+
+    func resumeAccepting() {
+        guard acceptPaused else { return }
+        acceptPaused = false
+        for listener in listeners where listener.slot >= 0 {
+            acceptConnections(on: listener)
+        }
+    }
+
+    func clientClosed() {
+        shared.openClients.subtract(1, ordering: .relaxed)
+        if acceptPaused { resumeAccepting() }
+        if isDraining { checkDrained() }
+    }
+
+    // MARK: Draining
+
+    private var onDrained: (() -> Void)?
+
+    /// Stops accepting, closes idle keep-alive connections and lets in-flight exchanges finish
+    /// (their responses carry `Connection: close`). `done` runs once every client is gone.
+    func beginDrain(done: @escaping () -> Void) {
+        isDraining = true
+        onDrained = done
+        for listener in listeners { loop.closeChannel(listener) }
+        listeners.removeAll()
+        loop.forEachChannel { channel in
+            if let client = channel as? ClientConnection, client.isIdle { client.close() }
+        }
+        upstreamPool.closeAll()
+        checkDrained()
+    }
+
+    /// Closes everything still open (the drain deadline passed).
+    func closeAll() {
+        loop.forEachChannel { channel in
+            if let client = channel as? ClientConnection { client.closeAtDrainDeadline() }
+        }
+        upstreamPool.closeAll()
+    }
+
+    private func checkDrained() {
+        guard isDraining, let done = onDrained else { return }
+        var clients = 0
+        loop.forEachChannel { channel in
+            if channel is ClientConnection { clients += 1 }
+        }
+        if clients == 0 {
+            onDrained = nil
+            done()
+        }
+    }
+}
+
+/// A listening socket of one loop (SO_REUSEPORT: every loop has its own and the kernel spreads
+/// connections across them).
+package final class Listener: Channel {
+    unowned(unsafe) let worker: ProxyWorker
+
+    init(fd: Int32, worker: ProxyWorker) {
+        self.worker = worker
+        super.init(fd: fd, loop: worker.loop)
+    }
+
+    package override func handle(events: UInt32) {
+        worker.acceptConnections(on: self)
+    }
+
+    package override func deadlineReached() {
+        worker.resumeAccepting()
+    }
+}

@@ -1,0 +1,191 @@
+import CutoverConfig
+import CutoverSystem
+import Synchronization
+
+/// One upstream server as the routing table knows it. `id` is stable for an address across
+/// reloads, so per-loop keep-alive pools survive a publish.
+public struct ServerEntry: Sendable, Equatable {
+    public let id: Int
+    public let name: String  // "127.0.0.1:8091" as configured
+    public let address: SocketAddress
+    /// `name` as bytes: the Host of a forwarded HTTP/1.0 request that named none.
+    public let hostHeader: [UInt8]
+    /// Health and operator state fold into this flag (control plane); routable = healthy AND enabled.
+    public var routable: Bool
+
+    public init(id: Int, name: String, address: SocketAddress, routable: Bool) {
+        self.id = id
+        self.name = name
+        self.address = address
+        self.hostHeader = Array(name.utf8)
+        self.routable = routable
+    }
+}
+
+public struct AppRoute: Sendable {
+    public let name: String
+    /// Lowercased host names; `*` matches any host.
+    public let hosts: [String]
+    public let pathPrefix: String?
+    public let blue: [ServerEntry]
+    public let green: [ServerEntry]
+
+    public func servers(_ color: Color) -> [ServerEntry] { color == .blue ? blue : green }
+}
+
+/// The immutable routing state: apps, both pools of each, and the active color. A switch is a
+/// new table published atomically; loops pick it up at their next request.
+public final class RoutingTable: Sendable {
+    public let activeColor: Color
+    public let apps: [AppRoute]
+
+    public init(activeColor: Color, apps: [AppRoute]) {
+        self.activeColor = activeColor
+        self.apps = apps
+    }
+
+    /// Builds the table from a configuration, resolving server addresses (blocking: control
+    /// plane only). Unresolvable servers are configuration errors with their line.
+    public convenience init(config: Config, activeColor: Color, registry: ServerRegistry) throws(ConfigError) {
+        var apps: [AppRoute] = []
+        for app in config.apps {
+            func entries(_ endpoints: [Endpoint]) throws(ConfigError) -> [ServerEntry] {
+                var result: [ServerEntry] = []
+                for endpoint in endpoints {
+                    guard let address = SocketAddress.resolve(host: endpoint.host, port: endpoint.port) else {
+                        throw ConfigError(file: config.path, line: endpoint.line, message: "cannot resolve server '\(endpoint.host)'")
+                    }
+                    result.append(ServerEntry(
+                        id: registry.id(for: address, name: endpoint.description), name: endpoint.description, address: address, routable: true))
+                }
+                return result
+            }
+            apps.append(AppRoute(
+                name: app.name, hosts: app.hosts, pathPrefix: app.pathPrefix,
+                blue: try entries(app.blue), green: try entries(app.green)))
+        }
+        self.init(activeColor: activeColor, apps: apps)
+    }
+
+    public func with(activeColor: Color) -> RoutingTable {
+        RoutingTable(activeColor: activeColor, apps: apps)
+    }
+}
+
+/// Assigns each distinct upstream address a small stable integer (the index of per-loop pools),
+/// and remembers the name it was first configured under (for logs and metrics).
+public final class ServerRegistry: Sendable {
+    private let table = Mutex<(ids: [SocketAddress: Int], names: [String])>(([:], []))
+
+    public init() {}
+
+    public func id(for address: SocketAddress, name: String = "") -> Int {
+        table.withLock { table in
+            if let existing = table.ids[address] { return existing }
+            let next = table.names.count
+            table.ids[address] = next
+            table.names.append(name.isEmpty ? address.description : name)
+            return next
+        }
+    }
+
+    /// Every name by id.
+    public var names: [String] { table.withLock { $0.names } }
+}
+
+/// Assigns each app name a small stable integer, so a loop can name an app in a log record
+/// with four bytes.
+public final class AppRegistry: Sendable {
+    private let table = Mutex<(ids: [String: Int32], names: [String])>(([:], []))
+
+    public init() {}
+
+    public func id(for name: String) -> Int32 {
+        table.withLock { table in
+            if let existing = table.ids[name] { return existing }
+            let next = Int32(table.names.count)
+            table.ids[name] = next
+            table.names.append(name)
+            return next
+        }
+    }
+
+    public var names: [String] { table.withLock { $0.names } }
+}
+
+/// Publishes routing tables to the data-plane loops.
+///
+/// The generation counter is read once per request (a plain load on x86). When it changed, the
+/// loop takes the lock once and copies its own reference to the new table, so there is no
+/// lock and no shared reference-count traffic per request. The table is stored before the
+/// generation is bumped (release/acquire), so a loop that sees the new generation sees the new
+/// table: a request parsed after `publish` returns is routed by it.
+public final class RoutingPublisher: Sendable {
+    private let generationCounter: Atomic<UInt64>
+    private let current: Mutex<(table: RoutingTable, generation: UInt64)>
+
+    public init(_ table: RoutingTable) {
+        generationCounter = Atomic(1)
+        current = Mutex((table, 1))
+    }
+
+    /// Publishes `table` and returns its generation. Safe from any thread; callers that
+    /// read-modify-write (switch) go through `update`.
+    @discardableResult
+    public func publish(_ table: RoutingTable) -> UInt64 {
+        update { _ in table }
+    }
+
+    /// Atomically derives a new table from the current one.
+    @discardableResult
+    public func update(_ transform: (RoutingTable) -> RoutingTable) -> UInt64 {
+        current.withLock { state in
+            let next = state.generation + 1
+            state = (transform(state.table), next)
+            generationCounter.store(next, ordering: .releasing)
+            return next
+        }
+    }
+
+    @inline(__always)
+    public var generation: UInt64 { generationCounter.load(ordering: .acquiring) }
+
+    public func snapshot() -> (table: RoutingTable, generation: UInt64) {
+        current.withLock { $0 }
+    }
+}
+
+extension RoutingPublisher {
+    /// Points every app at `color` in one publish (a stack never runs mixed versions).
+    /// Returns the new generation; requests parsed after this returns go to `color`.
+    @discardableResult
+    public func switchTo(_ color: Color) -> UInt64 {
+        update { $0.with(activeColor: color) }
+    }
+
+    /// Publishes the routing of a re-read configuration, keeping the active color.
+    @discardableResult
+    public func reload(_ config: Config, registry: ServerRegistry) throws(ConfigError) -> UInt64 {
+        let active = snapshot().table.activeColor
+        let table = try RoutingTable(config: config, activeColor: active, registry: registry)
+        return publish(table)
+    }
+}
+
+extension RoutingTable {
+    /// The same table with every server's routable flag recomputed (health and drain changes).
+    public func withRoutability(_ isRoutable: (_ app: String, _ color: Color, _ server: ServerEntry) -> Bool) -> RoutingTable {
+        let apps = apps.map { app in
+            func update(_ servers: [ServerEntry], _ color: Color) -> [ServerEntry] {
+                servers.map { server in
+                    var copy = server
+                    copy.routable = isRoutable(app.name, color, server)
+                    return copy
+                }
+            }
+            return AppRoute(name: app.name, hosts: app.hosts, pathPrefix: app.pathPrefix,
+                            blue: update(app.blue, .blue), green: update(app.green, .green))
+        }
+        return RoutingTable(activeColor: activeColor, apps: apps)
+    }
+}

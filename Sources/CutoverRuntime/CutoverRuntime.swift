@@ -1,0 +1,98 @@
+import CutoverConfig
+import CutoverControl
+import CutoverProxy
+import CutoverSystem
+import Foundation
+
+/// One running cutover: the data plane (`ProxyServer`), the control plane (`ControlPlane`) and
+/// the admin socket, wired together. `cutover run`, `cutover demo` and the tests start it.
+public final class CutoverRuntime: @unchecked Sendable {
+    public let config: Config
+    public let controlPlane: ControlPlane
+    public let server: ProxyServer
+    public private(set) var admin: AdminServer?
+    /// `metrics_listen`: /metrics and /healthz (nil: off).
+    public private(set) var metrics: MetricsServer?
+    private let logger: Logger
+    private let audit: AuditLog?
+    private let adminIdleTimeoutMs: Int
+    private let initialStateToWrite: PersistentState?
+
+    /// Loads the persisted state (it wins over `initial_color`; a corrupt file stops start-up
+    /// unless `resetState`), opens the audit log, and builds both planes. Nothing listens yet.
+    public init(config: Config, configPath: String?, logger: Logger, resetState: Bool = false,
+                adminIdleTimeoutMs: Int = 30_000, probe: ControlPlane.Probe? = nil) throws {
+        self.config = config
+        self.logger = logger
+        self.adminIdleTimeoutMs = adminIdleTimeoutMs
+        var state = PersistentState(active: config.initialColor)
+        var stateNeedsWriting = false
+        if let path = config.stateFile {
+            if resetState {
+                logger.log(.warning, "--reset-state: ignoring \(path); starting on initial_color \(config.initialColor.rawValue)")
+                stateNeedsWriting = true
+            } else if let saved = try StateFile.load(path: path) {
+                state = saved
+            } else {
+                stateNeedsWriting = true  // from now on a restart keeps the color
+            }
+        }
+        // Written in `start`, once the admin socket is ours: a second instance started by
+        // mistake must not overwrite the running one's state.
+        self.initialStateToWrite = stateNeedsWriting ? state : nil
+        audit = try config.auditLog.map { try AuditLog(path: $0) }
+        if let probe {
+            controlPlane = try ControlPlane(config: config, configPath: configPath, state: state, logger: logger,
+                                            audit: audit, probe: probe)
+        } else {
+            controlPlane = try ControlPlane(config: config, configPath: configPath, state: state, logger: logger, audit: audit)
+        }
+        server = ProxyServer(config: config, publisher: controlPlane.publisher, logger: logger, servers: controlPlane.registry)
+    }
+
+    public func start() throws {
+        // The admin socket first: a second cutover on the same socket fails before it listens.
+        if let path = config.adminSocket {
+            let admin = AdminServer(path: path, idleTimeoutMs: adminIdleTimeoutMs, logger: logger) { [controlPlane] line, actor in
+                controlPlane.execute(line, actor: actor)
+            }
+            try admin.start(mode: config.adminMode, group: config.adminGroup)
+            self.admin = admin
+        }
+        do {
+            if let state = initialStateToWrite, let path = config.stateFile { try StateFile.save(state, path: path) }
+            try server.start()
+        } catch {
+            admin?.stop()
+            throw error
+        }
+        controlPlane.attach(counters: server.counters)
+        controlPlane.attach(dataPlane: server.link)
+        if let endpoint = config.metricsListen {
+            let metrics = MetricsServer(logger: logger) { [controlPlane] in controlPlane.prometheusExposition() }
+            do {
+                try metrics.start(endpoint)
+            } catch {
+                server.stop()
+                admin?.stop()
+                throw error
+            }
+            self.metrics = metrics
+        }
+        controlPlane.startChecks()
+        let state = controlPlane.persistentState
+        controlPlane.appendAudit(AuditRecord(event: "start", to: state.active, actor: .current(), generation: state.generation,
+                                             details: ["listen": server.listenAddresses.map(\.description).joined(separator: " ")]))
+        logger.log(.info, "active color \(state.active.rawValue) (generation \(state.generation))")
+    }
+
+    /// Drains and stops everything (SIGTERM).
+    public func stop() {
+        admin?.stop()
+        metrics?.stop()
+        server.stop()
+        controlPlane.stop()
+        let state = controlPlane.persistentState
+        controlPlane.appendAudit(AuditRecord(event: "stop", from: state.active, actor: .current(), generation: state.generation))
+    }
+}

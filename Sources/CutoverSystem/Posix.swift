@@ -1,0 +1,294 @@
+import CCutoverSys
+import Glibc
+
+// The only place that talks to the kernel and reads errno. Each wrapper retries EINTR, turns
+// EAGAIN into `.wouldBlock`, traps on EBADF/EFAULT (those are cutover's bugs, not the peer's)
+// and throws `IOError` for everything else. Typed throws: no allocation on the error path.
+
+public struct IOError: Error, CustomStringConvertible, Sendable {
+    public let errnoCode: Int32
+    public let function: StaticString
+
+    public init(errnoCode: Int32, function: StaticString) {
+        self.errnoCode = errnoCode
+        self.function = function
+    }
+
+    public var description: String {
+        "\(function) failed: \(String(cString: strerror(errnoCode))) (errno \(errnoCode))"
+    }
+}
+
+public enum IOResult<Value> {
+    case processed(Value)
+    case wouldBlock
+}
+
+@usableFromInline
+package enum Posix {
+    @inline(__always) @usableFromInline
+    static func check<T: FixedWidthInteger>(
+        _ function: StaticString, _ body: () -> T
+    ) throws(IOError) -> IOResult<T> {
+        while true {
+            let result = body()
+            if result >= 0 { return .processed(result) }
+            let code = cutover_errno()
+            switch code {
+            case EINTR: continue
+            case EAGAIN: return .wouldBlock
+            case EBADF, EFAULT: fatalError("\(function): \(code) — a descriptor or pointer bug in cutover")
+            default: throw IOError(errnoCode: code, function: function)
+            }
+        }
+    }
+
+    @inline(__always) @usableFromInline
+    package static func read(_ fd: Int32, _ pointer: UnsafeMutableRawPointer, _ count: Int) throws(IOError) -> IOResult<Int> {
+        try check("read") { Glibc.read(fd, pointer, count) }
+    }
+
+    @inline(__always) @usableFromInline
+    package static func write(_ fd: Int32, _ pointer: UnsafeRawPointer, _ count: Int) throws(IOError) -> IOResult<Int> {
+        try check("write") { Glibc.write(fd, pointer, count) }
+    }
+
+    package static func accept(_ fd: Int32) throws(IOError) -> IOResult<(Int32, sockaddr_storage)> {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = try withUnsafeMutablePointer(to: &storage) { pointer throws(IOError) in
+            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address throws(IOError) in
+                try check("accept4") {
+                    cutover_accept4(fd, address, &length, Int32(SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue))
+                }
+            }
+        }
+        switch result {
+        case .processed(let client): return .processed((client, storage))
+        case .wouldBlock: return .wouldBlock
+        }
+    }
+
+    /// close(2) is never retried on EINTR: on Linux the descriptor is gone either way.
+    package static func close(_ fd: Int32) {
+        _ = Glibc.close(fd)
+    }
+
+    /// A TCP socket, non-blocking (the loops) unless `blocking` (the control plane's threads).
+    package static func socket(family: Int32, blocking: Bool = false) throws(IOError) -> Int32 {
+        let type = Int32(SOCK_STREAM.rawValue | (blocking ? 0 : SOCK_NONBLOCK.rawValue) | SOCK_CLOEXEC.rawValue)
+        switch try check("socket", { Glibc.socket(family, type, 0) }) {
+        case .processed(let fd): return fd
+        case .wouldBlock: throw IOError(errnoCode: EAGAIN, function: "socket")
+        }
+    }
+
+    package static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32) throws(IOError) {
+        var value = value
+        _ = try check("setsockopt") {
+            setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size))
+        }
+    }
+
+    package static func bind(_ fd: Int32, _ address: SocketAddress) throws(IOError) {
+        _ = try address.withSockAddr { pointer, length throws(IOError) in
+            try check("bind") { Glibc.bind(fd, pointer, length) }
+        }
+    }
+
+    package static func listen(_ fd: Int32, backlog: Int32) throws(IOError) {
+        _ = try check("listen") { Glibc.listen(fd, backlog) }
+    }
+
+    /// Starts a non-blocking connect. `true` when it completed at once, `false` when in progress.
+    package static func connect(_ fd: Int32, _ address: SocketAddress) throws(IOError) -> Bool {
+        let result = address.withSockAddr { pointer, length in Glibc.connect(fd, pointer, length) }
+        if result == 0 { return true }
+        let code = cutover_errno()
+        if code == EINPROGRESS || code == EINTR { return false }
+        throw IOError(errnoCode: code, function: "connect")
+    }
+
+    /// The pending error of a socket (why a non-blocking connect failed). Off the hot path.
+    package static func socketError(_ fd: Int32) -> Int32 {
+        var value: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(fd, SOL_SOCKET, SO_ERROR, &value, &length) != 0 { return cutover_errno() }
+        return value
+    }
+
+    package static func localAddress(_ fd: Int32) -> SocketAddress? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        return result == 0 ? SocketAddress(storage: storage) : nil
+    }
+
+    package static func shutdownWrite(_ fd: Int32) {
+        _ = Glibc.shutdown(fd, Int32(SHUT_WR))
+    }
+
+    /// Makes the next close send RST instead of FIN: used to abort a response whose truncation
+    /// the client must see.
+    static func setLingerZero(_ fd: Int32) {
+        var value = linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &value, socklen_t(MemoryLayout<linger>.size))
+    }
+}
+
+@usableFromInline
+package enum Epoll {
+    package static let readable = UInt32(EPOLLIN.rawValue)
+    package static let writable = UInt32(EPOLLOUT.rawValue)
+    package static let peerHangup = UInt32(EPOLLRDHUP.rawValue)
+    package static let hangup = UInt32(EPOLLHUP.rawValue)
+    package static let error = UInt32(EPOLLERR.rawValue)
+    package static let edgeTriggered = UInt32(EPOLLET.rawValue)
+
+    package static func create() throws(IOError) -> Int32 {
+        switch try Posix.check("epoll_create1", { epoll_create1(Int32(EPOLL_CLOEXEC)) }) {
+        case .processed(let fd): return fd
+        case .wouldBlock: throw IOError(errnoCode: EAGAIN, function: "epoll_create1")
+        }
+    }
+
+    package static func add(_ epollFD: Int32, fd: Int32, events: UInt32, token: UInt64) throws(IOError) {
+        var event = epoll_event()
+        event.events = events
+        event.data.u64 = token
+        _ = try Posix.check("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) }
+    }
+
+    /// With a timeout in nanoseconds (epoll_pwait2): for timers finer than a millisecond.
+    package static func wait(_ epollFD: Int32, _ events: UnsafeMutablePointer<epoll_event>, _ capacity: Int32, timeoutNs: Int64) throws(IOError) -> Int {
+        switch try Posix.check("epoll_pwait2", { cutover_epoll_wait_ns(epollFD, events, capacity, timeoutNs) }) {
+        case .processed(let count): return Int(count)
+        case .wouldBlock: return 0
+        }
+    }
+
+    @inline(__always)
+    package static func wait(_ epollFD: Int32, _ events: UnsafeMutablePointer<epoll_event>, _ capacity: Int32, timeoutMs: Int32) throws(IOError) -> Int {
+        switch try Posix.check("epoll_wait", { epoll_wait(epollFD, events, capacity, timeoutMs) }) {
+        case .processed(let count): return Int(count)
+        case .wouldBlock: return 0
+        }
+    }
+}
+
+package enum EventFD {
+    package static func create() throws(IOError) -> Int32 {
+        switch try Posix.check("eventfd", { eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC)) }) {
+        case .processed(let fd): return fd
+        case .wouldBlock: throw IOError(errnoCode: EAGAIN, function: "eventfd")
+        }
+    }
+
+    package static func signal(_ fd: Int32) {
+        var one: UInt64 = 1
+        _ = Glibc.write(fd, &one, 8)
+    }
+
+    package static func drain(_ fd: Int32) {
+        var value: UInt64 = 0
+        _ = Glibc.read(fd, &value, 8)
+    }
+}
+
+/// Monotonic time from the vDSO: no syscall.
+@inline(__always)
+package func monotonicMilliseconds() -> Int64 { Int64(cutover_monotonic_ms()) }
+
+@inline(__always)
+package func monotonicNanoseconds() -> Int64 { Int64(cutover_monotonic_ns()) }
+
+/// Wall-clock time (vDSO), for timestamps people read.
+package func realtimeNanoseconds() -> Int64 { Int64(cutover_realtime_ns()) }
+
+// MARK: Blocking sockets and files of the control plane
+
+extension Posix {
+    /// The errno of the call that just failed, for control-plane code that reports it.
+    public static func lastError() -> Int32 { cutover_errno() }
+
+    /// `strerror` text for an errno value.
+    public static func describe(_ code: Int32) -> String {
+        String(cString: strerror(code))
+    }
+
+    /// recv(2) on a blocking socket with SO_RCVTIMEO: `.wouldBlock` when the timeout passed,
+    /// `.processed(0)` at end of stream.
+    package static func receive(_ fd: Int32, _ pointer: UnsafeMutableRawPointer, _ count: Int) throws(IOError) -> IOResult<Int> {
+        try check("recv") { Glibc.recv(fd, pointer, count, 0) }
+    }
+
+    /// send(2) without SIGPIPE; `.wouldBlock` when SO_SNDTIMEO passed.
+    package static func sendNoSignal(_ fd: Int32, _ pointer: UnsafeRawPointer, _ count: Int) throws(IOError) -> IOResult<Int> {
+        try check("send") { Glibc.send(fd, pointer, count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Waits up to `timeoutMs` for `events` on one descriptor (EINTR retried). True when ready
+    /// (or in error: the next call on it reports the error).
+    package static func waitFor(_ fd: Int32, events: Int16, timeoutMs: Int) -> Bool {
+        var entry = pollfd(fd: fd, events: events, revents: 0)
+        while true {
+            let ready = poll(&entry, 1, Int32(clamping: timeoutMs))
+            if ready > 0 { return true }
+            if ready == 0 { return false }
+            if cutover_errno() != EINTR { return true }
+        }
+    }
+
+    /// accept(2) on a blocking listener.
+    package static func acceptBlocking(_ fd: Int32) throws(IOError) -> Int32 {
+        switch try check("accept", { cutover_accept4(fd, nil, nil, Int32(SOCK_CLOEXEC.rawValue)) }) {
+        case .processed(let client): return client
+        case .wouldBlock: throw IOError(errnoCode: EAGAIN, function: "accept")
+        }
+    }
+
+    /// Connects a Unix stream socket to `path`. Returns the descriptor or the error.
+    public static func connectUnix(_ path: String) -> Result<Int32, IOError> {
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return .failure(IOError(errnoCode: cutover_errno(), function: "socket")) }
+        let connected = withUnixAddress(path) { Glibc.connect(fd, $0, $1) }
+        guard connected == 0 else {
+            let code = cutover_errno()
+            Glibc.close(fd)
+            return .failure(IOError(errnoCode: code, function: "connect"))
+        }
+        return .success(fd)
+    }
+
+    /// A `sockaddr_un` for `path` (at most 107 bytes; longer paths are cut), for bind and connect.
+    public static func withUnixAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { target in
+            let bytes = Array(path.utf8.prefix(target.count - 1))
+            target.copyBytes(from: bytes)
+            target[bytes.count] = 0
+        }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+    }
+
+    /// Opens a listening socket on `address` with SO_REUSEPORT.
+    public static func openListener(_ address: SocketAddress, backlog: Int32 = 1024) throws(IOError) -> Int32 {
+        let fd = try Posix.socket(family: address.family)
+        do {
+            try Posix.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
+            try Posix.setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1)
+            if address.family == AF_INET6 { try Posix.setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1) }
+            try Posix.bind(fd, address)
+            try Posix.listen(fd, backlog: backlog)
+            return fd
+        } catch {
+            Posix.close(fd)
+            throw error
+        }
+    }
+}

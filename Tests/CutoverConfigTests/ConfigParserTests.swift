@@ -1,0 +1,423 @@
+import CutoverConfig
+import Foundation
+import XCTest
+
+final class ConfigParserTests: XCTestCase {
+    /// The example from the design notes, parsed as if it lived in /etc/cutover.
+    private let fullExample = """
+        # conf/cutover.conf
+        listen 127.0.0.1:8080
+        workers auto
+        admin_socket run/cutover.sock
+        admin_mode 0640
+        admin_group deploy
+        state_file run/cutover.state
+        audit_log /var/log/cutover/audit.log
+        access_log off
+        metrics_listen 127.0.0.1:9090
+        initial_color green
+
+        timeouts {
+            connect 2s
+            client_header 10s            # total deadline for a request head
+            client_body 30s
+            client_idle 1m
+            upstream_header 30s
+            upstream_idle 1h
+            drain 0s
+        }
+        limits {
+            max_connections 10000
+            max_header_bytes 16k
+            max_headers 100
+            max_uri_bytes 8k
+            max_body 10m
+            upstream_idle_per_server 64
+        }
+        health {
+            interval 1s
+            timeout 500ms
+            rise 2
+            fall 3
+            ready_after 30s
+            min_healthy 1
+        }
+        app api {
+            host Api.Example.com www.example.com   # or *
+            path /api/
+            health_path /api/system/status
+            verify /api/system/status /api/monitor/slo
+            blue 127.0.0.1:8091 127.0.0.1:8093
+            green 127.0.0.1:8092
+        }
+        """
+
+    /// Smallest valid file: six lines, used as a prefix for many cases.
+    private let minimal = """
+        listen 127.0.0.1:8080
+        app a {
+            host *
+            blue 127.0.0.1:8091
+            green 127.0.0.1:8092
+        }
+
+        """
+
+    // MARK: Good files
+
+    func testFullExample() throws {
+        let config = try ConfigParser.parse(fullExample, path: "/etc/cutover/cutover.conf")
+        let expected = Config(
+            path: "/etc/cutover/cutover.conf",
+            listen: [Endpoint(host: "127.0.0.1", port: 8080, line: 2)],
+            workers: nil,
+            adminSocket: "/etc/cutover/run/cutover.sock",
+            adminMode: 0o640,
+            adminGroup: "deploy",
+            stateFile: "/etc/cutover/run/cutover.state",
+            auditLog: "/var/log/cutover/audit.log",
+            accessLog: .off,
+            metricsListen: Endpoint(host: "127.0.0.1", port: 9090, line: 10),
+            initialColor: .green,
+            timeouts: Timeouts(connectMs: 2_000, clientHeaderMs: 10_000, clientBodyMs: 30_000,
+                               clientIdleMs: 60_000, upstreamHeaderMs: 30_000,
+                               upstreamIdleMs: 3_600_000, drainMs: 0),
+            limits: Limits(maxConnections: 10_000, maxHeaderBytes: 16_384, maxHeaders: 100,
+                           maxURIBytes: 8_192, maxBody: 10 * 1_048_576, upstreamIdlePerServer: 64),
+            health: HealthSettings(intervalMs: 1_000, timeoutMs: 500, rise: 2, fall: 3,
+                                   readyAfterMs: 30_000, minHealthy: 1),
+            apps: [AppConfig(
+                name: "api", line: 38,
+                hosts: ["api.example.com", "www.example.com"],
+                pathPrefix: "/api/",
+                healthPath: "/api/system/status",
+                verifyPaths: ["/api/system/status", "/api/monitor/slo"],
+                blue: [Endpoint(host: "127.0.0.1", port: 8091, line: 43),
+                       Endpoint(host: "127.0.0.1", port: 8093, line: 43)],
+                green: [Endpoint(host: "127.0.0.1", port: 8092, line: 44)])])
+        XCTAssertEqual(config, expected)
+        XCTAssertEqual(config.apps[0].servers(.blue).map(\.description), ["127.0.0.1:8091", "127.0.0.1:8093"])
+        XCTAssertEqual(config.apps[0].servers(.green).map(\.description), ["127.0.0.1:8092"])
+    }
+
+    func testGateThresholds() throws {
+        let config = try ConfigParser.parse(minimal + "gate {\n window 5m\n max_5xx_rate 0.5%\n max_p95_ratio 1.25\n min_requests 500\n}\n",
+                                            path: "t.conf")
+        XCTAssertEqual(config.gate, GateThresholds(window: .fiveMinutes, max5xxRate: 0.005, maxP95Ratio: 1.25, minRequests: 500))
+        let fraction = try ConfigParser.parse(minimal + "gate {\n max_5xx_rate 0.01\n}\n", path: "t.conf")
+        XCTAssertEqual(fraction.gate, GateThresholds(window: .oneMinute, max5xxRate: 0.01, maxP95Ratio: nil, minRequests: 100),
+                       "a fraction is a rate too; window 1m and min_requests 100 by default")
+        XCTAssertNil(try ConfigParser.parse(minimal, path: "t.conf").gate, "no block: health and verify only")
+    }
+
+    func testDefaultsWhenAbsent() throws {
+        let config = try ConfigParser.parse(minimal, path: "t.conf")
+        XCTAssertEqual(config.path, "t.conf")
+        XCTAssertNil(config.workers)
+        XCTAssertEqual(config.adminMode, 0o600)
+        XCTAssertNil(config.adminSocket)
+        XCTAssertNil(config.adminGroup)
+        XCTAssertNil(config.stateFile)
+        XCTAssertNil(config.auditLog)
+        XCTAssertEqual(config.accessLog, .off)
+        XCTAssertNil(config.metricsListen)
+        XCTAssertEqual(config.initialColor, .blue)
+        XCTAssertEqual(config.timeouts, .defaults)
+        XCTAssertEqual(config.limits, .defaults)
+        XCTAssertNil(config.limits.maxBody)
+        XCTAssertEqual(config.health, .defaults)
+        XCTAssertEqual(config.apps[0].healthPath, "/")
+        XCTAssertEqual(config.apps[0].verifyPaths, [])
+        XCTAssertNil(config.apps[0].pathPrefix)
+        XCTAssertEqual(config.apps[0].hosts, ["*"])
+    }
+
+    func testDefaultValuesMatchTheDocumentedOnes() {
+        XCTAssertEqual(Timeouts.defaults, Timeouts(connectMs: 2_000, clientHeaderMs: 10_000, clientBodyMs: 30_000,
+                                                   clientIdleMs: 60_000, upstreamHeaderMs: 30_000,
+                                                   upstreamIdleMs: 60_000, drainMs: 10_000))
+        XCTAssertEqual(Limits.defaults, Limits(maxConnections: 10_000, maxHeaderBytes: 16_384, maxHeaders: 100,
+                                               maxURIBytes: 8_192, maxBody: nil, upstreamIdlePerServer: 64))
+        XCTAssertEqual(HealthSettings.defaults, HealthSettings(intervalMs: 1_000, timeoutMs: 500, rise: 2, fall: 2,
+                                                               readyAfterMs: 30_000, minHealthy: 1))
+    }
+
+    func testPartialBlockKeepsOtherDefaults() throws {
+        let config = try ConfigParser.parse(minimal + "timeouts {\n    drain 2m\n}\nhealth {\n}\n", path: "t.conf")
+        var expected = Timeouts.defaults
+        expected.drainMs = 120_000
+        XCTAssertEqual(config.timeouts, expected)
+        XCTAssertEqual(config.health, .defaults)
+    }
+
+    func testRelativePathsResolveAgainstTheFilesFolder() throws {
+        let text = minimal + "admin_socket run/cutover.sock\nstate_file ./run/x.state\naccess_log logs/access.log\naudit_log /abs/audit.log\n"
+        let config = try ConfigParser.parse(text, path: "/srv/cutover/conf/cutover.conf")
+        XCTAssertEqual(config.adminSocket, "/srv/cutover/conf/run/cutover.sock")
+        XCTAssertEqual(config.stateFile, "/srv/cutover/conf/run/x.state")
+        XCTAssertEqual(config.accessLog, .file("/srv/cutover/conf/logs/access.log"))
+        XCTAssertEqual(config.auditLog, "/abs/audit.log")
+    }
+
+    func testExplicitBaseDirectoryWins() throws {
+        let config = try ConfigParser.parse(minimal + "state_file run/s\n", path: "/etc/x.conf", baseDirectory: "/var/lib/cutover/")
+        XCTAssertEqual(config.stateFile, "/var/lib/cutover/run/s")
+    }
+
+    func testRelativeConfigPathAndEmbeddedUseTheCurrentDirectory() throws {
+        let cwd = FileManager.default.currentDirectoryPath
+        let relative = try ConfigParser.parse(minimal + "state_file run/s\n", path: "conf/cutover.conf")
+        XCTAssertEqual(relative.stateFile, cwd + "/conf/run/s")
+        let embedded = try ConfigParser.parse(minimal + "state_file run/s\n", path: "<embedded>")
+        XCTAssertEqual(embedded.stateFile, cwd + "/run/s")
+        XCTAssertEqual(embedded.path, "<embedded>")
+    }
+
+    func testOffValues() throws {
+        let text = minimal + "admin_socket off\nstate_file off\naudit_log off\nmetrics_listen off\nlimits {\n    max_body off\n}\n"
+        let config = try ConfigParser.parse(text, path: "t.conf")
+        XCTAssertNil(config.adminSocket)
+        XCTAssertNil(config.stateFile)
+        XCTAssertNil(config.auditLog)
+        XCTAssertNil(config.metricsListen)
+        XCTAssertNil(config.limits.maxBody)
+    }
+
+    func testAccessLogStdoutAndWorkersNumber() throws {
+        let config = try ConfigParser.parse(minimal + "access_log stdout\nworkers 8\n", path: "t.conf")
+        XCTAssertEqual(config.accessLog, .stdout)
+        XCTAssertEqual(config.workers, 8)
+    }
+
+    func testListenForms() throws {
+        let text = """
+            listen [::1]:8080
+            listen *:8081
+            listen 0.0.0.0:0
+            listen [2001:DB8::1]:443
+            app a {
+                host *
+                blue [::1]:8091 localhost:8093 Backend-1.internal:80
+                green 10.0.0.2:8092
+            }
+            """
+        let config = try ConfigParser.parse(text, path: "t.conf")
+        XCTAssertEqual(config.listen, [
+            Endpoint(host: "::1", port: 8080, line: 1),
+            Endpoint(host: "0.0.0.0", port: 8081, line: 2),
+            Endpoint(host: "0.0.0.0", port: 0, line: 3),
+            Endpoint(host: "2001:db8::1", port: 443, line: 4),
+        ])
+        XCTAssertEqual(config.listen.map(\.description), ["[::1]:8080", "0.0.0.0:8081", "0.0.0.0:0", "[2001:db8::1]:443"])
+        XCTAssertEqual(config.apps[0].blue.map(\.description), ["[::1]:8091", "localhost:8093", "backend-1.internal:80"])
+    }
+
+    func testHostRoutingAllowsSameHostWithDifferentPaths() throws {
+        let text = """
+            listen 127.0.0.1:8080
+            app web {
+                host *
+                blue 127.0.0.1:1
+                green 127.0.0.1:2
+            }
+            app api {
+                host *
+                path /api/
+                blue 127.0.0.1:3
+                green 127.0.0.1:4
+            }
+            """
+        let config = try ConfigParser.parse(text, path: "t.conf")
+        XCTAssertEqual(config.apps.map(\.name), ["web", "api"])
+        XCTAssertEqual(config.apps.map(\.hosts), [["*"], ["*"]])
+        XCTAssertEqual(config.apps.map(\.line), [2, 7])
+    }
+
+    func testCommentsCRLFAndHashInsideToken() throws {
+        let text = "# only a comment\r\nlisten 127.0.0.1:8080 # trailing\r\nadmin_group wheel#1\r\napp a { # opening\r\n host *\r\n blue 127.0.0.1:1\r\n green 127.0.0.1:2\r\n} # closing\r\n"
+        let config = try ConfigParser.parse(text, path: "t.conf")
+        XCTAssertEqual(config.adminGroup, "wheel#1")
+        XCTAssertEqual(config.apps[0].blue, [Endpoint(host: "127.0.0.1", port: 1, line: 6)])
+    }
+
+    func testColorOther() {
+        XCTAssertEqual(Color.blue.other, .green)
+        XCTAssertEqual(Color.green.other, .blue)
+        XCTAssertEqual(Color.allCases, [.blue, .green])
+    }
+
+    // MARK: Values
+
+    func testParseDuration() {
+        XCTAssertEqual(ConfigParser.parseDuration("500ms"), 500)
+        XCTAssertEqual(ConfigParser.parseDuration("1s"), 1_000)
+        XCTAssertEqual(ConfigParser.parseDuration("2m"), 120_000)
+        XCTAssertEqual(ConfigParser.parseDuration("1h"), 3_600_000)
+        XCTAssertEqual(ConfigParser.parseDuration("0s"), 0)
+        for bad: Substring in ["", "5", "s", "1.5s", "-1s", "+1s", "1S", "1 s", "1sec", "99999999999999999999h"] {
+            XCTAssertNil(ConfigParser.parseDuration(bad), String(bad))
+        }
+    }
+
+    func testParseSize() {
+        XCTAssertEqual(ConfigParser.parseSize("0"), 0)
+        XCTAssertEqual(ConfigParser.parseSize("512"), 512)
+        XCTAssertEqual(ConfigParser.parseSize("16k"), 16_384)
+        XCTAssertEqual(ConfigParser.parseSize("1m"), 1_048_576)
+        XCTAssertEqual(ConfigParser.parseSize("2g"), 2_147_483_648)
+        for bad: Substring in ["", "k", "1kb", "1K", "-1", "1.5k", "99999999999999999g"] {
+            XCTAssertNil(ConfigParser.parseSize(bad), String(bad))
+        }
+    }
+
+    // MARK: Bad files
+
+    func testBadFiles() {
+        let m = minimal  // lines 1-6; the next line is 7
+        let cases: [(String, String)] = [
+            // Structure.
+            ("", "t.conf:1: no 'listen' directive (at least one is required)"),
+            ("listen 127.0.0.1:8080\n# no apps\n", "t.conf:2: no 'app' block (at least one is required)"),
+            ("app a {\n host *\n blue 127.0.0.1:1\n green 127.0.0.1:2\n}", "t.conf:5: no 'listen' directive (at least one is required)"),
+            (m + "timeouts {\n    connect 2s\n", "t.conf:7: unclosed block 'timeouts' (missing '}')"),
+            (m + "app b {\n host b\napp c {\n}\n", "t.conf:7: unclosed block 'app b' (no '}' before the block at line 9)"),
+            (m + "}\n", "t.conf:7: unexpected '}' (no block is open)"),
+            (m + "timeouts { connect 2s }\n", "t.conf:7: '}' must stand alone on its line"),
+            (m + "timeouts { connect 2s\n}\n", "t.conf:7: '{' must end the line (put each directive on its own line)"),
+            (m + "timeouts\n{\n}\n", "t.conf:7: timeouts: expected '{' at the end of the line"),
+            (m + "{\n", "t.conf:7: '{' must follow a block name on the same line"),
+            (m + "limits\n", "t.conf:7: limits: expected '{' at the end of the line"),
+            (m + "workers 4 {\n}\n", "t.conf:7: 'workers' is not a block (blocks are timeouts, limits, health, gate and app)"),
+            (m + "timeouts extra {\n}\n", "t.conf:7: timeouts: unexpected extra value 'extra'"),
+            // Unknown directives.
+            (m + "worker 4\n", "t.conf:7: unknown directive 'worker'"),
+            (m + "timeouts {\n    conect 2s\n}\n", "t.conf:8: unknown directive 'conect' in timeouts block"),
+            (m + "limits {\n    max_bodies 1\n}\n", "t.conf:8: unknown directive 'max_bodies' in limits block"),
+            (m + "health {\n    intervals 1s\n}\n", "t.conf:8: unknown directive 'intervals' in health block"),
+            (m + "app b {\n host b\n weight 5\n}\n", "t.conf:9: unknown directive 'weight' in app 'b'"),
+            // Values: missing, extra, duplicate.
+            (m + "workers\n", "t.conf:7: workers: missing value"),
+            (m + "listen 127.0.0.1:8081 127.0.0.1:8082\n", "t.conf:7: listen: unexpected extra value '127.0.0.1:8082'"),
+            (m + "workers 2\nworkers 3\n", "t.conf:8: duplicate 'workers' (first at line 7)"),
+            (m + "timeouts {\n}\ntimeouts {\n}\n", "t.conf:9: duplicate 'timeouts' (first at line 7)"),
+            (m + "health {\n rise 2\n rise 3\n}\n", "t.conf:9: duplicate 'rise' (first at line 8)"),
+            (m + "listen 127.0.0.1:8080\n", "t.conf:7: listen: 127.0.0.1:8080 is already listed at line 1"),
+            (m + "app {\n}\n", "t.conf:7: app: missing value"),
+            // Apps.
+            (m + "app a {\n host b\n blue 127.0.0.1:1\n green 127.0.0.1:2\n}\n", "t.conf:7: duplicate app 'a' (first at line 2)"),
+            (m + "app b {\n host b\n blue 127.0.0.1:1\n}\n", "t.conf:7: app 'b': missing 'green'"),
+            (m + "app b {\n host b\n green 127.0.0.1:1\n}\n", "t.conf:7: app 'b': missing 'blue'"),
+            (m + "app b {\n blue 127.0.0.1:1\n green 127.0.0.1:2\n}\n", "t.conf:7: app 'b': missing 'host'"),
+            (m + "app b {\n host B.example *\n blue 127.0.0.1:1\n green 127.0.0.1:2\n}\n",
+             "t.conf:8: host: '*' with no path is already routed by app 'a' (line 2)"),
+            (m + "app b {\n host x\n path /v1/\n blue 127.0.0.1:1\n green 127.0.0.1:2\n}\napp c {\n host X\n path /v1/\n blue 127.0.0.1:1\n green 127.0.0.1:2\n}\n",
+             "t.conf:14: host: 'x' with path '/v1/' is already routed by app 'b' (line 7)"),
+            (m + "app b {\n host x.example X.example\n blue 127.0.0.1:1\n green 127.0.0.1:2\n}\n", "t.conf:8: host: 'x.example' is listed twice"),
+            (m + "app b {\n host bad_host!\n}\n", "t.conf:8: host: bad host name 'bad_host!'"),
+            (m + "app b/c {\n}\n", "t.conf:7: app: bad name 'b/c' (use letters, digits, '-', '_' and '.')"),
+            (m + "app b {\n host b\n blue *:8091\n}\n", "t.conf:9: blue: bad host '*' in '*:8091'"),
+            // Paths.
+            (m + "app b {\n host b\n health_path status\n}\n", "t.conf:9: health_path: 'status' must start with '/'"),
+            (m + "app b {\n host b\n path api/\n}\n", "t.conf:9: path: 'api/' must start with '/'"),
+            (m + "app b {\n host b\n verify /ok ok\n}\n", "t.conf:9: verify: 'ok' must start with '/'"),
+            // Numbers, durations, sizes.
+            (m + "workers 0\n", "t.conf:7: workers: expected 'auto' or a number 1..256, got '0'"),
+            (m + "workers 257\n", "t.conf:7: workers: expected 'auto' or a number 1..256, got '257'"),
+            (m + "workers many\n", "t.conf:7: workers: expected 'auto' or a number 1..256, got 'many'"),
+            (m + "limits {\n max_headers ten\n}\n", "t.conf:8: max_headers: 'ten' is not a number"),
+            (m + "limits {\n max_headers 1001\n}\n", "t.conf:8: max_headers: 1001 is out of range (1..1000)"),
+            (m + "limits {\n max_connections -5\n}\n", "t.conf:8: max_connections: '-5' is not a number"),
+            (m + "limits {\n max_connections 99999999999999999999\n}\n", "t.conf:8: max_connections: 99999999999999999999 is out of range (at least 1)"),
+            (m + "health {\n rise 0\n}\n", "t.conf:8: rise: 0 is out of range (at least 1)"),
+            (m + "health {\n min_healthy 0\n}\n", "t.conf:8: min_healthy: 0 is out of range (at least 1)"),
+            (m + "timeouts {\n connect 2\n}\n", "t.conf:8: connect: '2' needs a unit (ms, s, m or h), e.g. 500ms or 2s"),
+            (m + "timeouts {\n connect 2sec\n}\n", "t.conf:8: connect: '2sec' is not a duration (a number with ms, s, m or h, e.g. 500ms or 2s)"),
+            (m + "health {\n timeout 0ms\n}\n", "t.conf:8: timeout: must be greater than 0"),
+            (m + "limits {\n max_header_bytes 16kb\n}\n", "t.conf:8: max_header_bytes: '16kb' is not a size (bytes, or a number with k, m or g, e.g. 16k)"),
+            (m + "limits {\n max_header_bytes 128k\n}\n", "t.conf:8: max_header_bytes: 128k is out of range (1k..64k)"),
+            (m + "limits {\n max_header_bytes 512\n}\n", "t.conf:8: max_header_bytes: 512 is out of range (1k..64k)"),
+            (m + "limits {\n max_uri_bytes 16k\n max_header_bytes 8k\n}\n",
+             "t.conf:8: max_uri_bytes (16384 bytes) must not exceed max_header_bytes (8192 bytes)"),
+            (m + "limits {\n max_body lots\n}\n", "t.conf:8: max_body: 'lots' is not a size (bytes, or a number with k, m or g, e.g. 16k)"),
+            (m + "admin_mode 0800\n", "t.conf:7: admin_mode: '0800' is not an octal file mode 0000..0777 (e.g. 0600)"),
+            (m + "admin_mode 4755\n", "t.conf:7: admin_mode: '4755' is not an octal file mode 0000..0777 (e.g. 0600)"),
+            (m + "initial_color red\n", "t.conf:7: initial_color: expected blue or green, got 'red'"),
+            // Gate thresholds.
+            (m + "gate {\n window 1m\n}\n", "t.conf:7: gate: set max_5xx_rate, max_p95_ratio or both (the block checks nothing otherwise)"),
+            (m + "gate {\n window total\n max_5xx_rate 1%\n}\n", "t.conf:8: window: 'total' is not a window (10s, 1m or 5m)"),
+            (m + "gate {\n max_5xx_rate 150%\n}\n", "t.conf:8: max_5xx_rate: '150%' is more than 100%"),
+            (m + "gate {\n max_5xx_rate half\n}\n",
+             "t.conf:8: max_5xx_rate: 'half' is not a rate (a percentage such as 0.5% or a fraction such as 0.005)"),
+            (m + "gate {\n max_p95_ratio 0.9\n}\n", "t.conf:8: max_p95_ratio: '0.9' is not a ratio of 1 or more (e.g. 1.1)"),
+            (m + "gate {\n max_p95_ratio 1.1\n min_requests 0\n}\n", "t.conf:9: min_requests: 0 is out of range (1..1000000000)"),
+            (m + "gate {\n max_p95_ratio 1.1\n p99 2\n}\n", "t.conf:9: unknown directive 'p99' in gate block"),
+            // Addresses and ports.
+            (m + "listen 127.0.0.1:65536\n", "t.conf:7: listen: bad port '65536' in '127.0.0.1:65536' (0..65535)"),
+            (m + "listen 127.0.0.1\n", "t.conf:7: listen: '127.0.0.1' is not an address (expected host:port, [IPv6]:port or *:port)"),
+            (m + "listen ::1:8080\n", "t.conf:7: listen: '::1:8080' is not an address (expected host:port, [IPv6]:port or *:port)"),
+            (m + "listen [::g]:8080\n", "t.conf:7: listen: bad host '::g' in '[::g]:8080'"),
+            (m + "listen 999.1.1.1:80\n", "t.conf:7: listen: bad host '999.1.1.1' in '999.1.1.1:80'"),
+            (m + "listen 127.0.0.1:\n", "t.conf:7: listen: bad port '' in '127.0.0.1:' (0..65535)"),
+            (m + "app b {\n host b\n green 127.0.0.1:0\n}\n", "t.conf:9: green: bad port '0' in '127.0.0.1:0' (1..65535)"),
+            (m + "app b {\n host b\n green 127.0.0.1:http\n}\n", "t.conf:9: green: bad port 'http' in '127.0.0.1:http' (1..65535)"),
+            (m + "app b {\n host b\n blue 127.0.0.1\n}\n", "t.conf:9: blue: '127.0.0.1' is not an address (expected host:port or [IPv6]:port)"),
+        ]
+        for (text, expected) in cases {
+            XCTAssertThrowsError(try ConfigParser.parse(text, path: "t.conf"), expected) { error in
+                XCTAssertEqual("\(error)", expected)
+            }
+        }
+    }
+
+    func testErrorCarriesFileAndLineFields() {
+        do {
+            _ = try ConfigParser.parse("listen 1.2.3.4:80\nbogus\n", path: "conf/x.conf")
+            XCTFail("expected an error")
+        } catch {
+            XCTAssertEqual(error, ConfigError(file: "conf/x.conf", line: 2, message: "unknown directive 'bogus'"))
+        }
+    }
+
+    // MARK: Files
+
+    func testLoadMissingFile() {
+        XCTAssertThrowsError(try ConfigParser.load(path: "/nonexistent/cutover.conf")) { error in
+            XCTAssertEqual("\(error)", "/nonexistent/cutover.conf:0: cannot read: No such file or directory")
+        }
+    }
+
+    func testLoadReadsAFile() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-config-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let file = folder.appendingPathComponent("c.conf")
+        try (minimal + "state_file run/s\n").write(to: file, atomically: true, encoding: .utf8)
+        let config = try ConfigParser.load(path: file.path)
+        XCTAssertEqual(config.path, file.path)
+        XCTAssertEqual(config.stateFile, folder.path + "/run/s")
+    }
+
+    func testShippedExampleParses() throws {
+        let root = URL(fileURLWithPath: #filePath)
+            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let path = root.appendingPathComponent("conf/cutover.conf").path
+        let config = try ConfigParser.load(path: path)
+        let folder = root.appendingPathComponent("conf").path
+        XCTAssertEqual(config.listen, [Endpoint(host: "127.0.0.1", port: 8080, line: config.listen.first?.line ?? 0)])
+        XCTAssertEqual(config.adminSocket, folder + "/run/cutover.sock")
+        XCTAssertEqual(config.stateFile, folder + "/run/cutover.state")
+        XCTAssertEqual(config.auditLog, folder + "/run/audit.log")
+        XCTAssertEqual(config.adminMode, 0o600)
+        XCTAssertEqual(config.timeouts, .defaults)
+        XCTAssertEqual(config.limits, .defaults)
+        XCTAssertEqual(config.health, .defaults)
+        XCTAssertEqual(config.apps.count, 1)
+        let web = try XCTUnwrap(config.apps.first)
+        XCTAssertEqual(web.name, "web")
+        XCTAssertEqual(web.hosts, ["*"])
+        XCTAssertEqual(web.healthPath, "/api/system/status")
+        XCTAssertEqual(web.verifyPaths, ["/api/system/status"])
+        XCTAssertEqual(web.blue.map(\.description), ["127.0.0.1:8091"])
+        XCTAssertEqual(web.green.map(\.description), ["127.0.0.1:8092"])
+    }
+}

@@ -1,0 +1,316 @@
+import CutoverConfig
+import CutoverTestSupport
+import Foundation
+import XCTest
+
+/// The `cutover` executable as a user runs it: exit codes, messages, `demo` answered by curl
+/// and Python's http.client, SIGHUP reload and SIGTERM drain.
+final class CommandLineTests: XCTestCase {
+
+    /// The built `cutover` binary, next to the test bundle.
+    static var binary: URL {
+        var directory = Bundle.main.bundleURL
+        for _ in 0..<3 where !FileManager.default.fileExists(atPath: directory.appendingPathComponent("cutover").path) {
+            directory = directory.deletingLastPathComponent()
+        }
+        return directory.appendingPathComponent("cutover")
+    }
+
+    static var repositoryRoot: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    }
+
+    struct Outcome {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    func run(_ arguments: [String]) throws -> Outcome {
+        let process = Process()
+        process.executableURL = Self.binary
+        process.arguments = arguments
+        process.currentDirectoryURL = Self.repositoryRoot
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Outcome(status: process.terminationStatus,
+                       stdout: String(decoding: stdout, as: UTF8.self), stderr: String(decoding: stderr, as: UTF8.self))
+    }
+
+    func testVersionHelpAndUsageErrors() throws {
+        XCTAssertTrue(try run(["--version"]).stdout.hasPrefix("cutover "))
+        XCTAssertTrue(try run(["--help"]).stdout.contains("cutover demo"))
+        let unknown = try run(["frobnicate"])
+        XCTAssertEqual(unknown.status, 2)
+        XCTAssertTrue(unknown.stderr.contains("unknown command 'frobnicate'"))
+        XCTAssertEqual(try run(["check", "--bogus"]).status, 2)
+    }
+
+    func testCheckAcceptsTheSampleConfigAndReportsFileAndLine() throws {
+        let good = try run(["check", "-c", "conf/cutover.conf"])
+        XCTAssertEqual(good.status, 0, good.stderr)
+        XCTAssertTrue(good.stdout.contains("conf/cutover.conf: ok"))
+
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let bad = folder.appendingPathComponent("bad.conf")
+        try "listen 127.0.0.1:8080\n\ntimeouts {\n    connect 2 seconds\n}\n".write(to: bad, atomically: true, encoding: .utf8)
+        let outcome = try run(["check", "-c", bad.path])
+        XCTAssertEqual(outcome.status, 1)
+        XCTAssertTrue(outcome.stderr.hasPrefix("\(bad.path):4: "), outcome.stderr)
+
+        let missing = try run(["check", "-c", folder.appendingPathComponent("nope.conf").path])
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertTrue(missing.stderr.contains("nope.conf:0: cannot read"), missing.stderr)
+    }
+
+    /// A running cutover process whose stderr is watched for log lines.
+    final class RunningProxy: @unchecked Sendable {
+        let process = Process()
+        private let lock = NSCondition()
+        private var log = ""
+
+        init(arguments: [String], directory: URL = CommandLineTests.repositoryRoot) throws {
+            process.executableURL = CommandLineTests.binary
+            process.arguments = arguments
+            process.currentDirectoryURL = directory
+            let err = Pipe()
+            process.standardError = err
+            process.standardOutput = FileHandle.nullDevice
+            err.fileHandleForReading.readabilityHandler = { [weak self] handle in
+                guard let self else { return }
+                let data = handle.availableData
+                self.lock.withLock {
+                    self.log += String(decoding: data, as: UTF8.self)
+                    self.lock.broadcast()
+                }
+            }
+            try process.run()
+        }
+
+        /// Waits for a log line containing `marker` (the process says when it is ready).
+        func waitForLog(_ marker: String, timeout: TimeInterval = 20) -> String? {
+            let deadline = Date().addingTimeInterval(timeout)
+            lock.lock()
+            defer { lock.unlock() }
+            while !log.contains(marker) {
+                if !lock.wait(until: deadline) { return nil }
+            }
+            return log
+        }
+
+        /// The port of the "listening on 127.0.0.1:PORT" line.
+        func listeningPort() -> UInt16? {
+            guard let log = waitForLog("listening on 127.0.0.1:"),
+                  let range = log.range(of: "listening on 127.0.0.1:") else { return nil }
+            return UInt16(log[range.upperBound...].prefix { $0.isNumber })
+        }
+
+        func terminate() -> Int32 {
+            process.terminate()  // SIGTERM
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+    }
+
+    func testDemoAnswersBlueToCurlAndPythonAndDrainsOnSIGTERM() throws {
+        // In an empty folder: the demo keeps its socket, state and audit log under ./run there.
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-demo-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let demo = try RunningProxy(arguments: ["demo", "--listen", "127.0.0.1:0", "--blue-port", "0", "--green-port", "0",
+                                                "--metrics-listen", "127.0.0.1:0"],
+                                    directory: folder)
+        let port = try XCTUnwrap(demo.listeningPort(), "demo did not report its port")
+        let metricsLog = try XCTUnwrap(demo.waitForLog("/metrics"), "demo did not report its metrics address")
+        let metricsPort = try XCTUnwrap(metricsLog.range(of: "metrics on http://127.0.0.1:").map { range in
+            UInt16(metricsLog[range.upperBound...].prefix { $0.isNumber })
+        } ?? nil)
+
+        let curl = try run(executable: "/usr/bin/curl", ["-s", "-i", "http://127.0.0.1:\(port)/"])
+        XCTAssertTrue(curl.hasPrefix("HTTP/1.1 200 OK"), curl)
+        XCTAssertTrue(curl.contains("X-Color: blue"), curl)
+        XCTAssertTrue(curl.hasSuffix("\r\n\r\nblue\n"), curl)
+
+        // Python's http.client: keep-alive, a chunked upload, the status endpoint.
+        let script = """
+            import http.client, sys
+            c = http.client.HTTPConnection("127.0.0.1", \(port), timeout=10)
+            c.request("GET", "/api/system/status"); r = c.getresponse(); body = r.read()
+            assert r.status == 200 and b'"color":"blue"' in body, body
+            c.request("POST", "/upload", body=iter([b"a" * 1000, b"b" * 5000]), encode_chunked=True,
+                      headers={"Transfer-Encoding": "chunked"})
+            r = c.getresponse(); assert r.status == 200 and r.read() == b"blue\\n"
+            c.request("HEAD", "/"); r = c.getresponse(); assert r.read() == b"" and r.getheader("X-Color") == "blue"
+            print("ok")
+            """
+        XCTAssertEqual(try run(executable: "/usr/bin/env", ["python3", "-c", script]).trimmingCharacters(in: .whitespacesAndNewlines), "ok")
+
+        let socket = folder.appendingPathComponent("run/cutover.sock").path
+        let status = try run(["status", "-s", socket])
+        XCTAssertEqual(status.status, 0, status.stderr)
+        XCTAssertTrue(status.stdout.hasPrefix("active: blue"), status.stdout)
+
+        // The observability of the runbook: the stats table, /metrics, the access log.
+        let stats = try run(["stats", "total", "-s", socket])
+        XCTAssertEqual(stats.status, 0, stats.stderr)
+        let rows = stats.stdout.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true) }
+        XCTAssertEqual(rows.first { $0.starts(with: ["demo", "blue", "*"]) }?[3], "4", "four requests on blue: \(stats.stdout)")
+        XCTAssertEqual(rows.first { $0.starts(with: ["demo", "green"]) }?[2], "0", stats.stdout)
+        XCTAssertEqual(try run(["stats", "forever", "-s", socket]).status, 2, "a bad window is a usage error")
+        let metrics = try PrometheusExposition(try run(executable: "/usr/bin/curl", ["-s", "http://127.0.0.1:\(metricsPort)/metrics"]))
+        XCTAssertEqual(metrics.value("cutover_request_duration_seconds_count", ["app": "demo", "color": "blue"]), 4)
+        XCTAssertEqual(metrics.value("cutover_active_color", ["color": "blue"]), 1)
+
+        XCTAssertEqual(demo.terminate(), 0, "SIGTERM drains and exits 0")
+        // Stopping writes every finished request's line.
+        let lines = try String(contentsOf: folder.appendingPathComponent("run/access.log"), encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, 4, "one line per request")
+        XCTAssertTrue(lines.allSatisfy { $0.contains("\"color\":\"blue\"") && $0.contains("\"app\":\"demo\"") }, "\(lines)")
+    }
+
+    func testRunReloadsRoutingOnSIGHUP() throws {
+        let first = try TestUpstream.named("first")
+        let second = try TestUpstream.named("second")
+        defer { first.stop(); second.stop() }
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-run-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let config = folder.appendingPathComponent("cutover.conf")
+        func write(upstream port: UInt16) throws {
+            try """
+                listen 127.0.0.1:0
+                workers 1
+                app web {
+                    host *
+                    blue 127.0.0.1:\(port)
+                    green 127.0.0.1:\(port)
+                }
+                """.write(to: config, atomically: true, encoding: .utf8)
+        }
+        try write(upstream: first.port)
+        let proxy = try RunningProxy(arguments: ["run", "-c", config.path])
+        let port = try XCTUnwrap(proxy.listeningPort())
+        XCTAssertEqual(try RawHTTPClient(port: port).request().bodyString, "first\n")
+
+        try write(upstream: second.port)
+        kill(proxy.process.processIdentifier, SIGHUP)
+        XCTAssertNotNil(proxy.waitForLog("configuration reloaded"))
+        XCTAssertEqual(try RawHTTPClient(port: port).request().bodyString, "second\n")
+
+        // A broken file leaves the running routing untouched.
+        try "listen 127.0.0.1:0\nbogus\n".write(to: config, atomically: true, encoding: .utf8)
+        kill(proxy.process.processIdentifier, SIGHUP)
+        XCTAssertNotNil(proxy.waitForLog("unknown directive"))
+        XCTAssertEqual(try RawHTTPClient(port: port).request().bodyString, "second\n")
+        XCTAssertEqual(proxy.terminate(), 0)
+    }
+
+    private func run(executable: String, _ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// The README runbook as a new user follows it, with the real binary: status until ready,
+    /// verify, switch with a reason, a refused switch that explains itself, rollback, `kill -9`
+    /// and a restart on the same color, and the audit chain checked and then tampered with.
+    func testRunbookWithTheCLI() throws {
+        let blue = try TestUpstream.named("blue")
+        let green = try TestUpstream.named("green")
+        defer { blue.stop(); green.stop() }
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-runbook-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let config = folder.appendingPathComponent("cutover.conf").path
+        try """
+            listen 127.0.0.1:0
+            workers 1
+            admin_socket run/cutover.sock
+            state_file run/cutover.state
+            audit_log run/audit.log
+            health {
+                interval 100ms
+                rise 1
+                fall 1
+                ready_after 300ms
+            }
+            app web {
+                host *
+                verify /api/system/status
+                blue 127.0.0.1:\(blue.port)
+                green 127.0.0.1:\(green.port)
+            }
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+
+        var proxy = try RunningProxy(arguments: ["run", "-c", config])
+        var port = try XCTUnwrap(proxy.listeningPort())
+        func cli(_ words: String...) throws -> Outcome { try run(words + ["-c", config]) }
+
+        // Deploy green, watch status until it is ready.
+        let deadline = Date().addingTimeInterval(10)
+        while try !cli("status", "--json").stdout.contains("\"green\":{\"ready\":true") {
+            XCTAssertLessThan(Date(), deadline, "green never became ready")
+            usleep(50_000)
+        }
+        let verify = try cli("verify", "green")
+        XCTAssertEqual(verify.status, 0, verify.stdout + verify.stderr)
+        XCTAssertTrue(verify.stdout.contains("ok   web 127.0.0.1:\(green.port) /api/system/status: status 200"), verify.stdout)
+
+        let switched = try cli("switch", "green", "--reason", "release 1.3.0")
+        XCTAssertEqual(switched.status, 0, switched.stdout + switched.stderr)
+        XCTAssertTrue(switched.stdout.hasPrefix("active: green (previous blue, generation 1"), switched.stdout)
+        XCTAssertEqual(try RawHTTPClient(port: port).request().bodyString, "green\n")
+
+        // Drain blue's only server: a switch back is refused, and says why.
+        XCTAssertEqual(try cli("drain", "web", "127.0.0.1:\(blue.port)").status, 0)
+        let refused = try cli("rollback")
+        XCTAssertEqual(refused.status, 1)
+        XCTAssertTrue(refused.stdout.contains("error: rollback to blue refused"), refused.stdout)
+        XCTAssertTrue(refused.stdout.contains("- app web: no healthy blue server"), refused.stdout)
+        XCTAssertTrue(refused.stdout.contains("drained by an operator"), refused.stdout)
+        XCTAssertEqual(try cli("undrain", "web", "127.0.0.1:\(blue.port)").status, 0)
+        XCTAssertEqual(try cli("rollback", "--reason", "5xx on checkout").status, 0)
+        XCTAssertEqual(try cli("switch", "green", "--force", "--reason", "retry").status, 0)
+
+        // Usage errors and an unreachable socket have their own exit codes.
+        XCTAssertEqual(try cli("switch", "purple").status, 2)
+        XCTAssertEqual(try run(["status", "-s", folder.appendingPathComponent("nope.sock").path]).status, 3)
+
+        // kill -9, start again: same color.
+        kill(proxy.process.processIdentifier, SIGKILL)
+        proxy.process.waitUntilExit()
+        proxy = try RunningProxy(arguments: ["run", "-c", config])
+        port = try XCTUnwrap(proxy.listeningPort())
+        XCTAssertEqual(try RawHTTPClient(port: port).request().bodyString, "green\n")
+        XCTAssertTrue(try cli("status").stdout.hasPrefix("active: green   previous: blue"))
+        XCTAssertEqual(proxy.terminate(), 0)
+
+        // The audit chain verifies, and one changed byte is found at its line.
+        let audit = folder.appendingPathComponent("run/audit.log")
+        let good = try cli("audit", "verify")
+        XCTAssertEqual(good.status, 0, good.stderr)
+        var bytes = try Data(contentsOf: audit)
+        let lines = bytes.split(separator: 0x0A)
+        XCTAssertGreaterThan(lines.count, 5)
+        let target = lines[2].startIndex + 30  // a byte inside the third record's time
+        bytes[target] = bytes[target] == UInt8(ascii: "1") ? UInt8(ascii: "2") : UInt8(ascii: "1")
+        try bytes.write(to: audit)
+        let tampered = try cli("audit", "verify")
+        XCTAssertEqual(tampered.status, 1)
+        XCTAssertTrue(tampered.stderr.hasPrefix("\(audit.path):4: "), tampered.stderr)
+    }
+}
