@@ -4,7 +4,6 @@ import CutoverHTTP
 import CutoverLoop
 import CutoverSystem
 import Foundation
-import Glibc
 
 /// What `cutover-bench load` runs: HTTP/1.1 keep-alive clients on epoll loops, closed loop (each
 /// connection sends its next request when the last answer arrived) or open loop at a fixed rate
@@ -104,7 +103,7 @@ public enum LoadGenerator {
     /// Runs the load and returns the merged report. `observer` is called for every sample on
     /// the loop threads (keep it cheap and thread-safe).
     public static func run(_ options: LoadOptions, observer: (@Sendable (ResponseSample) -> Void)? = nil) throws -> LoadReport {
-        signal(SIGPIPE, SIG_IGN)
+        ProcessResources.ignoreBrokenPipes()
         let threads = max(1, min(options.threads, options.connections))
         let start = monotonicNanoseconds()
         let endNs = start + Int64(options.durationMs) * 1_000_000

@@ -3,7 +3,6 @@ import CutoverMetrics
 import CutoverConfig
 import CutoverSystem
 import Foundation
-import Glibc
 
 /// What `cutover-bench switch` measures: keep-alive load through a proxy while its active color
 /// is switched N times. A **stale** answer is one from the old color to a request sent after

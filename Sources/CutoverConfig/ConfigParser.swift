@@ -7,7 +7,7 @@
 // fills in a `Config`. The first error found is thrown; it carries the file
 // and the 1-based line it refers to.
 
-import Glibc
+import CutoverSystem
 
 public enum ConfigParser {
     /// Parses config text. `path` is used in error messages and stored in
@@ -140,33 +140,16 @@ extension ConfigParser {
     }
 
     private static func currentDirectory() -> String {
-        guard let cwd = getcwd(nil, 0) else { return "." }
-        defer { free(cwd) }
-        return String(cString: cwd)
+        FileIO.currentDirectory()
     }
 
-    /// Reads the whole file with POSIX calls so a failure reports `strerror`.
+    /// Reads the whole file; a failure reports `strerror`.
     static func readText(path: String) throws(ConfigError) -> String {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw unreadable(path, errno) }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count == 0 { break }
-            if count < 0 {
-                let code = errno
-                if code == EINTR { continue }
-                throw unreadable(path, code)
-            }
-            bytes.append(contentsOf: chunk[..<count])
+        do {
+            return String(decoding: try FileIO.readWhole(path), as: UTF8.self)
+        } catch {
+            throw ConfigError(file: path, line: 0, message: "cannot read: \(error.reason)")
         }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-
-    private static func unreadable(_ path: String, _ code: Int32) -> ConfigError {
-        ConfigError(file: path, line: 0, message: "cannot read: \(String(cString: strerror(code)))")
     }
 }
 
@@ -651,10 +634,9 @@ private enum HostSyntax {
     /// The stored form of a host (lowercased), or nil when it is malformed.
     static func validHost(_ host: Substring) -> String? {
         let text = host.lowercased()
-        if text.contains(":") { return isAddress(text, family: AF_INET6) ? text : nil }
-        // All digits and dots: it has to be a real IPv4 literal, not a name.
-        if text.allSatisfy({ $0 == "." || $0.isASCIIDigit }) {
-            return isAddress(text, family: AF_INET) ? text : nil
+        // With a colon it can only be an IPv6 literal; all digits and dots, only an IPv4 one.
+        if text.contains(":") || text.allSatisfy({ $0 == "." || $0.isASCIIDigit }) {
+            return SocketAddress(numericHost: text, port: 0) != nil ? text : nil
         }
         return isDNSName(host) ? text : nil
     }
@@ -667,10 +649,6 @@ private enum HostSyntax {
         }
     }
 
-    private static func isAddress(_ text: String, family: Int32) -> Bool {
-        var buffer = in6_addr()  // large enough for either family
-        return inet_pton(family, text, &buffer) == 1
-    }
 }
 
 private extension Character {

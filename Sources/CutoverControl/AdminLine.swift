@@ -1,5 +1,4 @@
 import CutoverSystem
-import Glibc
 
 /// A client of the admin socket: one command line out, one reply line back. Used by the
 /// `cutover` command line and by `cutover-bench switch`.
@@ -27,9 +26,7 @@ public enum AdminLine {
         case .failure(let error): return .failure(.unreachable(Posix.describe(error.errnoCode)))
         }
         defer { Posix.close(fd) }
-        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        Posix.setBlockingTimeouts(fd, milliseconds: timeoutSeconds * 1000)
         let request = Array((line + "\n").utf8)
         var sent = 0
         while sent < request.count {

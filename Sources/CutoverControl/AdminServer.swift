@@ -1,7 +1,6 @@
 import CCutoverSys
 import CutoverSystem
 import Foundation
-import Glibc
 
 /// The admin Unix socket: one thread accepts, one short-lived thread serves each client (a few
 /// operators and scripts, never the request path). Every client is bounded: a line longer than
@@ -30,50 +29,32 @@ public final class AdminServer: @unchecked Sendable {
         let folder = (path as NSString).deletingLastPathComponent
         if !folder.isEmpty { try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) }
         guard path.utf8.count < 108 else { throw StartupError("admin socket path is too long (max 107 bytes): \(path)") }
-        var existing = stat()
-        if lstat(path, &existing) == 0 {
-            guard existing.st_mode & S_IFMT == S_IFSOCK else {
-                throw StartupError("admin socket \(path) exists and is not a socket; refusing to replace it")
-            }
+        switch FileIO.kind(of: path) {
+        case .missing:
+            break
+        case .other:
+            throw StartupError("admin socket \(path) exists and is not a socket; refusing to replace it")
+        case .socket:
             switch Posix.connectUnix(path) {
             case .success(let fd):
                 Posix.close(fd)
                 throw StartupError("admin socket \(path) is in use: another cutover is running with it (stop it, or use another admin_socket)")
             case .failure(let error) where error.errnoCode == ECONNREFUSED:
-                unlink(path)  // stale: left by a process that died
+                FileIO.remove(path)  // stale: left by a process that died
             case .failure(let error):
                 throw StartupError("admin socket \(path): \(Posix.describe(error.errnoCode))")
             }
         }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw StartupError("admin socket: socket() failed: \(Posix.describe(Posix.lastError()))") }
-        // Create the socket file with no permissions, then set the configured mode: there is no
-        // moment at which it is wider than configured.
-        let previousMask = umask(0o777)
-        let bound = Posix.withUnixAddress(path) { bind(fd, $0, $1) }
-        umask(previousMask)
-        guard bound == 0 else {
-            let message = Posix.describe(Posix.lastError())
-            close(fd)
-            throw StartupError("admin socket \(path): bind failed: \(message)")
-        }
-        func abandon(_ message: String) -> StartupError {
-            close(fd)
-            unlink(path)
-            return StartupError(message)
-        }
-        guard chmod(path, mode_t(mode)) == 0 else {
-            throw abandon("admin socket \(path): chmod failed: \(Posix.describe(Posix.lastError()))")
-        }
+        var groupID: UInt32? = nil
         if let group {
-            guard let entry = getgrnam(group) else { throw abandon("admin_group '\(group)' does not exist") }
-            guard chown(path, uid_t.max, entry.pointee.gr_gid) == 0 else {
-                throw abandon("admin socket \(path): cannot give it to group \(group): \(Posix.describe(Posix.lastError()))")
-            }
+            guard let id = ProcessIdentity.groupID(named: group) else { throw StartupError("admin_group '\(group)' does not exist") }
+            groupID = id
         }
-        guard listen(fd, 16) == 0 else {
-            close(fd)
-            throw StartupError("admin socket \(path): listen failed")
+        let fd: Int32
+        do {
+            fd = try UnixSocket.listen(path: path, mode: mode, groupID: groupID)
+        } catch {
+            throw StartupError("admin socket \(path): \(error)")
         }
         let threads = ClientThreads(name: "cutover-admin", maxClients: maxClients, serve: { [self] in serve($0) }, refuse: { [self] in
             writeLine($0, (["ok": false, "error": "too many admin clients; try again"] as JSON).serialized())
@@ -86,13 +67,11 @@ public final class AdminServer: @unchecked Sendable {
     public func stop() {
         guard let threads else { return }
         threads.stop()
-        unlink(path)
+        FileIO.remove(path)
     }
 
     private func serve(_ fd: Int32) {
-        var timeout = timeval(tv_sec: idleTimeoutMs / 1000, tv_usec: (idleTimeoutMs % 1000) * 1000)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        Posix.setBlockingTimeouts(fd, milliseconds: idleTimeoutMs)
         let actor = Self.peer(fd)
         var pending: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
@@ -106,8 +85,8 @@ public final class AdminServer: @unchecked Sendable {
                 if line.last == 0x0D { line.removeLast() }
                 guard respond(to: line, actor: actor, fd: fd) else { return }
             }
-            lineStartedAt = pending.isEmpty ? nil : (lineStartedAt ?? monotonicMillisecondsNow())
-            if let started = lineStartedAt, monotonicMillisecondsNow() - started > Int64(idleTimeoutMs) {
+            lineStartedAt = pending.isEmpty ? nil : (lineStartedAt ?? monotonicMilliseconds())
+            if let started = lineStartedAt, monotonicMilliseconds() - started > Int64(idleTimeoutMs) {
                 writeLine(fd, (["ok": false, "error": "command line not completed in time"] as JSON).serialized())
                 return
             }
@@ -168,11 +147,7 @@ public final class AdminServer: @unchecked Sendable {
 
     /// The caller's identity from SO_PEERCRED, recorded for every state-changing command.
     static func peer(_ fd: Int32) -> AuditActor {
-        var uid: UInt32 = 0
-        var pid: Int32 = 0
-        guard cutover_peer_credentials(fd, &uid, &pid) == 0 else {
-            return AuditActor(uid: UInt32.max, user: "unknown", pid: -1)
-        }
-        return AuditActor(uid: uid, user: AuditActor.userName(uid: uid), pid: pid)
+        guard let peer = UnixSocket.peerCredentials(fd) else { return AuditActor(uid: UInt32.max, user: "unknown", pid: -1) }
+        return AuditActor(uid: peer.uid, user: AuditActor.userName(uid: peer.uid), pid: peer.pid)
     }
 }

@@ -1,7 +1,6 @@
 import CutoverConfig
 import CutoverSystem
 import Foundation
-import Glibc
 import Synchronization
 
 // The audit log answers "who switched production to green at 03:50, and why?".
@@ -30,20 +29,13 @@ public struct AuditActor: Sendable, Equatable {
 
     /// This process: the actor of start, stop and SIGHUP reload events.
     public static func current() -> AuditActor {
-        let uid = getuid()
-        return AuditActor(uid: uid, user: userName(uid: uid), pid: getpid())
+        let uid = ProcessIdentity.userID
+        return AuditActor(uid: uid, user: ProcessIdentity.userName(uid: uid), pid: ProcessIdentity.processID)
     }
 
-    /// The login name for `uid`, or the number when there is no passwd entry (containers
-    /// often run with uids that have none).
+    /// The login name for `uid`, or the number when there is no passwd entry.
     public static func userName(uid: UInt32) -> String {
-        let suggested = sysconf(Int32(_SC_GETPW_R_SIZE_MAX))
-        var buffer = [CChar](repeating: 0, count: suggested > 0 ? suggested : 4096)
-        var entry = passwd()
-        var result: UnsafeMutablePointer<passwd>?
-        let status = getpwuid_r(uid, &entry, &buffer, buffer.count, &result)
-        guard status == 0, result != nil, let name = entry.pw_name else { return String(uid) }
-        return String(cString: name)
+        ProcessIdentity.userName(uid: uid)
     }
 }
 
@@ -99,7 +91,7 @@ public final class AuditLog: @unchecked Sendable {
     public static let genesis = String(repeating: "0", count: 64)
 
     public let path: String
-    private let fd: Int32
+    private let file: OpenFile
     /// The hash the next line must carry, and whether the file may end in a torn write
     /// (after a failed append) so the chain must be re-read before the next one.
     private struct Chain {
@@ -127,21 +119,14 @@ public final class AuditLog: @unchecked Sendable {
         if let problem = FileIO.createFolder(folder, mode: 0o750) {
             throw AuditLogError(path: path, message: "cannot create folder \(folder): \(problem)")
         }
-        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
-        guard fd >= 0 else {
-            throw AuditLogError(path: path, message: "cannot open audit log: \(FileIO.describe(Posix.lastError()))")
-        }
-        self.fd = fd
-        chainState = Chain(previousHash: AuditLog.genesis, needsResync: true)
         do {
-            try withChain { chain throws(AuditLogError) in try resync(&chain) }
+            file = try OpenFile.appending(path, mode: 0o640)
         } catch {
-            close(fd)
-            throw error
+            throw AuditLogError(path: path, message: "cannot open audit log: \(error.reason)")
         }
+        chainState = Chain(previousHash: AuditLog.genesis, needsResync: true)
+        try withChain { chain throws(AuditLogError) in try resync(&chain) }
     }
-
-    deinit { close(fd) }
 
     /// Appends one line (with "prev" filled in), syncs it to disk, and returns it without
     /// its newline.
@@ -153,11 +138,15 @@ public final class AuditLog: @unchecked Sendable {
             // Set before writing: if the write or fsync fails the file may hold a partial
             // line, and the next append must chain from what is really there.
             chain.needsResync = true
-            if let problem = FileIO.writeAll(fd: fd, bytes: Array((line + "\n").utf8)[...]) {
-                throw AuditLogError(path: path, message: "cannot append: \(problem)")
+            do throws(FileError) {
+                try file.writeAll((line + "\n").utf8)
+            } catch {
+                throw AuditLogError(path: path, message: "cannot append: \(error.reason)")
             }
-            guard fsync(fd) == 0 else {
-                throw AuditLogError(path: path, message: "cannot fsync: \(FileIO.describe(Posix.lastError()))")
+            do throws(FileError) {
+                try file.sync()
+            } catch {
+                throw AuditLogError(path: path, message: "cannot fsync: \(error.reason)")
             }
             chain.previousHash = SHA256.hex(SHA256.hash(line.utf8))
             chain.needsResync = false
@@ -211,8 +200,10 @@ public final class AuditLog: @unchecked Sendable {
             return
         }
         if last.last != UInt8(ascii: "\n") {
-            if let problem = FileIO.writeAll(fd: fd, bytes: [UInt8(ascii: "\n")][...]) {
-                throw AuditLogError(path: path, message: "cannot terminate a torn last line: \(problem)")
+            do throws(FileError) {
+                try file.writeAll([UInt8(ascii: "\n")])
+            } catch {
+                throw AuditLogError(path: path, message: "cannot terminate a torn last line: \(error.reason)")
             }
         }
         let content = last.last == UInt8(ascii: "\n") ? last.dropLast() : last[...]
@@ -238,18 +229,25 @@ public final class AuditLog: @unchecked Sendable {
     /// `keepTornEnd` is set, in which case the last element keeps its newline when it has
     /// one (so the caller can tell a torn write from a complete line).
     static func lastLines(path: String, count: Int, keepTornEnd: Bool = false) throws(AuditLogError) -> [[UInt8]] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw AuditLogError(path: path, message: "cannot read: \(FileIO.describe(Posix.lastError()))") }
-        defer { close(fd) }
-        var stats = stat()
-        guard fstat(fd, &stats) == 0 else { throw AuditLogError(path: path, message: "cannot stat: \(FileIO.describe(Posix.lastError()))") }
-        let tail = try readTail(fd: fd, size: Int(stats.st_size), newlinesWanted: count + 1, path: path)
+        let file: OpenFile
+        let size: Int
+        do {
+            file = try OpenFile.reading(path)
+        } catch {
+            throw AuditLogError(path: path, message: "cannot read: \(error.reason)")
+        }
+        do {
+            size = try file.size()
+        } catch {
+            throw AuditLogError(path: path, message: "cannot stat: \(error.reason)")
+        }
+        let tail = try readTail(file, size: size, newlinesWanted: count + 1, path: path)
         return split(tail, count: count, keepTornEnd: keepTornEnd)
     }
 
     /// Bytes from the end of the file back to (at least) `newlinesWanted` newlines, or the
     /// whole file if it has fewer.
-    private static func readTail(fd: Int32, size: Int, newlinesWanted: Int, path: String) throws(AuditLogError) -> [UInt8] {
+    private static func readTail(_ file: OpenFile, size: Int, newlinesWanted: Int, path: String) throws(AuditLogError) -> [UInt8] {
         let blockSize = 16 * 1024
         var tail: [UInt8] = []
         var position = size
@@ -258,17 +256,11 @@ public final class AuditLog: @unchecked Sendable {
             let length = min(blockSize, position)
             position -= length
             var block = [UInt8](repeating: 0, count: length)
-            var filled = 0
-            while filled < length {
-                let got = block.withUnsafeMutableBytes { buffer in
-                    pread(fd, buffer.baseAddress.map { $0 + filled }, length - filled, off_t(position + filled))
-                }
-                if got < 0 && Posix.lastError() == EINTR { continue }
-                guard got > 0 else {
-                    throw AuditLogError(path: path, message: "cannot read: \(got < 0 ? FileIO.describe(Posix.lastError()) : "file shrank")")
-                }
-                filled += got
+            var failure: FileError? = nil
+            block.withUnsafeMutableBytes { buffer in
+                do throws(FileError) { try file.read(into: buffer, at: position) } catch { failure = error }
             }
+            if let failure { throw AuditLogError(path: path, message: "cannot read: \(failure.reason)") }
             newlines += block.reduce(0) { $0 + ($1 == UInt8(ascii: "\n") ? 1 : 0) }
             tail = block + tail
         }

@@ -1,6 +1,5 @@
 import CutoverSystem
 import Foundation
-import Glibc
 
 /// The accept side of the control plane's small servers (admin socket, metrics endpoint): one
 /// thread accepts on a blocking listener, one short-lived thread serves each client, at most
@@ -41,7 +40,7 @@ final class ClientThreads: @unchecked Sendable {
             return listenFD
         }
         guard fd >= 0 else { return }
-        shutdown(fd, Int32(SHUT_RDWR))  // wakes the blocked accept
+        Posix.shutdownBoth(fd)  // wakes the blocked accept
         acceptDone.wait()
         Posix.close(fd)
     }

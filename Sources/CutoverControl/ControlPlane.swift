@@ -71,7 +71,7 @@ public final class ControlPlane: @unchecked Sendable {
     public init(
         config: Config, configPath: String?, state: PersistentState, registry: ServerRegistry = ServerRegistry(),
         logger: Logger, audit: AuditLog?,
-        clock: @escaping @Sendable () -> Int64 = { monotonicMillisecondsNow() },
+        clock: @escaping @Sendable () -> Int64 = { monotonicMilliseconds() },
         probe: @escaping Probe = { HTTPProbe.get($0, host: $1, path: $2, timeoutMs: $3) }
     ) throws(ConfigError) {
         self.config = config

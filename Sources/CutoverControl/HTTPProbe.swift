@@ -1,6 +1,6 @@
+import Glibc
 import CutoverHTTP
 import CutoverSystem
-import Glibc
 
 /// One `GET path` against one server with a total deadline: the active health check and the
 /// switch gate's verify requests. Runs on control-plane threads, never on a data-plane loop;
@@ -9,7 +9,7 @@ import Glibc
 public enum HTTPProbe {
     public static func get(
         _ address: SocketAddress, host: String, path: String, timeoutMs: Int,
-        now: () -> Int64 = monotonicMillisecondsNow
+        now: () -> Int64 = monotonicMilliseconds
     ) -> CheckOutcome {
         let started = now()
         let deadline = started + Int64(timeoutMs)
@@ -99,6 +99,3 @@ public enum HTTPProbe {
         }
     }
 }
-
-/// Monotonic milliseconds (vDSO). The default clock of control-plane code; tests inject their own.
-public func monotonicMillisecondsNow() -> Int64 { monotonicMilliseconds() }

@@ -2,7 +2,6 @@ import CutoverConfig
 import CutoverHTTP
 import CutoverSystem
 import Foundation
-import Glibc
 
 /// `metrics_listen`: a small HTTP/1.1 endpoint for Prometheus, apart from the data plane (a
 /// scrape never takes a loop's time beyond the figures it merges). `GET /metrics` is text
@@ -51,20 +50,18 @@ public final class MetricsServer: @unchecked Sendable {
     }
 
     private func serve(_ fd: Int32) {
-        var timeout = timeval(tv_sec: Self.timeoutMs / 1000, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        Posix.setBlockingTimeouts(fd, milliseconds: Self.timeoutMs)
         var parser = RequestHeadParser(limits: HTTPLimits(maxHeaderBytes: Self.maxHeadBytes, maxHeaders: 64, maxURIBytes: 2048))
         let fields = UnsafeMutableBufferPointer<HeaderField>.allocate(capacity: 64)
         fields.initialize(repeating: HeaderField(name: .empty, value: .empty, kind: .other))
         defer { fields.deallocate() }
         var buffer = [UInt8](repeating: 0, count: Self.maxHeadBytes)
         var received = 0
-        let started = monotonicMillisecondsNow()
+        let started = monotonicMilliseconds()
         while true {
             // One deadline for the whole head: each read waits only for what is left of it, so
             // a client trickling bytes holds a slot for `timeoutMs` at most.
-            let left = Int64(Self.timeoutMs) - (monotonicMillisecondsNow() - started)
+            let left = Int64(Self.timeoutMs) - (monotonicMilliseconds() - started)
             guard left > 0, Posix.waitFor(fd, events: Int16(POLLIN), timeoutMs: Int(left)) else {
                 respond(fd, status: 408, reason: "Request Timeout", body: "request head not received in time\n")
                 return

@@ -1,7 +1,6 @@
 import CutoverConfig
 import CutoverSystem
 import Foundation
-import Glibc
 
 // The state file remembers which color is live across restarts, so that a restarted (or
 // rebooted) proxy does not silently fall back to `initial_color` after a cutover.
@@ -193,25 +192,14 @@ public enum StateFile {
 
     /// The file's bytes, or nil when it does not exist.
     private static func readFile(path: String) throws(StateFileError) -> [UInt8]? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 {
-            let code = Posix.lastError()
-            if code == ENOENT { return nil }
-            throw StateFileError(path: path, message: "cannot read state file (\(FileIO.describe(code))); \(wayOut)")
-        }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count == 0 { return bytes }
-            if count < 0 {
-                let code = Posix.lastError()
-                if code == EINTR { continue }
-                throw StateFileError(path: path, message: "cannot read state file (\(FileIO.describe(code))); \(wayOut)")
-            }
-            bytes.append(contentsOf: chunk[0 ..< count])
-            if bytes.count > maximumSize { throw corrupt(path, "larger than \(maximumSize) bytes") }
+        do {
+            return try FileIO.readWhole(path, maxBytes: maximumSize)
+        } catch where error.code == ENOENT {
+            return nil
+        } catch where error.code == 0 {
+            throw corrupt(path, error.reason)
+        } catch {
+            throw StateFileError(path: path, message: "cannot read state file (\(error.reason)); \(wayOut)")
         }
     }
 
@@ -219,83 +207,17 @@ public enum StateFile {
 
     /// Failures tests can inject into `save` to check what a crash or a full disk leaves
     /// behind. Production code always passes the empty value.
-    package struct SaveFaults {
-        /// Write this many bytes of the temp file, then fail as if the disk were full.
-        package var failWriteAfterBytes: Int?
-        /// Fail after the temp file is complete and synced, just before the rename.
-        package var failBeforeRename = false
-
-        package init(failWriteAfterBytes: Int? = nil, failBeforeRename: Bool = false) {
-            self.failWriteAfterBytes = failWriteAfterBytes
-            self.failBeforeRename = failBeforeRename
-        }
-    }
+    package typealias SaveFaults = FileIO.WriteFaults
 
     package static func save(_ state: PersistentState, path: String, faults: SaveFaults) throws(StateFileError) {
         let bytes = Array(try render(state, path: path).utf8)
-        let folder = FileIO.parentFolder(of: path)
-        if let problem = FileIO.createFolder(folder, mode: 0o755) {
-            throw saveError(path, "cannot create folder \(folder): \(problem)")
-        }
-        // Opened before the rename so that every failure that can still be reported as
-        // "nothing changed" happens before the new file becomes visible.
-        let folderFd = open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard folderFd >= 0 else { throw saveError(path, "cannot open folder \(folder): \(FileIO.describe(Posix.lastError()))") }
-        defer { close(folderFd) }
-
-        let (tempPath, fd) = try createTemp(for: path)
-        do throws(StateFileError) {
-            try writeTemp(fd: fd, bytes: bytes, tempPath: tempPath, path: path, faults: faults)
+        do {
+            try FileIO.writeAtomically(path, bytes: bytes, faults: faults)
+        } catch where error.newContentInPlace {
+            throw StateFileError(path: path, message: "state written but \(error.step) failed: \(error.reason)", newStateInPlace: true)
         } catch {
-            unlink(tempPath)
-            throw error
+            throw saveError(path, error.description)
         }
-        guard rename(tempPath, path) == 0 else {
-            let problem = FileIO.describe(Posix.lastError())
-            unlink(tempPath)
-            throw saveError(path, "rename \(tempPath): \(problem)")
-        }
-        // Makes the rename itself durable. If this fails the new file is already in place
-        // (complete, but perhaps not yet on disk), so the message says so.
-        if fsync(folderFd) != 0 && Posix.lastError() != EINVAL {
-            throw StateFileError(path: path, message: "state written but fsync of \(folder) failed: \(FileIO.describe(Posix.lastError()))",
-                                 newStateInPlace: true)
-        }
-    }
-
-    /// Writes, syncs and closes the temp file; closes it on failure too (the caller unlinks).
-    private static func writeTemp(fd: Int32, bytes: [UInt8], tempPath: String, path: String,
-                                  faults: SaveFaults) throws(StateFileError) {
-        var isOpen = true
-        defer { if isOpen { close(fd) } }
-        let limit = min(bytes.count, faults.failWriteAfterBytes ?? bytes.count)
-        if let problem = FileIO.writeAll(fd: fd, bytes: bytes[0 ..< limit]) {
-            throw saveError(path, "write \(tempPath): \(problem)")
-        }
-        if limit < bytes.count { throw saveError(path, "write \(tempPath): \(FileIO.describe(ENOSPC)) (injected)") }
-        guard fsync(fd) == 0 else { throw saveError(path, "fsync \(tempPath): \(FileIO.describe(Posix.lastError()))") }
-        isOpen = false
-        // close can report a delayed write error (NFS); the data would then be lost.
-        guard close(fd) == 0 else { throw saveError(path, "close \(tempPath): \(FileIO.describe(Posix.lastError()))") }
-        if faults.failBeforeRename { throw saveError(path, "rename \(tempPath): interrupted (injected)") }
-    }
-
-    /// A new, exclusively created file next to `path` (same folder, so rename is atomic).
-    /// The random suffix keeps a stale temp file left by a crashed writer (possibly with the
-    /// same pid after a reboot) from blocking every later save.
-    private static func createTemp(for path: String) throws(StateFileError) -> (String, Int32) {
-        let folder = FileIO.parentFolder(of: path)
-        let name = path.split(separator: "/").last.map(String.init) ?? "state"
-        var lastError = EEXIST
-        for _ in 0 ..< 16 {
-            let suffix = String(UInt32.random(in: 0 ... UInt32.max), radix: 16)
-            let tempPath = "\(folder)/.\(name).tmp-\(getpid())-\(suffix)"
-            let fd = open(tempPath, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o644)
-            if fd >= 0 { return (tempPath, fd) }
-            lastError = Posix.lastError()
-            if lastError != EEXIST { break }
-        }
-        throw saveError(path, "cannot create a temp file in \(folder): \(FileIO.describe(lastError))")
     }
 
     private static func saveError(_ path: String, _ detail: String) -> StateFileError {

@@ -3,7 +3,6 @@ import CutoverHTTP
 import CutoverLoop
 import CutoverSystem
 import Foundation
-import Glibc
 
 /// A small, fast upstream that names its color: `GET /` answers the color word with an
 /// `X-Color` header, `/api/system/status` answers a JSON status. Used by `cutover demo`, the
@@ -43,7 +42,7 @@ public final class DemoUpstream: @unchecked Sendable {
     public var port: UInt16 { address?.port ?? 0 }
 
     public func start() throws {
-        signal(SIGPIPE, SIG_IGN)
+        ProcessResources.ignoreBrokenPipes()
         guard let bindAddress = SocketAddress.resolve(host: options.host, port: options.port) else {
             throw StartupError("demo upstream: cannot resolve \(options.host)")
         }

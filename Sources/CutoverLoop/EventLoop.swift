@@ -1,7 +1,6 @@
 import CCutoverSys
 import CutoverHTTP
 import CutoverSystem
-import Glibc
 import Synchronization
 
 /// Something registered with a loop's epoll instance. Subclasses override `handle(events:)`

@@ -1,4 +1,4 @@
-import Glibc
+import CutoverSystem
 
 /// A fixed-size byte buffer borrowed from a loop's `BufferPool`. Bytes are appended at `end`
 /// and consumed from `start`; when it empties both return to 0, so a connection that keeps up
@@ -82,14 +82,14 @@ package final class BufferPool {
 
     init(bufferSize: Int, maxFree: Int = 1024) {
         // Whole pages: the mapping is the buffer.
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let page = PageMemory.pageSize
         self.bufferSize = (bufferSize + page - 1) / page * page
         self.maxFree = maxFree
         free.reserveCapacity(maxFree)
     }
 
     deinit {
-        for pointer in free { munmap(pointer, bufferSize) }
+        for pointer in free { PageMemory.unmap(pointer, bufferSize) }
     }
 
     var freeCount: Int { free.count }
@@ -108,7 +108,7 @@ package final class BufferPool {
         if free.count < maxFree {
             free.append(pointer)
         } else {
-            munmap(pointer, bufferSize)
+            PageMemory.unmap(pointer, bufferSize)
         }
     }
 
@@ -118,19 +118,13 @@ package final class BufferPool {
     func trim(keep: Int) {
         var surplus = Swift.min(lowWater, free.count - keep)
         while surplus > 0, let pointer = free.popLast() {
-            munmap(pointer, bufferSize)
+            PageMemory.unmap(pointer, bufferSize)
             surplus -= 1
         }
         lowWater = free.count
     }
 
     private func map() -> UnsafeMutableRawPointer {
-        guard let pointer = mmap(nil, bufferSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
-              pointer != MAP_FAILED
-        else {
-            // Out of memory for a 20 KiB mapping: nothing sensible can continue.
-            fatalError("cutover: cannot map an I/O buffer of \(bufferSize) bytes")
-        }
-        return pointer
+        PageMemory.map(bufferSize)
     }
 }

@@ -1,7 +1,6 @@
 import CutoverConfig
 import CutoverSystem
 import Foundation
-import Glibc
 import Synchronization
 
 /// One access-log record: a fixed 1 KiB slot of raw memory. The loop fills the request part
@@ -200,9 +199,9 @@ public final class AccessLog: @unchecked Sendable {
     /// Held while records are taken from the rings and written: the writer thread and `flush`
     /// never interleave. Nothing else waits for it (a write may block on a slow disk or pipe).
     private let writeLock = NSLock()
-    private var fd: Int32
-    /// A descriptor opened by `reopen`, taken up by the writer before its next write.
-    private let reopened = Mutex<Int32>(-1)
+    private var file: OpenFile
+    /// A file opened by `reopen`, taken up by the writer before its next write.
+    private let reopened = Mutex<OpenFile?>(nil)
     private var line: [UInt8] = []
     private let lostOnWrite = Atomic<UInt64>(0)
     private let stopRequested = Atomic<Bool>(false)
@@ -226,23 +225,19 @@ public final class AccessLog: @unchecked Sendable {
         rings = (0..<loops).map { _ in AccessLogRing(capacity: slotsPerLoop) }
         switch target {
         case .off, .stdout:
-            fd = STDOUT_FILENO
+            file = .standardOutput
         case .file(let path):
-            fd = try Self.open(path)
+            file = try Self.open(path)
         }
         line.reserveCapacity(256 * 1024)
     }
 
-    deinit {
-        if case .file = target, fd >= 0 { Glibc.close(fd) }
-        let pending = reopened.withLock { $0 }
-        if pending >= 0 { Glibc.close(pending) }
-    }
-
-    static func open(_ path: String) throws -> Int32 {
-        let fd = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
-        guard fd >= 0 else { throw StartupError("access_log \(path): \(Posix.describe(Posix.lastError()))") }
-        return fd
+    static func open(_ path: String) throws -> OpenFile {
+        do {
+            return try OpenFile.appending(path, mode: 0o640)
+        } catch {
+            throw StartupError("access_log \(path): \(error.reason)")
+        }
     }
 
     public func start() {
@@ -281,13 +276,10 @@ public final class AccessLog: @unchecked Sendable {
     /// file then stays in use. Never waits for the writer.
     public func reopen() -> String? {
         guard case .file(let path) = target else { return "access_log is \(target == .stdout ? "stdout" : "off"): nothing to reopen" }
-        let fresh: Int32
+        let fresh: OpenFile
         do { fresh = try Self.open(path) } catch { return "\(error)" }
-        let replaced = reopened.withLock { pending -> Int32 in
-            defer { pending = fresh }
-            return pending
-        }
-        if replaced >= 0 { Glibc.close(replaced) }  // two reopens before one batch: the newer wins
+        // Two reopens before one batch: the newer wins (the older closes when released).
+        reopened.withLock { $0 = fresh }
         wake.signal()
         return nil
     }
@@ -298,13 +290,11 @@ public final class AccessLog: @unchecked Sendable {
     }
 
     private func drainLocked() -> Int {
-        let fresh = reopened.withLock { pending -> Int32 in
-            defer { pending = -1 }
+        if let fresh = reopened.withLock({ pending -> OpenFile? in
+            defer { pending = nil }
             return pending
-        }
-        if fresh >= 0 {
-            Glibc.close(fd)
-            fd = fresh
+        }) {
+            file = fresh  // the old file closes when released
         }
         // Names are read when a record needs them (an idle writer takes no lock every 20 ms).
         var servers: [String] = []
@@ -327,14 +317,12 @@ public final class AccessLog: @unchecked Sendable {
     private func writeOut() {
         guard !line.isEmpty else { return }
         let ok = line.withUnsafeBytes { bytes -> Bool in
-            var sent = 0
-            while sent < bytes.count {
-                let count = Glibc.write(fd, bytes.baseAddress! + sent, bytes.count - sent)
-                if count < 0 && Posix.lastError() == EINTR { continue }
-                guard count > 0 else { return false }
-                sent += count
+            do {
+                try file.writeAll(bytes)
+                return true
+            } catch {
+                return false
             }
-            return true
         }
         if !ok { lostOnWrite.add(UInt64(line.reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) }), ordering: .relaxed) }
         line.removeAll(keepingCapacity: true)

@@ -4,7 +4,6 @@ import CutoverLoop
 import CutoverMetrics
 import CutoverRouting
 import CutoverSystem
-import Glibc
 
 /// One client connection and the exchange it is in. Owned by one loop for its whole life.
 ///

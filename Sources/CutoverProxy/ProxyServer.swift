@@ -5,7 +5,6 @@ import CutoverRouting
 import CutoverSystem
 import Dispatch
 import Foundation
-import Glibc
 import Synchronization
 
 /// The data plane: one `EventLoop` thread per worker, each with its own SO_REUSEPORT listeners,
@@ -49,20 +48,13 @@ public final class ProxyServer: @unchecked Sendable {
 
     /// The number of worker loops for `workers auto` or a number.
     public static func workerCount(_ configured: Int?) -> Int {
-        configured ?? max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        configured ?? ProcessResources.onlineProcessors
     }
 
     /// Each client may need an upstream descriptor too: keep half of the descriptor limit (less
     /// a reserve) for upstream connections, so a flood of clients cannot starve them.
     private static func clientLimit(_ configured: Int) -> Int {
-        var limit = rlimit()
-        getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max
-            setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
-            getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
-        }
-        let available = Int(clamping: limit.rlim_cur)
+        let available = ProcessResources.raiseOpenFileLimit()
         return max(1, min(configured, (available - 64) / 2))
     }
 
@@ -71,7 +63,7 @@ public final class ProxyServer: @unchecked Sendable {
         precondition(!started, "start() called twice")
         started = true
         startedNs = monotonicNanoseconds()
-        signal(SIGPIPE, SIG_IGN)  // a peer that vanished must not kill the process
+        ProcessResources.ignoreBrokenPipes()
         let count = Self.workerCount(config.workers)
         if config.accessLog != .off {
             accessLog = try AccessLog(target: config.accessLog, loops: count,

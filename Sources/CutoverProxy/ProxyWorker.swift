@@ -1,10 +1,10 @@
+import Glibc
 import CutoverConfig
 import CutoverHTTP
 import CutoverLoop
 import CutoverMetrics
 import CutoverRouting
 import CutoverSystem
-import Glibc
 import Synchronization
 
 /// Settings every loop reads; fixed for the life of the process (a reload that changes them

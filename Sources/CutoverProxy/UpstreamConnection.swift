@@ -1,9 +1,9 @@
+import Glibc
 import CutoverConfig
 import CutoverLoop
 import CutoverMetrics
 import CutoverRouting
 import CutoverSystem
-import Glibc
 
 /// A connection to one upstream server, owned by one loop. While it carries a request its
 /// `owner` drives it; while idle it sits in the loop's `UpstreamIdlePool` and any event on it

@@ -126,6 +126,11 @@ package enum Posix {
         return result == 0 ? SocketAddress(storage: storage) : nil
     }
 
+    /// shutdown(SHUT_RDWR): wakes a thread blocked in accept or recv on `fd`.
+    public static func shutdownBoth(_ fd: Int32) {
+        _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
+    }
+
     package static func shutdownWrite(_ fd: Int32) {
         _ = Glibc.shutdown(fd, Int32(SHUT_WR))
     }
@@ -196,16 +201,6 @@ package enum EventFD {
         _ = Glibc.read(fd, &value, 8)
     }
 }
-
-/// Monotonic time from the vDSO: no syscall.
-@inline(__always)
-package func monotonicMilliseconds() -> Int64 { Int64(cutover_monotonic_ms()) }
-
-@inline(__always)
-package func monotonicNanoseconds() -> Int64 { Int64(cutover_monotonic_ns()) }
-
-/// Wall-clock time (vDSO), for timestamps people read.
-package func realtimeNanoseconds() -> Int64 { Int64(cutover_realtime_ns()) }
 
 // MARK: Blocking sockets and files of the control plane
 

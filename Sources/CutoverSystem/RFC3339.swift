@@ -5,7 +5,15 @@ import Glibc
 /// hand: DateFormatter is not cheap to create and its thread-safety on Linux has varied.
 public enum RFC3339 {
     public static func string(from date: Date) -> String {
-        let totalMs = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
+        string(millisecondsSince1970: Int64((date.timeIntervalSince1970 * 1000).rounded(.down)))
+    }
+
+    public static func string(nanosecondsSince1970 nanoseconds: Int64) -> String {
+        let milliseconds = nanoseconds >= 0 ? nanoseconds / 1_000_000 : (nanoseconds - 999_999) / 1_000_000
+        return string(millisecondsSince1970: milliseconds)
+    }
+
+    public static func string(millisecondsSince1970 totalMs: Int64) -> String {
         // Floor division so dates before 1970 still give a 0...999 millisecond part.
         var seconds = time_t(totalMs >= 0 ? totalMs / 1000 : (totalMs - 999) / 1000)
         let milliseconds = Int(totalMs - Int64(seconds) * 1000)
