@@ -76,6 +76,7 @@ let package = Package(
         .target(name: "CAllocationCounter", path: "Tests/CAllocationCounter"),
         .target(name: "CutoverTestSupport", path: "Tests/CutoverTestSupport"),
         .testTarget(name: "CutoverHTTPTests", dependencies: ["CutoverHTTP"]),
+        .testTarget(name: "CutoverLoopTests", dependencies: ["CutoverLoop"]),
         .testTarget(name: "CutoverConfigTests", dependencies: ["CutoverConfig"]),
         .testTarget(name: "CutoverMetricsTests", dependencies: ["CutoverMetrics", "CutoverTestSupport"]),
         .testTarget(name: "CutoverControlTests", dependencies: ["CutoverControl", "CutoverConfig", "CutoverSystem"]),

@@ -10,7 +10,8 @@ open class Channel {
     public unowned(unsafe) let loop: EventLoop
     /// Index in the loop's channel table; -1 when not registered.
     package var slot: Int32 = -1
-    /// Monotonic milliseconds at which `deadlineReached` runs; 0 = none.
+    /// Monotonic milliseconds at which `deadlineReached` runs; 0 = none. Set it through
+    /// `setDeadline` (or to 0 to cancel): the loop's timer wheel learns of it there.
     package var deadline: Int64 = 0
 
     public init(fd: Int32, loop: EventLoop) {
@@ -21,11 +22,13 @@ open class Channel {
     open func handle(events: UInt32) {}
     open func deadlineReached() {}
 
-    /// Sets the deadline and lets the loop know it may need to wake earlier. No syscall.
+    /// Sets the deadline. No syscall, and usually no timer work: the wheel entry moves only
+    /// when the deadline comes earlier than the bucket it waits in (a later deadline is found
+    /// when that bucket comes due).
     @inline(__always)
     package final func setDeadline(after milliseconds: Int) {
         deadline = loop.now + Int64(milliseconds)
-        if deadline < loop.nextDeadline { loop.nextDeadline = deadline }
+        loop.deadlineChanged(self)
     }
 
     @inline(__always)
@@ -33,8 +36,9 @@ open class Channel {
 }
 
 /// One data-plane thread: an epoll instance, its channels, a buffer pool, an eventfd for
-/// wake-ups from other threads, and lazily checked deadlines (no timer syscall per request:
-/// `epoll_wait`'s timeout comes from the nearest deadline, and deadlines are scanned when due).
+/// wake-ups from other threads, and a timer wheel of the channels' deadlines (no timer syscall
+/// per request: `epoll_wait`'s timeout comes from the wheel, and only due buckets are visited,
+/// so idle connections cost nothing while they wait).
 public final class EventLoop {
     package let index: Int
     let epollFD: Int32
@@ -46,8 +50,10 @@ public final class EventLoop {
     /// The same moment in nanoseconds: request latencies are measured between wake-ups, so
     /// recording them costs no clock read (the resolution is one loop iteration).
     package private(set) var nowNs: Int64
-    /// The earliest deadline set since the last scan (an upper bound on when to wake).
-    var nextDeadline: Int64 = .max
+    /// The channels' deadlines, by channel slot.
+    private var timers: TimerWheel
+    /// Channel slots whose timer came due, reused between expiries.
+    private var dueSlots: [Int32] = []
 
     private var channels: [Channel?] = []
     private var generations: [UInt32] = []
@@ -78,6 +84,7 @@ public final class EventLoop {
         now = nowNs / 1_000_000
         fields = .allocate(capacity: maxHeaders)
         fields.initialize(repeating: HeaderField(name: .empty, value: .empty, kind: .other))
+        timers = TimerWheel(now: now)
         try Epoll.add(epollFD, fd: wakeFD, events: Epoll.readable | Epoll.edgeTriggered, token: Self.wakeToken)
     }
 
@@ -101,6 +108,7 @@ public final class EventLoop {
             generations.append(0)
         }
         channel.slot = slot
+        if channel.deadline != 0 { timers.schedule(slot, at: channel.deadline) }
         let token = UInt64(UInt32(bitPattern: slot)) | UInt64(generations[Int(slot)]) << 32
         do {
             try Epoll.add(epollFD, fd: channel.fd,
@@ -123,6 +131,7 @@ public final class EventLoop {
     }
 
     private func release(slot: Int32) {
+        timers.cancel(slot)
         channels[Int(slot)] = nil
         generations[Int(slot)] &+= 1
         freeSlots.append(slot)
@@ -148,10 +157,10 @@ public final class EventLoop {
         let capacity: Int32 = 256
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Int(capacity))
         defer { events.deallocate() }
-        var nextScan: Int64 = .max
         var nextMaintenance: Int64 = now + 1_000
         while !stopFlag.load(ordering: .acquiring) {
-            let wake = min(nextDeadline, nextScan)
+            var wake = timers.nextWakeMs()
+            if buffers.freeCount > Self.bufferReserve { wake = min(wake, nextMaintenance) }
             let count: Int
             do {
                 if preciseTimerNs != .max {
@@ -185,15 +194,12 @@ public final class EventLoop {
                 preciseTimerNs = .max
                 onPreciseTimer?()
             }
-            if now >= nextDeadline || now >= nextScan {
-                nextScan = scanDeadlines()
-            }
+            expireDeadlines()
             if now >= nextMaintenance {
                 // Give back buffers a burst left behind; keep a reserve for the next requests.
                 buffers.trim(keep: Self.bufferReserve)
                 nextMaintenance = now + 1_000
             }
-            if buffers.freeCount > Self.bufferReserve { nextScan = min(nextScan, nextMaintenance) }
         }
     }
 
@@ -205,24 +211,34 @@ public final class EventLoop {
         for item in work { item() }
     }
 
-    /// Fires every expired deadline and recomputes the nearest one. Returns when to scan again
-    /// (deadlines may also be extended without notice, so the scan is what is authoritative).
-    private func scanDeadlines() -> Int64 {
-        var nearest: Int64 = .max
-        nextDeadline = .max
-        var index = 0
-        while index < channels.count {
-            if let channel = channels[index], channel.deadline != 0 {
-                if channel.deadline <= now {
-                    channel.deadline = 0
-                    channel.deadlineReached()
-                }
-                if channel.slot >= 0 && channel.deadline != 0 { nearest = min(nearest, channel.deadline) }
-            }
-            index += 1
+    /// A channel's deadline changed: schedule it when it has none in the wheel or its new
+    /// deadline comes before the bucket it waits in. Later deadlines stay where they are.
+    @inline(__always)
+    package func deadlineChanged(_ channel: Channel) {
+        guard channel.slot >= 0, channel.deadline != 0 else { return }
+        let scheduled = timers.scheduledTick(channel.slot)
+        if scheduled == 0 || timers.tick(for: channel.deadline) < scheduled {
+            timers.schedule(channel.slot, at: channel.deadline)
         }
-        nextDeadline = min(nextDeadline, nearest)
-        return nearest
+    }
+
+    /// Fires the deadlines that have passed. An entry whose channel moved its deadline later
+    /// (or cleared it) is put back for the new time (or dropped) instead.
+    private func expireDeadlines() {
+        timers.expire(now: now, into: &dueSlots)
+        guard !dueSlots.isEmpty else { return }
+        for slot in dueSlots {
+            // A channel closed by an earlier handler in this batch has left the wheel already;
+            // a slot reused since then belongs to a new channel, which `register` scheduled.
+            guard let channel = channels[Int(slot)], channel.deadline != 0 else { continue }
+            if channel.deadline <= now {
+                channel.deadline = 0
+                channel.deadlineReached()
+            } else if timers.scheduledTick(slot) == 0 {
+                timers.schedule(slot, at: channel.deadline)
+            }
+        }
+        dueSlots.removeAll(keepingCapacity: true)
     }
 
     /// The channels registered now (a copy, so the visitor may close them).
