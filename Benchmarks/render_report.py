@@ -178,4 +178,13 @@ for title, path in (("cutover", "cutover.conf"), ("nginx", "nginx.conf.template"
         .replace("worker_processes 2", "worker_processes 1").replace("nbthread 2", "nbthread 1"))
     add("```")
     add("")
-open(out, "w").write("\n".join(lines) + "\n")
+# Sections other benchmark scripts maintain (Benchmarks/idle-timers.sh) are kept as they are.
+kept = ""
+try:
+    previous = open(out).read()
+    begin, end = previous.find("<!-- idle-timers:begin -->"), previous.find("<!-- idle-timers:end -->")
+    if begin >= 0 and end >= 0:
+        kept = "\n" + previous[begin:end + len("<!-- idle-timers:end -->")] + "\n"
+except FileNotFoundError:
+    pass
+open(out, "w").write("\n".join(lines) + "\n" + kept)

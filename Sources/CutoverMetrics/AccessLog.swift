@@ -1,3 +1,4 @@
+import CutoverRouting
 import CutoverConfig
 import CutoverSystem
 import Foundation
@@ -11,7 +12,7 @@ enum AccessRecord {
     // Numbers.
     static let endNs = 0, durationMicros = 8, upstreamMicros = 16, bytesIn = 24, bytesOut = 32
     static let generatedIDHigh = 40, generatedIDLow = 48, serverID = 56, appID = 64
-    static let status = 68, color = 70, error = 71
+    static let status = 68, pool = 70, error = 71
     // Lengths of the byte fields below.
     static let methodLength = 72, hostLength = 73, requestIDLength = 74, clientLength = 75
     static let pathLength = 76, pathTruncated = 78, termination = 79
@@ -163,7 +164,7 @@ extension AccessLogRing {
     /// Fills the outcome and hands the record to the writer (loop thread).
     @inline(__always)
     package func finish(_ slot: Int32, endNs: Int64, sample: RequestSample, error: WindowedStats.Outcome?,
-                termination: Termination, serverID: Int, appID: Int32, color: Color?) {
+                termination: Termination, serverID: Int, appID: Int32, pool: PoolID?) {
         let base = record(slot)
         base.storeBytes(of: endNs, toByteOffset: AccessRecord.endNs, as: Int64.self)
         base.storeBytes(of: Int64(sample.latencyMicros), toByteOffset: AccessRecord.durationMicros, as: Int64.self)
@@ -173,8 +174,7 @@ extension AccessLogRing {
         base.storeBytes(of: Int64(serverID), toByteOffset: AccessRecord.serverID, as: Int64.self)
         base.storeBytes(of: appID, toByteOffset: AccessRecord.appID, as: Int32.self)
         base.storeBytes(of: sample.status, toByteOffset: AccessRecord.status, as: UInt16.self)
-        let colorCode: UInt8 = color == nil ? 0 : (color == .blue ? 1 : 2)
-        base.storeBytes(of: colorCode, toByteOffset: AccessRecord.color, as: UInt8.self)
+        base.storeBytes(of: pool.map { $0.index + 1 } ?? 0, toByteOffset: AccessRecord.pool, as: UInt8.self)
         base.storeBytes(of: error.map { UInt8($0.rawValue) + 1 } ?? 0, toByteOffset: AccessRecord.error, as: UInt8.self)
         base.storeBytes(of: termination.rawValue, toByteOffset: AccessRecord.termination, as: UInt8.self)
         publish(slot)
@@ -370,12 +370,10 @@ public final class AccessLog: @unchecked Sendable {
         let appID = Int(record.loadUnaligned(fromByteOffset: AccessRecord.appID, as: Int32.self))
         append(",\"app\":")
         if appID >= 0 && appID < apps.count { appendString(apps[appID]) } else { append("null") }
+        // The pool is named by its color (the field operators know from earlier releases).
         append(",\"color\":")
-        switch byte(AccessRecord.color) {
-        case 1: append("\"blue\"")
-        case 2: append("\"green\"")
-        default: append("null")
-        }
+        let pool = Int(byte(AccessRecord.pool))
+        if pool > 0 && pool <= PoolID.all.count { appendString(PoolID.all[pool - 1].name) } else { append("null") }
         append(",\"server\":")
         let serverID = Int(int64(AccessRecord.serverID))
         if serverID >= 0 && serverID < servers.count { appendString(servers[serverID]) } else { append("null") }

@@ -1,7 +1,9 @@
+import CutoverRouting
+import CutoverConfig
 import CutoverConfig
 import Synchronization
 
-/// What the data plane tells the control plane, without ever calling into it: per-color
+/// What the data plane tells the control plane, without ever calling into it: per-pool
 /// requests in flight and open upstream connections, and per-server connect failures (passive
 /// health checks). The control plane reads and sums; the data plane only writes.
 ///
@@ -12,8 +14,18 @@ public final class DataPlaneCounters: @unchecked Sendable {
     public static let maxServers = 4096
     private static let slotStride = 16  // 128 bytes per loop: no false sharing between loops
 
-    package enum Field: Int {
-        case inflightBlue = 0, inflightGreen, upstreamBlue, upstreamGreen
+    /// Per loop: requests in flight for each pool, then open upstream connections of each pool.
+    package enum Field {
+        case inflight(PoolID)
+        case upstreamConnections(PoolID)
+
+        @inline(__always)
+        var offset: Int {
+            switch self {
+            case .inflight(let pool): return Int(pool.index)
+            case .upstreamConnections(let pool): return PoolID.limit + Int(pool.index)
+            }
+        }
     }
 
     private let loops: Int
@@ -38,15 +50,9 @@ public final class DataPlaneCounters: @unchecked Sendable {
     /// Called only by loop `loop`'s thread.
     @inline(__always)
     package func add(_ delta: Int, _ field: Field, loop: Int) {
-        let slot = perLoop + (loop * Self.slotStride + field.rawValue)
+        let slot = perLoop + (loop * Self.slotStride + field.offset)
         slot.pointee.store(slot.pointee.load(ordering: .relaxed) &+ delta, ordering: .relaxed)
     }
-
-    @inline(__always)
-    package static func inflightField(_ color: Color) -> Field { color == .blue ? .inflightBlue : .inflightGreen }
-
-    @inline(__always)
-    package static func upstreamField(_ color: Color) -> Field { color == .blue ? .upstreamBlue : .upstreamGreen }
 
     package func connectFailed(serverID: Int) {
         guard serverID < Self.maxServers else { return }
@@ -55,9 +61,11 @@ public final class DataPlaneCounters: @unchecked Sendable {
 
     // MARK: Reading (control plane)
 
-    public func inflight(_ color: Color) -> Int { sum(Self.inflightField(color)) }
+    public func inflight(_ pool: PoolID) -> Int { sum(.inflight(pool)) }
+    public func inflight(_ color: Color) -> Int { inflight(PoolID(color)) }
 
-    public func upstreamConnections(_ color: Color) -> Int { sum(Self.upstreamField(color)) }
+    public func upstreamConnections(_ pool: PoolID) -> Int { sum(.upstreamConnections(pool)) }
+    public func upstreamConnections(_ color: Color) -> Int { upstreamConnections(PoolID(color)) }
 
     /// Total connect failures the data plane saw for a server since start.
     public func connectFailures(serverID: Int) -> UInt64 {
@@ -68,7 +76,7 @@ public final class DataPlaneCounters: @unchecked Sendable {
     private func sum(_ field: Field) -> Int {
         var total = 0
         for loop in 0..<loops {
-            total += perLoop[loop * Self.slotStride + field.rawValue].load(ordering: .relaxed)
+            total += perLoop[loop * Self.slotStride + field.offset].load(ordering: .relaxed)
         }
         return total
     }

@@ -1,20 +1,20 @@
 import CutoverConfig
 import CutoverRouting
 
-/// What one loop records for one app and color. Owned by the loop's thread: recording is plain
-/// stores into memory allocated when the loop first routed to this app and color.
-package final class ColorStats {
+/// What one loop records for one app and pool. Owned by the loop's thread: recording is plain
+/// stores into memory allocated when the loop first routed to this app and pool.
+package final class PoolStats {
     let app: String
-    package let color: Color
+    package let pool: PoolID
     /// The app's number in the process-wide `AppRegistry` (names it in access-log records).
     package let appID: Int32
     package var windows = WindowedStats()
     /// Upstream failures by server id, including attempts that were retried elsewhere.
     var serverErrors: [Int: UpstreamErrorCounts] = [:]
 
-    init(app: String, color: Color, appID: Int32) {
+    init(app: String, pool: PoolID, appID: Int32) {
         self.app = app
-        self.color = color
+        self.pool = pool
         self.appID = appID
     }
 
@@ -53,7 +53,8 @@ public struct UpstreamErrorCounts: Sendable, Equatable {
 /// runs on the loop thread), so the data path needs no lock and no atomic.
 package final class LoopMetrics {
     private let apps: AppRegistry
-    private var byApp: [String: (blue: ColorStats?, green: ColorStats?)] = [:]
+    /// By app, then by pool index.
+    private var byApp: [String: [PoolStats?]] = [:]
     /// Local answers to requests that matched no app or could not be parsed (400, 404, 408…),
     /// by status code.
     var unroutedStatusCodes = [UInt64](repeating: 0, count: 600)
@@ -62,13 +63,13 @@ package final class LoopMetrics {
         self.apps = apps
     }
 
-    /// The recording target for an app and color; created once (when a loop first builds a
-    /// routing snapshot that sends requests there), then reused across publishes.
-    package func stats(app: String, color: Color) -> ColorStats {
-        var entry = byApp[app] ?? (nil, nil)
-        if let existing = color == .blue ? entry.blue : entry.green { return existing }
-        let created = ColorStats(app: app, color: color, appID: apps.id(for: app))
-        if color == .blue { entry.blue = created } else { entry.green = created }
+    /// The recording target for an app and pool; created once (when a loop first builds a
+    /// routing snapshot that gives the pool a share), then reused across publishes.
+    package func stats(app: String, pool: PoolID) -> PoolStats {
+        var entry = byApp[app] ?? [PoolStats?](repeating: nil, count: PoolID.limit)
+        if let existing = entry[Int(pool.index)] { return existing }
+        let created = PoolStats(app: app, pool: pool, appID: apps.id(for: app))
+        entry[Int(pool.index)] = created
         byApp[app] = entry
         return created
     }
@@ -81,8 +82,8 @@ package final class LoopMetrics {
     /// Adds this loop's figures to `snapshot`. Runs on the loop thread.
     package func contribute(to snapshot: inout MetricsSnapshot) {
         for (_, entry) in byApp {
-            for stats in [entry.blue, entry.green].compactMap({ $0 }) {
-                let key = AppColor(app: stats.app, color: stats.color)
+            for stats in entry.compactMap({ $0 }) {
+                let key = AppPool(app: stats.app, pool: stats.pool)
                 var figures = snapshot.windowFigures[key] ?? WindowedStats.Figures()
                 stats.windows.merge(snapshot.window, at: snapshot.second, into: &figures)
                 snapshot.windowFigures[key] = figures
@@ -100,17 +101,25 @@ package final class LoopMetrics {
     }
 }
 
-public struct AppColor: Hashable, Sendable, Comparable {
+/// What figures are kept by: an app and one of its pools.
+public struct AppPool: Hashable, Sendable, Comparable {
     public let app: String
-    public let color: Color
+    public let pool: PoolID
 
-    public init(app: String, color: Color) {
+    public init(app: String, pool: PoolID) {
         self.app = app
-        self.color = color
+        self.pool = pool
     }
 
-    public static func < (lhs: AppColor, rhs: AppColor) -> Bool {
-        (lhs.app, lhs.color.rawValue) < (rhs.app, rhs.color.rawValue)
+    public init(app: String, color: Color) {
+        self.init(app: app, pool: PoolID(color))
+    }
+
+    /// The pool's color (the name `status`, `stats` and the metrics report it by).
+    public var color: Color { pool.color }
+
+    public static func < (lhs: AppPool, rhs: AppPool) -> Bool {
+        (lhs.app, lhs.pool) < (rhs.app, rhs.pool)
     }
 }
 
@@ -121,9 +130,9 @@ public struct MetricsSnapshot: Sendable {
     public let nanoseconds: Int64
     public var second: Int64 { nanoseconds / 1_000_000_000 }
     public let includesTotals: Bool
-    public var windowFigures: [AppColor: WindowedStats.Figures] = [:]
-    public var totals: [AppColor: WindowedStats.Totals] = [:]
-    public var serverErrors: [AppColor: [Int: UpstreamErrorCounts]] = [:]
+    public var windowFigures: [AppPool: WindowedStats.Figures] = [:]
+    public var totals: [AppPool: WindowedStats.Totals] = [:]
+    public var serverErrors: [AppPool: [Int: UpstreamErrorCounts]] = [:]
     public var unroutedStatusCodes = [UInt64](repeating: 0, count: 600)
     /// Loops that did not answer in time (stopping): their figures are missing.
     public var loopsMissing = 0
@@ -148,7 +157,7 @@ public struct MetricsSnapshot: Sendable {
     }
 
     public func figures(app: String, color: Color) -> WindowedStats.Figures {
-        windowFigures[AppColor(app: app, color: color)] ?? WindowedStats.Figures()
+        windowFigures[AppPool(app: app, color: color)] ?? WindowedStats.Figures()
     }
 
     package mutating func merge(_ other: MetricsSnapshot) {

@@ -39,7 +39,7 @@ final class ClientConnection: Channel {
         // What the request is recorded with when it ends (`recordExchange`).
         /// The app and color the request was routed to (nil: it matched no app). Unowned: a
         /// loop keeps its figures for its whole life, and a request must not pay a retain.
-        unowned(unsafe) var stats: ColorStats? = nil
+        unowned(unsafe) var stats: PoolStats? = nil
         /// Loop time of the first byte of the request head.
         var startedNs: Int64 = 0
         /// Loop time the request (head and body) was fully written upstream (0: not yet).
@@ -59,8 +59,8 @@ final class ClientConnection: Channel {
         var attempts: UInt8 = 0
         var method: HTTPMethod = .get
         var version: HTTPVersion = .http11
-        /// The color this request is counted in flight for (nil: not counted).
-        var inflightColor: Color? = nil
+        /// The pool this request is counted in flight for (nil: not counted).
+        var inflightPool: PoolID? = nil
         /// Why the exchange ended short of its full response, when it did.
         var termination: Termination = .none
         var keepAlive = true
@@ -350,13 +350,13 @@ final class ClientConnection: Channel {
         if let log = worker.accessLog { beginAccessRecord(log, head: head, source: source, authority: authority, id: id) }
         var path = UnsafeRawBufferPointer(rebasing: source[head.path.lowerBound..<head.path.upperBound])
         if path.first != 0x2F { path = Self.rootPath }  // absolute-form without a path, or "*"
-        guard let appIndex = routing.match(authority: authority, path: path) else {
+        guard let appIndex = routing.matcher.match(authority: authority, path: path) else {
             input.consume(consumed)
             respondLocally(status: 404, message: "no app is configured for this host and path",
                            keepAlive: exchange.keepAlive && !exchange.requestHasBody)
             return
         }
-        let pool = routing.activePools[appIndex]
+        let pool = routing.apps[appIndex].choosePool(RoutingRequest(authority: authority, path: path))
         exchange.stats = pool.stats
         if case .contentLength(let length) = head.framing, let maxBody = worker.settings.limits.maxBody,
            length > UInt64(maxBody) {
@@ -371,7 +371,7 @@ final class ClientConnection: Channel {
             return
         }
         exchange.serverID = Int32(truncatingIfNeeded: server.id)
-        guard let upstream = acquireUpstream(server, color: pool.color) else {
+        guard let upstream = acquireUpstream(server, pool: pool.pool) else {
             input.consume(consumed)
             pool.stats.upstreamFailed(serverID: server.id, kind: .connectFailure)
             respondLocally(status: 502, message: "could not connect to an upstream server",
@@ -404,7 +404,7 @@ final class ClientConnection: Channel {
         upstream.owner = self
         self.upstream = upstream
         self.pool = pool
-        beginInflight(pool.color)
+        beginInflight(pool.pool)
         phase = .proxying
     }
 
@@ -413,11 +413,11 @@ final class ClientConnection: Channel {
         UnsafeRawBufferPointer(start: rootPathStorage.utf8Start, count: 1)
     }
 
-    private func acquireUpstream(_ server: ServerEntry, color: Color) -> UpstreamConnection? {
+    private func acquireUpstream(_ server: ServerEntry, pool: PoolID) -> UpstreamConnection? {
         if let idle = worker.upstreamPool.take(serverID: server.id) { return idle }
         do {
             return try UpstreamConnection.connect(
-                to: server, color: color, loop: loop, idlePool: worker.upstreamPool, counters: worker.counters)
+                to: server, pool: pool, loop: loop, idlePool: worker.upstreamPool, counters: worker.counters)
         } catch {
             worker.log(.warning, "connect to \(server.name) failed: \(error)")
             worker.counters.connectFailed(serverID: server.id)
@@ -425,16 +425,16 @@ final class ClientConnection: Channel {
         }
     }
 
-    /// Counts this request in flight for its color until it ends, however it ends.
-    private func beginInflight(_ color: Color) {
-        exchange.inflightColor = color
-        worker.counters.add(1, DataPlaneCounters.inflightField(color), loop: loop.index)
+    /// Counts this request in flight for its pool until it ends, however it ends.
+    private func beginInflight(_ pool: PoolID) {
+        exchange.inflightPool = pool
+        worker.counters.add(1, .inflight(pool), loop: loop.index)
     }
 
     private func endInflight() {
-        guard let color = exchange.inflightColor else { return }
-        exchange.inflightColor = nil
-        worker.counters.add(-1, DataPlaneCounters.inflightField(color), loop: loop.index)
+        guard let pool = exchange.inflightPool else { return }
+        exchange.inflightPool = nil
+        worker.counters.add(-1, .inflight(pool), loop: loop.index)
     }
 
     // MARK: Request body and upstream writes
@@ -662,7 +662,7 @@ final class ClientConnection: Channel {
         let staleReuse = failedUpstream.reused && exchange.method.isIdempotent && !exchange.requestHasBody
         if (nothingSent || staleReuse) && exchange.attempts < Self.maxAttempts,
            let server = pool.next(excluding: failedUpstream.reused ? -1 : failedUpstream.server.id),
-           let next = acquireUpstream(server, color: pool.color) {
+           let next = acquireUpstream(server, pool: pool.pool) {
             worker.log(.info, "retrying request on \(server.name) after \(reason) on \(failedUpstream.server.name)")
             // The request bytes still sit in the failed connection's output buffer.
             var requestBytes = failedUpstream.output
@@ -766,7 +766,7 @@ final class ClientConnection: Channel {
         }
         guard slot >= 0 else { return }
         log.finish(slot, endNs: now, sample: sample, error: error, termination: exchange.termination, serverID: Int(exchange.serverID),
-                   appID: exchange.stats?.appID ?? -1, color: exchange.stats?.color)
+                   appID: exchange.stats?.appID ?? -1, pool: exchange.stats?.pool)
     }
 
     private func closeUpstream() {

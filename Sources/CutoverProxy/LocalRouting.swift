@@ -1,124 +1,81 @@
-import CutoverConfig
 import CutoverMetrics
 import CutoverRouting
 
 /// A loop's private view of the published routing table, rebuilt when the generation changes.
 /// Everything a request touches lives here, owned by one thread: matching reads flat byte
-/// arrays and round-robin cursors are plain integers.
+/// arrays, selectors and round-robin cursors are plain integers.
 final class LocalRouting {
     let generation: UInt64
     let table: RoutingTable
-    /// The pool of the active color for each app, by app index.
-    let activePools: [LocalPool]
+    let matcher: RouteMatcher
+    /// By app index (the matcher's answer).
+    let apps: [LocalApp]
 
-    /// Host names and path prefixes, lowercased, back to back.
-    private let names: [UInt8]
-    private let routes: [Route]
-
-    private struct Route {
-        var hostOffset: Int
-        var hostLength: Int  // -1 for the wildcard host
-        var prefixOffset: Int
-        var prefixLength: Int
-        var app: Int
-    }
-
-    init(table: RoutingTable, generation: UInt64, metrics: LoopMetrics) {
+    /// `previous` hands its selectors on to apps whose split did not change, so a publish
+    /// (a health change, a drain) does not restart how requests are spread.
+    init(table: RoutingTable, generation: UInt64, metrics: LoopMetrics, previous: LocalRouting? = nil) {
         self.generation = generation
         self.table = table
-        var names: [UInt8] = []
-        var routes: [Route] = []
-        var pools: [LocalPool] = []
-        for (index, app) in table.apps.enumerated() {
-            pools.append(LocalPool(app: app.name, color: table.activeColor, servers: app.servers(table.activeColor),
-                                   stats: metrics.stats(app: app.name, color: table.activeColor)))
-            let prefix = Array((app.pathPrefix ?? "").utf8)
-            for host in app.hosts {
-                let hostBytes = Array(host.utf8)
-                let hostOffset = names.count
-                names.append(contentsOf: hostBytes)
-                let prefixOffset = names.count
-                names.append(contentsOf: prefix)
-                routes.append(Route(
-                    hostOffset: hostOffset, hostLength: host == "*" ? -1 : hostBytes.count,
-                    prefixOffset: prefixOffset, prefixLength: prefix.count, app: index))
-            }
+        matcher = RouteMatcher(apps: table.apps)
+        var kept: [String: LocalApp] = [:]
+        for app in previous?.apps ?? [] { kept[app.name] = app }
+        apps = table.apps.map { app in
+            LocalApp(app, metrics: metrics, previous: kept[app.name].flatMap { $0.split == app.split ? $0 : nil })
         }
-        // Exact hosts before the wildcard, longer prefixes first: the first match is the most
-        // specific host, then the longest prefix.
-        routes.sort { a, b in
-            if (a.hostLength < 0) != (b.hostLength < 0) { return a.hostLength >= 0 }
-            return a.prefixLength > b.prefixLength
-        }
-        self.names = names
-        self.routes = routes
-        self.activePools = pools
-    }
-
-    /// The app for a request: `authority` is the Host (port and one trailing dot ignored,
-    /// case-insensitive), `path` the origin-form target. Routes are tried most specific first:
-    /// apps naming this host by longest prefix, then wildcard apps by longest prefix (so a
-    /// host's paths that none of its apps claim still reach a `host *` app).
-    func match(authority: UnsafeRawBufferPointer, path: UnsafeRawBufferPointer) -> Int? {
-        let host = Self.hostPart(authority)
-        return names.withUnsafeBufferPointer { names -> Int? in
-            for route in routes {
-                if route.hostLength >= 0 {
-                    guard route.hostLength == host.count else { continue }
-                    var equal = true
-                    for offset in 0..<host.count where asciiLowercase(host[offset]) != names[route.hostOffset + offset] {
-                        equal = false
-                        break
-                    }
-                    guard equal else { continue }
-                }
-                if Self.hasPrefix(path, names, route.prefixOffset, route.prefixLength) { return route.app }
-            }
-            return nil
-        }
-    }
-
-    private static func hasPrefix(_ path: UnsafeRawBufferPointer, _ names: UnsafeBufferPointer<UInt8>, _ offset: Int, _ length: Int) -> Bool {
-        guard path.count >= length else { return false }
-        for index in 0..<length where path[index] != names[offset + index] { return false }
-        return true
-    }
-
-    private static func hostPart(_ authority: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
-        var end = authority.count
-        if authority.first == 0x5B {  // "[v6]:port"
-            if let close = authority.firstIndex(of: 0x5D) { end = close + 1 }
-        } else if let colon = authority.firstIndex(of: 0x3A) {
-            end = colon
-        }
-        if end > 0 && authority[end - 1] == 0x2E { end -= 1 }
-        return UnsafeRawBufferPointer(rebasing: authority[0..<end])
     }
 }
 
-@inline(__always)
-private func asciiLowercase(_ byte: UInt8) -> UInt8 {
-    (byte >= 0x41 && byte <= 0x5A) ? byte | 0x20 : byte
+/// One app as a loop routes it: its pools that have a share of the split, and the selector
+/// that places each request in the split.
+final class LocalApp {
+    let name: String
+    let split: TrafficSplit
+    /// The pool taking every request, when one does: no selection per request.
+    private let sole: LocalPool?
+    /// Pools with a share, by pool index (nil: no share; nothing is recorded for it).
+    private let pools: [LocalPool?]
+    private var selector: (any PoolSelector)?
+
+    init(_ app: AppRoute, metrics: LoopMetrics, previous: LocalApp?) {
+        name = app.name
+        split = app.split
+        var pools = [LocalPool?](repeating: nil, count: PoolID.limit)
+        for share in app.split.shares {
+            pools[Int(share.pool.index)] = LocalPool(app: app.name, pool: share.pool, servers: app.servers(share.pool),
+                                                     stats: metrics.stats(app: app.name, pool: share.pool))
+        }
+        self.pools = pools
+        sole = app.split.soleTarget.flatMap { pools[Int($0.index)] }
+        selector = sole == nil ? (previous?.selector ?? app.split.selection.makeSelector()) : nil
+    }
+
+    /// The pool for a request.
+    @inline(__always)
+    func choosePool(_ request: RoutingRequest) -> LocalPool {
+        if let sole { return sole }
+        let bucket = selector!.bucket(for: request)
+        return pools[Int(split.pool(forBucket: bucket).index)]!
+    }
 }
 
-/// Where a loop sends one app's requests: the active color's servers and a round-robin cursor.
+/// Where a loop sends one app's requests of one pool: its servers and a round-robin cursor.
 final class LocalPool {
     let app: String
-    let color: Color
+    let pool: PoolID
     let servers: [ServerEntry]
     /// Where this loop records the requests it sends to this pool.
-    let stats: ColorStats
+    let stats: PoolStats
     private var cursor = 0
 
-    init(app: String, color: Color, servers: [ServerEntry], stats: ColorStats) {
+    init(app: String, pool: PoolID, servers: [ServerEntry], stats: PoolStats) {
         self.app = app
-        self.color = color
+        self.pool = pool
         self.servers = servers
         self.stats = stats
     }
 
     /// The next routable server, skipping `excluding` (a server that just failed this request)
-    /// when another is available. Never looks at the other color.
+    /// when another is available. Never looks at another pool.
     func next(excluding: Int = -1) -> ServerEntry? {
         let count = servers.count
         var fallback: ServerEntry? = nil

@@ -187,7 +187,7 @@ public final class ProxyServer: @unchecked Sendable {
 
     /// Open client connections and open upstream connections (idle ones included).
     public var connectionCounts: (clients: Int, upstreams: Int) {
-        (openConnections, counters.upstreamConnections(.blue) + counters.upstreamConnections(.green))
+        (openConnections, PoolID.all.reduce(0) { $0 + counters.upstreamConnections($1) })
     }
 
     /// What the control plane reads and reaches of this data plane.

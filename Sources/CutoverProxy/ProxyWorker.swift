@@ -88,7 +88,7 @@ final class ProxyWorker {
     func currentRouting() -> LocalRouting {
         if publisher.generation != routing.generation {
             let snapshot = publisher.snapshot()
-            routing = LocalRouting(table: snapshot.table, generation: snapshot.generation, metrics: metrics)
+            routing = LocalRouting(table: snapshot.table, generation: snapshot.generation, metrics: metrics, previous: routing)
         }
         return routing
     }

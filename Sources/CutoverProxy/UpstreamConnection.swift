@@ -42,15 +42,15 @@ final class UpstreamConnection: Channel {
     var owner: ClientConnection?
     unowned(unsafe) let idlePool: UpstreamIdlePool
     unowned(unsafe) let counters: DataPlaneCounters
-    /// The color whose pool opened this connection (for the per-color connection count).
-    let color: Color
+    /// The pool that opened this connection (for the per-pool connection count).
+    let pool: PoolID
 
-    init(fd: Int32, loop: EventLoop, server: ServerEntry, color: Color, connected: Bool,
+    init(fd: Int32, loop: EventLoop, server: ServerEntry, pool: PoolID, connected: Bool,
          idlePool: UpstreamIdlePool, counters: DataPlaneCounters) {
         self.server = server
         self.idlePool = idlePool
         self.counters = counters
-        self.color = color
+        self.pool = pool
         phase = connected ? .open : .connecting
         writable = connected
         super.init(fd: fd, loop: loop)
@@ -163,7 +163,7 @@ final class UpstreamConnection: Channel {
     func close() {
         guard phase != .closed else { return }
         phase = .closed
-        counters.add(-1, DataPlaneCounters.upstreamField(color), loop: loop.index)
+        counters.add(-1, .upstreamConnections(pool), loop: loop.index)
         owner = nil
         releaseBuffers()
         loop.closeChannel(self)
@@ -173,17 +173,17 @@ final class UpstreamConnection: Channel {
     /// failures (no descriptors, network unreachable): the caller treats those like a refused
     /// connect.
     static func connect(
-        to server: ServerEntry, color: Color, loop: EventLoop, idlePool: UpstreamIdlePool, counters: DataPlaneCounters
+        to server: ServerEntry, pool: PoolID, loop: EventLoop, idlePool: UpstreamIdlePool, counters: DataPlaneCounters
     ) throws(IOError) -> UpstreamConnection {
         let fd = try Posix.socket(family: server.address.family)
         do {
             try Posix.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
             let connected = try Posix.connect(fd, server.address)
             let connection = UpstreamConnection(
-                fd: fd, loop: loop, server: server, color: color, connected: connected, idlePool: idlePool,
+                fd: fd, loop: loop, server: server, pool: pool, connected: connected, idlePool: idlePool,
                 counters: counters)
             try loop.register(connection)
-            counters.add(1, DataPlaneCounters.upstreamField(color), loop: loop.index)
+            counters.add(1, .upstreamConnections(pool), loop: loop.index)
             return connection
         } catch {
             Posix.close(fd)

@@ -29,20 +29,45 @@ public struct AppRoute: Sendable {
     public let pathPrefix: String?
     public let blue: [ServerEntry]
     public let green: [ServerEntry]
+    /// Which pool takes what share of the app's requests.
+    public var split: TrafficSplit
+
+    public init(name: String, hosts: [String], pathPrefix: String?, blue: [ServerEntry], green: [ServerEntry],
+                split: TrafficSplit) {
+        self.name = name
+        self.hosts = hosts
+        self.pathPrefix = pathPrefix
+        self.blue = blue
+        self.green = green
+        self.split = split
+    }
 
     public func servers(_ color: Color) -> [ServerEntry] { color == .blue ? blue : green }
+    public func servers(_ pool: PoolID) -> [ServerEntry] { servers(pool.color) }
 }
 
-/// The immutable routing state: apps, both pools of each, and the active color. A switch is a
-/// new table published atomically; loops pick it up at their next request.
+/// The immutable routing state: apps, the pools of each and how each app's requests are split
+/// among them. A switch is a new table published atomically; loops pick it up at their next
+/// request.
 public final class RoutingTable: Sendable {
-    public let activeColor: Color
     public let apps: [AppRoute]
 
-    public init(activeColor: Color, apps: [AppRoute]) {
-        self.activeColor = activeColor
+    public init(apps: [AppRoute]) {
         self.apps = apps
     }
+
+    /// Every app sending every request to `activeColor`.
+    public convenience init(activeColor: Color, apps: [AppRoute]) {
+        self.init(apps: apps.map { app in
+            var app = app
+            app.split = .all(to: PoolID(activeColor))
+            return app
+        })
+    }
+
+    /// The color that takes the largest share (of the first app): what `status` calls active.
+    /// Blue for a table without apps.
+    public var activeColor: Color { apps.first?.split.largestShare.color ?? .blue }
 
     /// Builds the table from a configuration, resolving server addresses (blocking: control
     /// plane only). Unresolvable servers are configuration errors with their line.
@@ -62,13 +87,23 @@ public final class RoutingTable: Sendable {
             }
             apps.append(AppRoute(
                 name: app.name, hosts: app.hosts, pathPrefix: app.pathPrefix,
-                blue: try entries(app.blue), green: try entries(app.green)))
+                blue: try entries(app.blue), green: try entries(app.green), split: .all(to: PoolID(activeColor))))
         }
-        self.init(activeColor: activeColor, apps: apps)
+        self.init(apps: apps)
     }
 
+    /// The same table with every app's requests going to `activeColor`.
     public func with(activeColor: Color) -> RoutingTable {
         RoutingTable(activeColor: activeColor, apps: apps)
+    }
+
+    /// The same table with the splits of the apps `transform` is given (by app name).
+    public func with(splits transform: (_ app: String, _ current: TrafficSplit) -> TrafficSplit) -> RoutingTable {
+        RoutingTable(apps: apps.map { app in
+            var app = app
+            app.split = transform(app.name, app.split)
+            return app
+        })
     }
 }
 
@@ -163,12 +198,14 @@ extension RoutingPublisher {
         update { $0.with(activeColor: color) }
     }
 
-    /// Publishes the routing of a re-read configuration, keeping the active color.
+    /// Publishes the routing of a re-read configuration, keeping each app's split (a new app
+    /// starts on the active color).
     @discardableResult
     public func reload(_ config: Config, registry: ServerRegistry) throws(ConfigError) -> UInt64 {
-        let active = snapshot().table.activeColor
-        let table = try RoutingTable(config: config, activeColor: active, registry: registry)
-        return publish(table)
+        let current = snapshot().table
+        let table = try RoutingTable(config: config, activeColor: current.activeColor, registry: registry)
+        let splits = Dictionary(current.apps.map { ($0.name, $0.split) }, uniquingKeysWith: { first, _ in first })
+        return publish(table.with { app, split in splits[app] ?? split })
     }
 }
 
@@ -184,8 +221,8 @@ extension RoutingTable {
                 }
             }
             return AppRoute(name: app.name, hosts: app.hosts, pathPrefix: app.pathPrefix,
-                            blue: update(app.blue, .blue), green: update(app.green, .green))
+                            blue: update(app.blue, .blue), green: update(app.green, .green), split: app.split)
         }
-        return RoutingTable(activeColor: activeColor, apps: apps)
+        return RoutingTable(apps: apps)
     }
 }

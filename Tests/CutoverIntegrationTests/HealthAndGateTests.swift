@@ -259,7 +259,7 @@ final class HealthAndGateTests: XCTestCase {
     /// Figures the test sets, served to the control plane as the data plane's.
     final class ScriptedFigures: @unchecked Sendable {
         private let lock = NSLock()
-        private var figures: [AppColor: WindowedStats.Figures] = [:]
+        private var figures: [AppPool: WindowedStats.Figures] = [:]
 
         func set(_ app: String, _ color: Color, requests: Int, errors: Int = 0, latencyMicros: UInt64) {
             var value = WindowedStats.Figures()
@@ -268,7 +268,7 @@ final class HealthAndGateTests: XCTestCase {
                 value.record(RequestSample(outcome: failed ? .serverError : .success, status: failed ? 500 : 200,
                                            latencyMicros: latencyMicros))
             }
-            lock.withLock { figures[AppColor(app: app, color: color)] = value }
+            lock.withLock { figures[AppPool(app: app, color: color)] = value }
         }
 
         var link: DataPlaneLink {

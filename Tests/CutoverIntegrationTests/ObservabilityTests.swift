@@ -176,7 +176,7 @@ final class ObservabilityTests: XCTestCase {
         for _ in 0..<4 { XCTAssertEqual(try client.request().status, 200, "a refused connect is retried on the live server") }
 
         var snapshot = proxy.server.metrics(.total, includeTotals: true)
-        let blueKey = AppColor(app: "web", color: .blue)
+        let blueKey = AppPool(app: "web", color: .blue)
         XCTAssertEqual(snapshot.figures(app: "web", color: .blue).count(.success), 4)
         let deadID = try XCTUnwrap(proxy.config.apps[0].blue.first.map { _ in
             proxy.publisher.snapshot().table.apps[0].blue[0].id
@@ -191,7 +191,7 @@ final class ObservabilityTests: XCTestCase {
         XCTAssertEqual(greenFigures.requests, 1)
         XCTAssertEqual(greenFigures.count(.invalidResponse), 1)
         XCTAssertEqual(greenFigures.serverErrorRate, 1)
-        XCTAssertEqual(snapshot.totals[AppColor(app: "web", color: .green)]?.statusCodes[502], 1)
+        XCTAssertEqual(snapshot.totals[AppPool(app: "web", color: .green)]?.statusCodes[502], 1)
     }
 
     private func lines(ofLog path: String) throws -> [[String: Any]] {
@@ -236,7 +236,7 @@ final class ObservabilityTests: XCTestCase {
         withExtendedLifetime(reader) {}
         let figures = snapshot.figures(app: "web", color: .blue)
         XCTAssertEqual(figures.count(.timeout), 1, "only the upstream's stall is an upstream timeout")
-        XCTAssertEqual(snapshot.serverErrors[AppColor(app: "web", color: .blue)]?.values.first?.count(.timeout), 1)
+        XCTAssertEqual(snapshot.serverErrors[AppPool(app: "web", color: .blue)]?.values.first?.count(.timeout), 1)
         proxy.server.accessLog?.flush()
         let log = try lines(ofLog: logPath)
         let stalled = try XCTUnwrap(log.first { $0["path"] as? String == "/stall" })
@@ -275,7 +275,7 @@ final class ObservabilityTests: XCTestCase {
         try XCTSkipUnless(cutover_allocation_counting_available() == 1, "a sanitizer owns malloc in this build")
         let apps = AppRegistry()
         let metrics = LoopMetrics(apps: apps)
-        let stats = metrics.stats(app: "web", color: .green)
+        let stats = metrics.stats(app: "web", pool: .green)
         let ring = AccessLogRing(capacity: 64)
         let bytes: [UInt8] = Array("GET/shop.example/a/path?q=1req-1127.0.0.1".utf8)
         var second: Int64 = 1_000_000_000
@@ -296,7 +296,7 @@ final class ObservabilityTests: XCTestCase {
                 if slot >= 0 {
                     ring.fillRequest(slot, method: slice(0, 3), host: slice(3, 12), target: slice(15, 11), requestID: slice(26, 5),
                                      generatedID: (1, UInt64(index)), client: slice(31, 9))
-                    ring.finish(slot, endNs: second, sample: sample, error: nil, termination: .none, serverID: 0, appID: stats.appID, color: .green)
+                    ring.finish(slot, endNs: second, sample: sample, error: nil, termination: .none, serverID: 0, appID: stats.appID, pool: .green)
                 }
                 if index % 32 == 31 { _ = ring.consume { _ in } }  // the writer's side, here on the same thread
             }
