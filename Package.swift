@@ -77,6 +77,7 @@ let package = Package(
         .target(name: "CutoverTestSupport", path: "Tests/CutoverTestSupport"),
         .testTarget(name: "CutoverHTTPTests", dependencies: ["CutoverHTTP"]),
         .testTarget(name: "CutoverLoopTests", dependencies: ["CutoverLoop"]),
+        .testTarget(name: "CutoverRoutingTests", dependencies: ["CutoverRouting", "CutoverConfig", "CutoverSystem"]),
         .testTarget(name: "CutoverConfigTests", dependencies: ["CutoverConfig"]),
         .testTarget(name: "CutoverMetricsTests", dependencies: ["CutoverMetrics", "CutoverTestSupport"]),
         .testTarget(name: "CutoverControlTests", dependencies: ["CutoverControl", "CutoverConfig", "CutoverSystem"]),
