@@ -78,6 +78,7 @@ let package = Package(
         .testTarget(name: "CutoverHTTPTests", dependencies: ["CutoverHTTP"]),
         .testTarget(name: "CutoverLoopTests", dependencies: ["CutoverLoop"]),
         .testTarget(name: "CutoverRoutingTests", dependencies: ["CutoverRouting", "CutoverConfig", "CutoverSystem"]),
+        .testTarget(name: "CutoverProxyTests", dependencies: ["CutoverProxy", "CutoverHTTP", "CutoverMetrics"]),
         .testTarget(name: "CutoverConfigTests", dependencies: ["CutoverConfig"]),
         .testTarget(name: "CutoverMetricsTests", dependencies: ["CutoverMetrics", "CutoverTestSupport"]),
         .testTarget(name: "CutoverControlTests", dependencies: ["CutoverControl", "CutoverConfig", "CutoverSystem"]),

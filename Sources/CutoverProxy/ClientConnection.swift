@@ -5,9 +5,13 @@ import CutoverMetrics
 import CutoverRouting
 import CutoverSystem
 
-/// One client connection and the exchange it is in. Owned by one loop for its whole life.
+/// One client connection and the exchange it is in, owned by one loop for its whole life. It
+/// does the I/O: reads and writes both sockets, parses heads, moves body bytes, routes and
+/// records. Every decision about the exchange — which deadline, what a failure or a deadline
+/// means, retry or not, framing and keep-alive — is `ExchangeMachine`'s; this class turns what
+/// happened into calls on it and carries out its answers.
 ///
-/// Request path (see README "How a request flows"):
+/// Request path (README "How a request flows"):
 ///   read head → parse strictly → route by the loop's routing snapshot → take an idle upstream
 ///   connection (or connect) → write the canonical head (+ body) upstream → read the response
 ///   head → write the canonical head (+ body) to the client → park the upstream connection →
@@ -17,95 +21,31 @@ import CutoverSystem
 /// reads a socket only when its readiness flag is set (edge-triggered epoll) and treats a short
 /// read as "drained", so a keep-alive request costs one read and one write per direction.
 final class ClientConnection: Channel {
-    enum Phase {
-        /// Waiting for (more of) a request head. Pipelined bytes may already be buffered.
-        case awaitingHead
-        /// A request is routed to `upstream`; bodies stream both ways.
-        case proxying
-        /// After a 101: bytes are relayed both ways until either side closes.
-        case tunnel
-        /// The last response is being flushed; then write-shutdown and a short lingering read so
-        /// the client sees the response rather than a reset.
-        case closing
-        case closed
-    }
-
-    /// Per-request state, reset for every request on the connection. Fields are grouped by
-    /// size (Swift keeps declaration order): every idle keep-alive connection carries one.
-    struct Exchange {
-        var requestBody = BodyRelay(framing: .none, rechunk: false)
-        var responseBody = BodyRelay(framing: .none, rechunk: false)
-
-        // What the request is recorded with when it ends (`recordExchange`).
-        /// The app and color the request was routed to (nil: it matched no app). Unowned: a
-        /// loop keeps its figures for its whole life, and a request must not pay a retain.
-        unowned(unsafe) var stats: PoolStats? = nil
-        /// Loop time of the first byte of the request head.
-        var startedNs: Int64 = 0
-        /// Loop time the request (head and body) was fully written upstream (0: not yet).
-        var requestSentNs: Int64 = 0
-        var upstreamMicros: Int64 = -1
-        var serverID: Int32 = -1
-        /// The access-log record being filled (-1: none yet; -2: none free, counted as dropped).
-        var logSlot: Int32 = -1
-        /// Head bytes (at most max_header_bytes, or a local answer's) for the byte counts.
-        var headBytesIn: Int32 = 0
-        var headBytesOut: Int32 = 0
-        /// Length of the rewritten head at the start of the upstream output, to re-send it on a
-        /// retry after a stale keep-alive connection failed.
-        var headLength: Int32 = 0
-        /// The final status sent to the client (0: none yet).
-        var status: UInt16 = 0
-        var attempts: UInt8 = 0
-        var method: HTTPMethod = .get
-        var version: HTTPVersion = .http11
-        /// The pool this request is counted in flight for (nil: not counted).
-        var inflightPool: PoolID? = nil
-        /// Why the exchange ended short of its full response, when it did.
-        var termination: Termination = .none
-        var keepAlive = true
-        var upgradeRequested = false
-        var requestHasBody = false
-        var responseHeadDone = false
-        /// A final response head (or a local response) was queued for the client: from then on
-        /// a failure can only be shown by closing the connection.
-        var finalResponseStarted = false
-        var sentContinue = false
-        var responseReusable = false
-        /// The upstream_header deadline was set for the current upstream attempt.
-        var responseDeadlineSet = false
-        var recorded = false
-    }
-
     unowned(unsafe) let worker: ProxyWorker
-    private let transport: ClientTransport = .plain
-    private(set) var phase: Phase = .awaitingHead
+    private var machine = ExchangeMachine()
+    private var record = ExchangeRecord()
+    private var requestBody = BodyRelay(framing: .none, rechunk: false)
+    private var responseBody = BodyRelay(framing: .none, rechunk: false)
+    private var stream = SocketStream(writable: true)
     private var input = IOBuffer()
     private var output = IOBuffer()
-    private var readable = false
-    private var writable = true
-    private var peerClosed = false
-    /// The client's FIN was reported: the short-read rule no longer applies (no further edge
-    /// will announce the end of the stream).
-    private var hangupSeen = false
+    /// The client reset the connection: nothing can be delivered any more.
     private var failed = false
-    /// The write side toward the client was shut down (closing, or a tunnel's upstream ended).
-    private var shutdownSent = false
-    /// A tunnel passed the client's FIN on to the upstream.
-    private var tunnelUpstreamShut = false
     /// The client's address, for X-Forwarded-For.
     private let clientAddress: PeerAddress
     private var parser: RequestHeadParser
     private var responseParser: ResponseHeadParser
-    /// When the first byte of the current request head arrived (0: none yet).
-    private var headStartedAt: Int64 = 0
-    /// The same, in loop nanoseconds, for the request's recorded latency.
+    /// When the first byte of the current request head arrived, in loop nanoseconds (0: none
+    /// yet), for the request's recorded latency.
     private var headFirstByteNs: Int64 = 0
-    private var exchange = Exchange()
+    /// Length of the rewritten head at the start of the upstream output, to re-send it on a
+    /// retry after a stale keep-alive connection failed.
+    private var headLength: Int32 = 0
     private var upstream: UpstreamConnection?
     private var pool: LocalPool?
+    /// The pool this request is counted in flight for (nil: not counted).
+    private var inflightPool: PoolID?
 
-    private static let maxAttempts = 3
     /// Room a local response needs in the output buffer.
     private static let localResponseRoom = 512
     private static let lingerMs = 2_000
@@ -118,12 +58,22 @@ final class ClientConnection: Channel {
         super.init(fd: fd, loop: worker.loop)
     }
 
-    var isIdle: Bool { phase == .awaitingHead && input.isEmpty && output.isEmpty }
+    var isIdle: Bool { machine.isAwaitingHead && input.isEmpty && output.isEmpty }
 
-    package override func handle(events: UInt32) {
-        if events & (Epoll.readable | Epoll.peerHangup | Epoll.hangup | Epoll.error) != 0 { readable = true }
-        if events & (Epoll.peerHangup | Epoll.hangup) != 0 { hangupSeen = true }
-        if events & Epoll.writable != 0 { writable = true }
+    /// What the machine's decisions need to know about the buffers and sockets now.
+    @inline(__always)
+    private var facts: ConnectionFacts {
+        ConnectionFacts(
+            inputEmpty: input.isEmpty, outputEmpty: output.isEmpty, clientWritable: stream.writable,
+            requestFinished: requestBody.isFinished,
+            upstream: upstream.map { UpstreamFacts(connecting: $0.phase == .connecting) },
+            draining: worker.endsKeepAlive)
+    }
+
+    override func handle(events: UInt32) {
+        stream.note(readable: events & (Epoll.readable | Epoll.peerHangup | Epoll.hangup | Epoll.error) != 0,
+                    writable: events & Epoll.writable != 0,
+                    hangup: events & (Epoll.peerHangup | Epoll.hangup) != 0)
         drive()
     }
 
@@ -131,21 +81,20 @@ final class ClientConnection: Channel {
 
     func drive() {
         var anyProgress = false
-        while phase != .closed {
+        while !machine.isClosed {
             var progressed = false
             if failed {
-                // The client reset the connection: nothing can be delivered any more.
                 close()
                 return
             }
-            switch phase {
+            switch machine.state {
             case .awaitingHead:
                 progressed = readClient()
                 if processHead() { progressed = true }
             case .proxying:
-                if !exchange.requestBody.isFinished, readClient() { progressed = true }
+                if !requestBody.isFinished, readClient() { progressed = true }
                 if pumpRequest() { progressed = true }
-                if phase == .proxying, pumpResponse() { progressed = true }
+                if machine.isProxying, pumpResponse() { progressed = true }
             case .tunnel:
                 progressed = pumpTunnel()
             case .closing:
@@ -157,86 +106,45 @@ final class ClientConnection: Channel {
             if !progressed { break }
             anyProgress = true
         }
-        guard phase != .closed else { return }
-        if input.isEmpty && phase != .tunnel { loop.buffers.release(&input) }
+        guard !machine.isClosed else { return }
+        if input.isEmpty, !isTunnel { loop.buffers.release(&input) }
         if output.isEmpty { loop.buffers.release(&output) }
-        updateDeadline(progressed: anyProgress)
+        armDeadline(progressed: anyProgress)
     }
 
-    private func updateDeadline(progressed: Bool) {
+    private var isTunnel: Bool { if case .tunnel = machine.state { return true } else { return false } }
+
+    private func armDeadline(progressed: Bool) {
+        guard let (kind, restart) = machine.deadlineToArm(progressed: progressed, armed: deadline != 0, facts: facts) else { return }
         let timeouts = worker.settings.timeouts
-        switch phase {
-        case .awaitingHead:
-            if input.isEmpty {
-                headStartedAt = 0
-                if progressed || deadline == 0 { setDeadline(after: timeouts.clientIdleMs) }
-            } else if headStartedAt == 0 {
-                // A total deadline for the head (slowloris), not extended by trickled bytes.
-                headStartedAt = loop.now
-                setDeadline(after: timeouts.clientHeaderMs)
-            }
-        case .proxying:
-            if !exchange.responseHeadDone && exchange.requestBody.isFinished && upstream?.phase != .connecting {
-                // upstream_header runs from the end of the request to the final response head,
-                // once: interim 1xx answers are progress but must not extend it.
-                if !exchange.responseDeadlineSet {
-                    exchange.responseDeadlineSet = true
-                    deadline = 0
-                    setDeadline(after: timeouts.upstreamHeaderMs)
-                }
-                return
-            }
-            guard progressed || deadline == 0 else { return }
-            if !exchange.responseHeadDone && upstream?.phase == .connecting {
-                setDeadline(after: timeouts.connectMs)
-            } else {
-                setDeadline(after: timeouts.clientBodyMs)
-            }
-        case .tunnel:
-            if progressed || deadline == 0 { setDeadline(after: timeouts.clientIdleMs) }
-        case .closing:
-            if progressed && !shutdownSent { setDeadline(after: timeouts.clientBodyMs) }
-        case .closed:
-            break
+        if restart { deadline = 0 }
+        switch kind {
+        case .clientIdle: setDeadline(after: timeouts.clientIdleMs)
+        case .clientHeader: setDeadline(after: timeouts.clientHeaderMs)
+        case .connect: setDeadline(after: timeouts.connectMs)
+        case .upstreamHeader: setDeadline(after: timeouts.upstreamHeaderMs)
+        case .clientBody: setDeadline(after: timeouts.clientBodyMs)
         }
     }
 
-    package override func deadlineReached() {
-        switch phase {
-        case .awaitingHead:
-            if input.isEmpty {
-                close()
-            } else {
-                input.consume(input.count)
-                exchange = Exchange()
-                exchange.startedNs = headFirstByteNs != 0 ? headFirstByteNs : loop.nowNs
-                headFirstByteNs = 0
-                respondLocally(status: 408, message: "request head not received in time", keepAlive: false)
-            }
-        case .proxying:
-            if !exchange.responseHeadDone, let upstream {
-                if upstream.phase == .connecting {
-                    upstream.failed = true
-                    upstreamFailed(reason: "connect timeout", kind: .connectFailure)
-                } else if exchange.requestBody.isFinished {
-                    noteUpstreamFailure(.timeout, upstream)
-                    closeUpstream()
-                    failExchange(status: 504, message: "upstream did not answer in time", error: .timeout)
-                } else {
-                    abort(status: 408, termination: .clientTimeout)  // the client stopped sending its body
-                }
-            } else if !writable && !output.isEmpty {
-                // The client stopped reading the response (its socket buffer is full).
-                abort(status: 408, termination: .clientTimeout)
-            } else {
-                // The upstream stopped sending its body.
-                if let upstream { noteUpstreamFailure(.timeout, upstream) }
-                abort(status: 504, error: .timeout)
-            }
-        case .tunnel, .closing:
-            close()
-        case .closed:
+    override func deadlineReached() {
+        switch machine.deadlinePassed(facts) {
+        case .none:
             return
+        case .close:
+            close()
+        case .answerHeadTimeout:
+            rejectHead(status: 408, message: "request head not received in time")
+        case .upstreamConnectTimedOut:
+            upstream?.failed = true
+            upstreamFailed(reason: "connect timeout", kind: .connectFailure)
+        case .upstreamHeadTimedOut:
+            if let upstream { noteUpstreamFailure(.timeout, upstream) }
+            closeUpstream()
+            failExchange(status: 504, message: "upstream did not answer in time", error: .timeout)
+        case .abort(let status, let error, let termination, let blameUpstream):
+            if blameUpstream, let upstream { noteUpstreamFailure(.timeout, upstream) }
+            abort(status: status, error: error, termination: termination)
         }
         drive()
     }
@@ -245,42 +153,28 @@ final class ClientConnection: Channel {
 
     /// Reads what the client sent. Returns true when something changed (bytes or EOF).
     private func readClient() -> Bool {
-        guard readable, !peerClosed else { return false }
+        guard stream.readable, !stream.peerClosed else { return false }
         loop.buffers.acquire(into: &input)
         input.compactIfNeeded(minimumSpace: input.capacity / 4)
-        let space = input.spaceAtEnd
-        guard space > 0 else { return false }
-        switch transport.read(fd, into: input.writableBytes.baseAddress!, count: space) {
-        case .endOfStream:
-            peerClosed = true
-            readable = false
+        switch stream.read(fd, into: &input) {
+        case .bytes, .endOfStream:
             return true
-        case .bytes(let count):
-            input.end += count
-            if count < space && !hangupSeen { readable = false }
-            return true
-        case .wouldBlock:
-            readable = false
+        case .nothing:
             return false
         case .failed:
             failed = true
-            peerClosed = true
-            readable = false
+            stream.peerClosed = true
             return true
         }
     }
 
     /// Writes queued response bytes. Returns true when bytes left or the connection failed.
     private func flushClient() -> Bool {
-        guard writable, !output.isEmpty, !failed else { return false }
-        let pending = output.count
-        switch transport.write(fd, from: output.readableBytes.baseAddress!, count: pending) {
-        case .written(let count):
-            output.consume(count)
-            if count < pending { writable = false }
+        guard stream.writable, !output.isEmpty, !failed else { return false }
+        switch stream.write(fd, from: &output) {
+        case .wrote:
             return true
-        case .wouldBlock:
-            writable = false
+        case .nothing:
             return false
         case .failed:
             failed = true
@@ -293,7 +187,7 @@ final class ClientConnection: Channel {
 
     private func processHead() -> Bool {
         if input.isEmpty {
-            if peerClosed || worker.endsKeepAlive {
+            if stream.peerClosed || worker.endsKeepAlive {
                 // Finish sending what is queued (a half-closed client still gets its responses).
                 if output.isEmpty { close() } else { startClosing() }
                 return true
@@ -308,7 +202,7 @@ final class ClientConnection: Channel {
         }
         switch parser.parse(input.readableBytes, fields: loop.fields) {
         case .needMore:
-            if peerClosed {
+            if stream.peerClosed {
                 close()  // the client gave up in the middle of a head: nothing to answer
                 return true
             }
@@ -316,16 +210,10 @@ final class ClientConnection: Channel {
             return false
         case .invalid(let error):
             parser.reset()
-            headStartedAt = 0
-            input.consume(input.count)
-            exchange = Exchange()
-            exchange.startedNs = headFirstByteNs != 0 ? headFirstByteNs : loop.nowNs
-            headFirstByteNs = 0
-            respondLocally(status: error.status, message: error.reason, keepAlive: false)
+            rejectHead(status: error.status, message: error.reason)
             return true
         case .complete(let head, let consumed):
             parser.reset()
-            headStartedAt = 0  // the next head gets its own client_header deadline
             let startedNs = headFirstByteNs != 0 ? headFirstByteNs : loop.nowNs
             headFirstByteNs = 0
             startExchange(head, consumed: consumed, startedNs: startedNs)
@@ -333,16 +221,27 @@ final class ClientConnection: Channel {
         }
     }
 
+    /// A head that cannot be served (invalid, or not received in time): answered, then closed.
+    private func rejectHead(status: Int, message: StaticString) {
+        input.consume(input.count)
+        record = ExchangeRecord(startedNs: headFirstByteNs != 0 ? headFirstByteNs : loop.nowNs)
+        requestBody = BodyRelay(framing: .none, rechunk: false)
+        responseBody = BodyRelay(framing: .none, rechunk: false)
+        headFirstByteNs = 0
+        machine.headRejected()
+        respondLocally(status: status, message: message, keepAlive: false)
+    }
+
     private func startExchange(_ head: RequestHead, consumed: Int, startedNs: Int64) {
         let source = input.readableBytes
-        exchange = Exchange()
-        exchange.startedNs = startedNs
-        exchange.headBytesIn = Int32(truncatingIfNeeded: consumed)
-        exchange.method = head.method
-        exchange.version = head.version
-        exchange.keepAlive = head.keepAlive && !worker.endsKeepAlive
-        exchange.upgradeRequested = !head.upgrade.isEmpty
-        exchange.requestHasBody = head.hasBody
+        record = ExchangeRecord(startedNs: startedNs)
+        record.headBytesIn = Int32(truncatingIfNeeded: consumed)
+        requestBody = BodyRelay(framing: .none, rechunk: false)
+        responseBody = BodyRelay(framing: .none, rechunk: false)
+        machine.headReceived(
+            RequestFacts(method: head.method, version: head.version, keepAlive: head.keepAlive,
+                         upgradeRequested: !head.upgrade.isEmpty, hasBody: head.hasBody),
+            draining: worker.endsKeepAlive)
         let routing = worker.currentRouting()
         let id = worker.nextRequestID()
 
@@ -350,14 +249,14 @@ final class ClientConnection: Channel {
         if let log = worker.accessLog { beginAccessRecord(log, head: head, source: source, authority: authority, id: id) }
         var path = UnsafeRawBufferPointer(rebasing: source[head.path.lowerBound..<head.path.upperBound])
         if path.first != 0x2F { path = Self.rootPath }  // absolute-form without a path, or "*"
+        let keepAliveIfBodiless = machine.request.keepAlive && !head.hasBody
         guard let appIndex = routing.matcher.match(authority: authority, path: path) else {
             input.consume(consumed)
-            respondLocally(status: 404, message: "no app is configured for this host and path",
-                           keepAlive: exchange.keepAlive && !exchange.requestHasBody)
+            respondLocally(status: 404, message: "no app is configured for this host and path", keepAlive: keepAliveIfBodiless)
             return
         }
         let pool = routing.apps[appIndex].choosePool(RoutingRequest(authority: authority, path: path))
-        exchange.stats = pool.stats
+        record.stats = pool.stats
         if case .contentLength(let length) = head.framing, let maxBody = worker.settings.limits.maxBody,
            length > UInt64(maxBody) {
             input.consume(consumed)
@@ -366,16 +265,15 @@ final class ClientConnection: Channel {
         }
         guard let server = pool.next() else {
             input.consume(consumed)
-            respondLocally(status: 503, message: "no server available in the active pool",
-                           keepAlive: exchange.keepAlive && !exchange.requestHasBody)
+            respondLocally(status: 503, message: "no server available in the active pool", keepAlive: keepAliveIfBodiless)
             return
         }
-        exchange.serverID = Int32(truncatingIfNeeded: server.id)
+        record.serverID = Int32(truncatingIfNeeded: server.id)
         guard let upstream = acquireUpstream(server, pool: pool.pool) else {
             input.consume(consumed)
             pool.stats.upstreamFailed(serverID: server.id, kind: .connectFailure)
-            respondLocally(status: 502, message: "could not connect to an upstream server",
-                           keepAlive: exchange.keepAlive && !exchange.requestHasBody, error: .connectFailure)
+            respondLocally(status: 502, message: "could not connect to an upstream server", keepAlive: keepAliveIfBodiless,
+                           error: .connectFailure)
             return
         }
         loop.buffers.acquire(into: &upstream.output)
@@ -397,15 +295,14 @@ final class ClientConnection: Channel {
             return
         }
         upstream.output.end += writer.count
-        exchange.headLength = Int32(truncatingIfNeeded: writer.count)
-        exchange.requestBody = BodyRelay(framing: head.framing, rechunk: true)
-        exchange.attempts = 1
+        headLength = Int32(truncatingIfNeeded: writer.count)
+        requestBody = BodyRelay(framing: head.framing, rechunk: true)
         responseParser.reset()
         upstream.owner = self
         self.upstream = upstream
         self.pool = pool
         beginInflight(pool.pool)
-        phase = .proxying
+        machine.routed()
     }
 
     private static let rootPathStorage: StaticString = "/"
@@ -427,13 +324,13 @@ final class ClientConnection: Channel {
 
     /// Counts this request in flight for its pool until it ends, however it ends.
     private func beginInflight(_ pool: PoolID) {
-        exchange.inflightPool = pool
+        inflightPool = pool
         worker.counters.add(1, .inflight(pool), loop: loop.index)
     }
 
     private func endInflight() {
-        guard let pool = exchange.inflightPool else { return }
-        exchange.inflightPool = nil
+        guard let pool = inflightPool else { return }
+        inflightPool = nil
         worker.counters.add(-1, .inflight(pool), loop: loop.index)
     }
 
@@ -442,8 +339,8 @@ final class ClientConnection: Channel {
     private func pumpRequest() -> Bool {
         guard let upstream else { return false }
         var progressed = false
-        if !exchange.requestBody.isFinished && upstream.output.hasStorage {
-            switch exchange.requestBody.move(from: &input, to: &upstream.output) {
+        if !requestBody.isFinished && upstream.output.hasStorage {
+            switch requestBody.move(from: &input, to: &upstream.output) {
             case .progressed, .finished:
                 progressed = true
             case .blocked:
@@ -453,12 +350,12 @@ final class ClientConnection: Channel {
                 failExchange(status: 400, message: reason, error: nil)
                 return true
             }
-            if let maxBody = worker.settings.limits.maxBody, exchange.requestBody.transferred > UInt64(maxBody) {
+            if let maxBody = worker.settings.limits.maxBody, requestBody.transferred > UInt64(maxBody) {
                 closeUpstream()
                 failExchange(status: 413, message: "request body exceeds max_body", error: nil)
                 return true
             }
-            if !exchange.requestBody.isFinished && peerClosed && input.isEmpty {
+            if !requestBody.isFinished && stream.peerClosed && input.isEmpty {
                 // An incomplete body never becomes a complete request upstream.
                 abort(status: 499, termination: .clientClosed)
                 return true
@@ -469,9 +366,8 @@ final class ClientConnection: Channel {
             _ = upstream.flush()
             if upstream.output.count != before { progressed = true }
         }
-        if exchange.requestSentNs == 0 && exchange.requestBody.isFinished && upstream.phase == .open
-            && upstream.output.isEmpty {
-            exchange.requestSentNs = loop.nowNs
+        if record.requestSentNs == 0 && requestBody.isFinished && upstream.phase == .open && upstream.output.isEmpty {
+            record.requestSentNs = loop.nowNs
         }
         return progressed
     }
@@ -481,7 +377,7 @@ final class ClientConnection: Channel {
     private func pumpResponse() -> Bool {
         guard let upstream else { return false }
         var progressed = upstream.readAvailable() > 0
-        if !exchange.responseHeadDone {
+        if !machine.responseHeadReceived {
             if upstream.input.isEmpty {
                 if upstream.failed || upstream.peerClosed {
                     if upstream.phase == .connecting {
@@ -496,10 +392,10 @@ final class ClientConnection: Channel {
             if processResponseHead(upstream) { progressed = true }
             // Relay body bytes that arrived with the head in the same pass, so head and body
             // leave in one write.
-            guard exchange.responseHeadDone, phase == .proxying, self.upstream === upstream else { return progressed }
+            guard machine.responseHeadReceived, machine.isProxying, self.upstream === upstream else { return progressed }
         }
         loop.buffers.acquire(into: &output)
-        switch exchange.responseBody.move(from: &upstream.input, to: &output) {
+        switch responseBody.move(from: &upstream.input, to: &output) {
         case .progressed:
             progressed = true
         case .finished:
@@ -514,7 +410,7 @@ final class ClientConnection: Channel {
             return true
         }
         if upstream.input.isEmpty && (upstream.peerClosed || upstream.failed) {
-            if !upstream.failed && exchange.responseBody.sourceEnded() {
+            if !upstream.failed && responseBody.sourceEnded() {
                 finishExchange()
             } else {
                 noteUpstreamFailure(.reset, upstream)
@@ -526,7 +422,7 @@ final class ClientConnection: Channel {
     }
 
     private func processResponseHead(_ upstream: UpstreamConnection) -> Bool {
-        switch responseParser.parse(upstream.input.readableBytes, requestMethod: exchange.method, fields: loop.fields) {
+        switch responseParser.parse(upstream.input.readableBytes, requestMethod: machine.request.method, fields: loop.fields) {
         case .needMore:
             if upstream.peerClosed || upstream.failed {
                 noteUpstreamFailure(.reset, upstream)
@@ -548,56 +444,41 @@ final class ClientConnection: Channel {
 
     private func acceptResponseHead(_ head: ResponseHead, consumed: Int, upstream: UpstreamConnection) -> Bool {
         let source = upstream.input.readableBytes
-        if head.isInformational && head.status != 101 {
-            // 1xx are forwarded in order, never to HTTP/1.0 clients, and at most one 100.
-            let forward = exchange.version == .http11 && !(head.status == 100 && exchange.sentContinue)
+        switch machine.responseHead(status: head.status, framing: head.framing, requestFinished: requestBody.isFinished,
+                                    draining: worker.endsKeepAlive) {
+        case .interim(let forward):
             if forward {
                 guard writeResponseHead(head, source: source, framing: .none, keepAlive: true) else { return false }
-                if head.status == 100 { exchange.sentContinue = true }
+                machine.interimForwarded(status: head.status)
             }
             upstream.input.consume(consumed)
             responseParser.reset()
             return true
-        }
-        if head.status == 101 {
-            guard exchange.upgradeRequested, exchange.requestBody.isFinished else {
-                noteUpstreamFailure(.invalidResponse, upstream)
-                closeUpstream()
-                failExchange(status: 502, message: "upstream switched protocols unasked", error: .invalidResponse)
-                return true
-            }
+        case .rejectSwitch:
+            noteUpstreamFailure(.invalidResponse, upstream)
+            closeUpstream()
+            failExchange(status: 502, message: "upstream switched protocols unasked", error: .invalidResponse)
+            return true
+        case .startTunnel:
             guard writeResponseHead(head, source: source, framing: .none, keepAlive: true) else { return false }
             upstream.input.consume(consumed)
-            noteResponseHead(head.status, upstream)
+            record.responseHead(status: head.status, serverID: upstream.server.id, nowNs: loop.nowNs)
+            machine.tunnelStarted()
             recordExchange()  // a tunnel is recorded when it opens; its bytes are not counted
-            exchange.responseHeadDone = true
-            exchange.requestBody = BodyRelay(framing: .untilClose, rechunk: false)
-            exchange.responseBody = BodyRelay(framing: .untilClose, rechunk: false)
-            phase = .tunnel
+            requestBody = BodyRelay(framing: .untilClose, rechunk: false)
+            responseBody = BodyRelay(framing: .untilClose, rechunk: false)
+            return true
+        case .forward(let framing, let keepAlive):
+            guard writeResponseHead(head, source: source, framing: framing, keepAlive: keepAlive) else { return false }
+            upstream.input.consume(consumed)
+            record.responseHead(status: head.status, serverID: upstream.server.id, nowNs: loop.nowNs)
+            machine.finalHeadForwarded(keepAlive: keepAlive, upstreamReusable: head.reusable)
+            responseBody = BodyRelay(framing: head.framing, rechunk: framing == .chunked)
+            if responseBody.isFinished {
+                finishExchange()
+            }
             return true
         }
-        let framing: ClientFraming
-        switch head.framing {
-        case .none: framing = .none
-        case .contentLength(let length): framing = .contentLength(length)
-        case .chunked: framing = exchange.version == .http11 ? .chunked : .close
-        case .untilClose: framing = .close
-        }
-        // A response that arrives before the request body finished leaves unread body bytes
-        // on the client connection: they must never be parsed as a request, so close after.
-        let keepAlive = exchange.keepAlive && framing != .close && exchange.requestBody.isFinished
-            && !worker.endsKeepAlive
-        guard writeResponseHead(head, source: source, framing: framing, keepAlive: keepAlive) else { return false }
-        upstream.input.consume(consumed)
-        noteResponseHead(head.status, upstream)
-        exchange.keepAlive = keepAlive
-        exchange.responseHeadDone = true
-        exchange.responseReusable = head.reusable
-        exchange.responseBody = BodyRelay(framing: head.framing, rechunk: framing == .chunked)
-        if exchange.responseBody.isFinished {
-            finishExchange()
-        }
-        return true
     }
 
     /// Queues a response head for the client. False when there is no room yet (the previous
@@ -609,7 +490,7 @@ final class ClientConnection: Channel {
         output.compactIfNeeded(minimumSpace: output.capacity)
         var writer = ByteWriter(output.writableBytes)
         ResponseHeadWriter.write(head, source: source, fields: loop.fields, framing: framing,
-                                 keepAlive: keepAlive, clientVersion: exchange.version, into: &writer)
+                                 keepAlive: keepAlive, clientVersion: machine.request.version, into: &writer)
         if writer.overflowed {
             // Parse the head again on a later pass, from its start.
             responseParser.reset()
@@ -621,26 +502,26 @@ final class ClientConnection: Channel {
             return false
         }
         output.end += writer.count
-        exchange.headBytesOut &+= Int32(truncatingIfNeeded: writer.count)
-        if !head.isInformational { exchange.finalResponseStarted = true }
+        record.headBytesOut &+= Int32(truncatingIfNeeded: writer.count)
         return true
     }
 
     private func finishExchange() {
         recordExchange()
         endInflight()
+        let (mayPark, keepAlive) = machine.responseFinished(requestFinished: requestBody.isFinished, draining: worker.endsKeepAlive)
         if let upstream {
-            let reusable = exchange.responseReusable && exchange.requestBody.isFinished && upstream.isCleanForReuse()
             self.upstream = nil
-            if reusable {
+            // Nothing unread may be left (checked last: it may read the socket).
+            if mayPark && upstream.isCleanForReuse() {
                 worker.upstreamPool.park(upstream)
             } else {
                 upstream.close()
             }
         }
         pool = nil
-        if exchange.keepAlive && !worker.endsKeepAlive {
-            phase = .awaitingHead
+        if keepAlive {
+            machine.exchangeEnded(keepAlive: true)
         } else {
             startClosing()
         }
@@ -648,27 +529,25 @@ final class ClientConnection: Channel {
 
     // MARK: Failures and retries
 
-    /// The upstream failed before any response byte arrived. Retries on another server of the
-    /// same pool when that is safe (RFC 9110 §9.2.2): nothing of the request was sent, or a
-    /// reused keep-alive connection failed and the request is idempotent and bodiless.
+    /// The upstream failed before any response byte arrived: retried on another server of the
+    /// same pool when `RetryPolicy` allows and one is available, else answered with a 502.
     private func upstreamFailed(reason: StaticString, kind: WindowedStats.Outcome) {
         guard let failedUpstream = upstream, let pool else { return }
         noteUpstreamFailure(kind, failedUpstream)
-        let nothingSent = failedUpstream.bytesSent == 0
-        if !failedUpstream.reused && nothingSent {
-            // A fresh connection that failed before carrying a byte: a passive health signal.
+        let attempt = RetryPolicy.FailedAttempt(bytesSent: failedUpstream.bytesSent, reused: failedUpstream.reused,
+                                                serverID: failedUpstream.server.id)
+        if RetryPolicy.isConnectFailure(attempt) {
             worker.counters.connectFailed(serverID: failedUpstream.server.id)
         }
-        let staleReuse = failedUpstream.reused && exchange.method.isIdempotent && !exchange.requestHasBody
-        if (nothingSent || staleReuse) && exchange.attempts < Self.maxAttempts,
-           let server = pool.next(excluding: failedUpstream.reused ? -1 : failedUpstream.server.id),
+        if case .retry(let excluding, let headOnly) = machine.retryDecision(attempt),
+           let server = pool.next(excluding: excluding ?? -1),
            let next = acquireUpstream(server, pool: pool.pool) {
             worker.log(.info, "retrying request on \(server.name) after \(reason) on \(failedUpstream.server.name)")
             // The request bytes still sit in the failed connection's output buffer.
             var requestBytes = failedUpstream.output
-            if !nothingSent {
+            if headOnly {
                 requestBytes.start = 0
-                requestBytes.end = Int(exchange.headLength)
+                requestBytes.end = Int(headLength)
             }
             failedUpstream.output = IOBuffer()
             closeUpstream()
@@ -676,10 +555,9 @@ final class ClientConnection: Channel {
             next.output = requestBytes
             next.owner = self
             upstream = next
-            exchange.attempts += 1
-            exchange.responseDeadlineSet = false
-            exchange.requestSentNs = 0
-            exchange.serverID = Int32(truncatingIfNeeded: server.id)
+            machine.retryStarted()
+            record.requestSentNs = 0
+            record.serverID = Int32(truncatingIfNeeded: server.id)
             return
         }
         worker.log(.warning, "upstream \(failedUpstream.server.name): \(reason)")
@@ -692,50 +570,34 @@ final class ClientConnection: Channel {
     private func failExchange(status: Int, message: StaticString, error: WindowedStats.Outcome?) {
         pool = nil
         endInflight()
-        if exchange.finalResponseStarted {
+        switch machine.exchangeFailed(requestFinished: requestBody.isFinished) {
+        case .abort:
             abort(status: status, error: error)
-            return
+        case .answer(let keepAlive):
+            respondLocally(status: status, message: message, keepAlive: keepAlive, error: error)
         }
-        respondLocally(status: status, message: message,
-                       keepAlive: exchange.keepAlive && exchange.requestBody.isFinished, error: error)
     }
 
     // MARK: Recording
 
-    /// A final response head from the upstream was queued for the client.
-    @inline(__always)
-    private func noteResponseHead(_ status: Int, _ upstream: UpstreamConnection) {
-        exchange.status = UInt16(truncatingIfNeeded: status)
-        exchange.serverID = Int32(truncatingIfNeeded: upstream.server.id)
-        // An answer before the request body was complete (an early 413 or 401) is timed from the
-        // request's start.
-        let sent = exchange.requestSentNs != 0 ? exchange.requestSentNs : exchange.startedNs
-        exchange.upstreamMicros = max(0, loop.nowNs - sent) / 1_000
-    }
-
     /// Counts a failure against the server (every attempt, also one retried elsewhere).
     private func noteUpstreamFailure(_ kind: WindowedStats.Outcome, _ upstream: UpstreamConnection) {
-        exchange.stats?.upstreamFailed(serverID: upstream.server.id, kind: kind)
+        record.stats?.upstreamFailed(serverID: upstream.server.id, kind: kind)
     }
 
-    /// Records the request once, however it ended: its app and color figures, or the
-    /// unrouted counts for a request that matched no app. `error` names the upstream failure
-    /// the client was answered for or cut off by.
+    /// Records the request once, however it ended: its app and pool figures, or the unrouted
+    /// counts for a request that matched no app. `error` names the upstream failure the client
+    /// was answered for or cut off by.
     private func recordExchange(error: WindowedStats.Outcome? = nil) {
-        guard !exchange.recorded else { return }
-        exchange.recorded = true
+        guard !record.recorded else { return }
+        record.recorded = true
         let now = loop.nowNs
-        let sample = RequestSample(
-            outcome: error ?? WindowedStats.Outcome(status: Int(exchange.status)),
-            status: exchange.status,
-            latencyMicros: UInt64(max(0, now - exchange.startedNs) / 1_000),
-            upstreamMicros: exchange.upstreamMicros,
-            bytesIn: UInt64(exchange.headBytesIn) &+ exchange.requestBody.transferred,
-            bytesOut: UInt64(exchange.headBytesOut) &+ exchange.responseBody.transferred)
-        if let stats = exchange.stats {
+        let sample = record.sample(error: error, requestBodyBytes: requestBody.transferred,
+                                   responseBodyBytes: responseBody.transferred, nowNs: now)
+        if let stats = record.stats {
             stats.record(sample, atNanoseconds: now)
         } else {
-            worker.metrics.recordUnrouted(status: Int(exchange.status))
+            worker.metrics.recordUnrouted(status: Int(record.status))
         }
         if let log = worker.accessLog { finishAccessRecord(log, sample: sample, error: error, now: now) }
     }
@@ -744,7 +606,7 @@ final class ClientConnection: Channel {
     private func beginAccessRecord(_ log: AccessLogRing, head: RequestHead, source: UnsafeRawBufferPointer,
                                    authority: UnsafeRawBufferPointer, id: (UInt64, UInt64)) {
         let slot = log.claim()
-        exchange.logSlot = slot >= 0 ? slot : -2  // -2: no free slot, the line is counted as dropped
+        record.logSlot = slot >= 0 ? slot : -2  // -2: no free slot, the line is counted as dropped
         guard slot >= 0 else { return }
         func bytes(_ range: ByteRange) -> UnsafeRawBufferPointer {
             UnsafeRawBufferPointer(rebasing: source[range.lowerBound..<range.upperBound])
@@ -756,8 +618,8 @@ final class ClientConnection: Channel {
     }
 
     private func finishAccessRecord(_ log: AccessLogRing, sample: RequestSample, error: WindowedStats.Outcome?, now: Int64) {
-        var slot = exchange.logSlot
-        exchange.logSlot = -1
+        var slot = record.logSlot
+        record.logSlot = -1
         if slot == -1 {
             // A request answered before it could be parsed (400, 408): a line without its fields.
             slot = log.claim()
@@ -765,8 +627,8 @@ final class ClientConnection: Channel {
             clientAddress.withText { log.clearRequest(slot, client: $0) }
         }
         guard slot >= 0 else { return }
-        log.finish(slot, endNs: now, sample: sample, error: error, termination: exchange.termination, serverID: Int(exchange.serverID),
-                   appID: exchange.stats?.appID ?? -1, pool: exchange.stats?.pool)
+        log.finish(slot, endNs: now, sample: sample, error: error, termination: record.termination, serverID: Int(record.serverID),
+                   appID: record.stats?.appID ?? -1, pool: record.stats?.pool)
     }
 
     private func closeUpstream() {
@@ -781,16 +643,14 @@ final class ClientConnection: Channel {
     /// client left; 408: it stalled; 502/504: the upstream failed); `error` the upstream failure
     /// behind the abort, `termination` the client's or the proxy's part in it.
     private func abort(status: Int, error: WindowedStats.Outcome? = nil, termination: Termination = .none) {
-        if !exchange.recorded {
-            if exchange.status == 0 || !exchange.finalResponseStarted { exchange.status = UInt16(status) }
-            exchange.termination = termination
+        if !record.recorded {
+            record.cutShort(status: status, responseStarted: machine.finalResponseStarted, termination: termination)
             recordExchange(error: error)
         }
         endInflight()
         closeUpstream()
-        if exchange.finalResponseStarted {
+        if machine.aborted() {
             // Deliver what was already queued, then close: truncation stays visible.
-            exchange.keepAlive = false
             startClosing()
         } else {
             close()
@@ -803,34 +663,29 @@ final class ClientConnection: Channel {
                                 error: WindowedStats.Outcome? = nil) {
         // Decided before the head is written: a drain that began during the exchange must be
         // announced by `Connection: close`, not by a silent close after it.
-        let keepAlive = requestedKeepAlive && !worker.endsKeepAlive
+        let keepAlive = machine.localAnswerKeepsAlive(requested: requestedKeepAlive, draining: worker.endsKeepAlive)
         loop.buffers.acquire(into: &output)
-        output.compactIfNeeded(minimumSpace: 512)
+        output.compactIfNeeded(minimumSpace: Self.localResponseRoom)
         var writer = ByteWriter(output.writableBytes)
         LocalResponse.write(status: status, message: message, close: !keepAlive, into: &writer)
         guard !writer.overflowed else {
             // No room behind what the client has not read yet (forwarded 1xx heads): it sees
             // the connection close. Recorded as the answer it should have had.
-            exchange.status = UInt16(status)
+            record.status = UInt16(status)
             recordExchange(error: error)
             close()
             return
         }
         output.end += writer.count
-        exchange.headBytesOut &+= Int32(truncatingIfNeeded: writer.count)
-        exchange.status = UInt16(status)
+        record.headBytesOut &+= Int32(truncatingIfNeeded: writer.count)
+        record.status = UInt16(status)
         recordExchange(error: error)
-        exchange.keepAlive = keepAlive
-        exchange.finalResponseStarted = true
-        if keepAlive {
-            phase = .awaitingHead
-        } else {
-            startClosing()
-        }
+        machine.answeredLocally(keepAlive: keepAlive)
+        if !keepAlive { startClosing() }
     }
 
     private func startClosing() {
-        phase = .closing
+        machine.startClosing()
         input.consume(input.count)  // nothing after a closing response is processed
         // Flushing the last response is bounded like any write to a slow client; the short
         // linger starts after the half-close.
@@ -841,47 +696,46 @@ final class ClientConnection: Channel {
     /// Flushes, then half-closes and reads until the client closes (or the linger time ends):
     /// closing with unread input would make the kernel send RST and could destroy the response.
     private func linger() -> Bool {
+        guard case .closing(let shutdownSent) = machine.state else { return false }
         if !output.isEmpty {
             return false
         }
         if !shutdownSent {
-            shutdownSent = true
-            transport.shutdownWrite(fd)
+            machine.writeSideShutDown()
+            stream.shutdownWrite(fd)
             deadline = 0
             setDeadline(after: Self.lingerMs)
             return true
         }
-        guard readable else { return false }
+        guard stream.readable else { return false }
         loop.buffers.acquire(into: &input)
         input.consume(input.count)
         _ = readClient()
         input.consume(input.count)
-        if peerClosed {
+        if stream.peerClosed {
             close()
             return true
         }
-        return readable
+        return stream.readable
     }
 
     /// The drain deadline passed with this exchange still running: recorded as the proxy's
     /// doing (503 when nothing was answered yet), then closed.
     func closeAtDrainDeadline() {
-        if !exchange.recorded && (exchange.stats != nil || exchange.logSlot >= 0) && phase == .proxying {
-            if !exchange.finalResponseStarted { exchange.status = 503 }
-            exchange.termination = .drainTimeout
+        if record.isPending && machine.isProxying {
+            record.drainDeadlinePassed(responseStarted: machine.finalResponseStarted)
             recordExchange(error: nil)
         }
         close()
     }
 
     func close() {
-        guard phase != .closed else { return }
-        phase = .closed
-        if !exchange.recorded && (exchange.stats != nil || exchange.logSlot >= 0) {
+        guard !machine.isClosed else { return }
+        machine.closed()
+        if record.isPending {
             // The connection ended mid-exchange: the client reset it (or the drain deadline, see
             // `closeAtDrainDeadline`). A response under way keeps its status.
-            if !exchange.finalResponseStarted { exchange.status = 499 }
-            if exchange.termination == .none { exchange.termination = .clientClosed }
+            record.connectionEnded(responseStarted: machine.finalResponseStarted)
             recordExchange()
         }
         endInflight()
@@ -895,13 +749,14 @@ final class ClientConnection: Channel {
     // MARK: Tunnel
 
     private func pumpTunnel() -> Bool {
+        guard case .tunnel(let ends) = machine.state else { return false }
         guard let upstream else {
             startClosing()
             return true
         }
         var progressed = readClient()
         loop.buffers.acquire(into: &upstream.output)
-        if case .progressed = exchange.requestBody.move(from: &input, to: &upstream.output) { progressed = true }
+        if case .progressed = requestBody.move(from: &input, to: &upstream.output) { progressed = true }
         if upstream.writable && !upstream.output.isEmpty {
             let before = upstream.output.count
             _ = upstream.flush()
@@ -909,7 +764,7 @@ final class ClientConnection: Channel {
         }
         if upstream.readAvailable() > 0 { progressed = true }
         loop.buffers.acquire(into: &output)
-        if case .progressed = exchange.responseBody.move(from: &upstream.input, to: &output) { progressed = true }
+        if case .progressed = responseBody.move(from: &upstream.input, to: &output) { progressed = true }
         if failed || upstream.failed || upstream.writeFailed {
             closeUpstream()
             close()
@@ -917,17 +772,20 @@ final class ClientConnection: Channel {
         }
         // Each direction ends on its own: a client's FIN is passed on once its bytes were
         // delivered, and the upstream may keep answering until it closes too.
-        if peerClosed && input.isEmpty && upstream.output.isEmpty && !tunnelUpstreamShut {
-            tunnelUpstreamShut = true
-            Posix.shutdownWrite(upstream.fd)
+        var upstreamShut = ends.upstreamShut
+        var clientShut = ends.clientShut
+        if stream.peerClosed && input.isEmpty && upstream.output.isEmpty && !upstreamShut {
+            upstreamShut = true
+            upstream.shutdownWrite()
             progressed = true
         }
-        if upstream.peerClosed && upstream.input.isEmpty && output.isEmpty && !shutdownSent {
-            shutdownSent = true
-            transport.shutdownWrite(fd)
+        if upstream.peerClosed && upstream.input.isEmpty && output.isEmpty && !clientShut {
+            clientShut = true
+            stream.shutdownWrite(fd)
             progressed = true
         }
-        if tunnelUpstreamShut && shutdownSent {
+        machine.tunnelEnded(upstreamShut: upstreamShut, clientShut: clientShut)
+        if upstreamShut && clientShut {
             closeUpstream()
             close()
             return true

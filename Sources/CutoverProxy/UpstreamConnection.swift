@@ -23,13 +23,11 @@ final class UpstreamConnection: Channel {
     var output = IOBuffer()
     /// Response bytes received.
     var input = IOBuffer()
-    var readable = false
-    var writable = false
-    /// read() returned 0.
-    var peerClosed = false
-    /// The peer's FIN was reported: read until 0 even after a short read, since no further
-    /// edge will announce the end of the stream.
-    var hangupSeen = false
+    /// Readiness and end of the socket, and reads and writes through its transport.
+    private var stream: SocketStream
+    var writable: Bool { stream.writable }
+    /// A read returned end of stream.
+    var peerClosed: Bool { stream.peerClosed }
     /// A socket error was seen on read or connect (reset, refused).
     var failed = false
     /// A write failed (the server reset or closed): nothing more is sent, but what the server
@@ -52,24 +50,19 @@ final class UpstreamConnection: Channel {
         self.counters = counters
         self.pool = pool
         phase = connected ? .open : .connecting
-        writable = connected
+        stream = SocketStream(writable: connected)
         super.init(fd: fd, loop: loop)
     }
 
     package override func handle(events: UInt32) {
-        if events & (Epoll.readable | Epoll.peerHangup | Epoll.hangup) != 0 { readable = true }
-        if events & (Epoll.peerHangup | Epoll.hangup) != 0 { hangupSeen = true }
-        if events & Epoll.error != 0 {
-            readable = true
-            // A failed connect is final. On an open connection, bytes that arrived before a
-            // reset are still readable (an early 413 before the RST its unread body caused):
-            // reads find the error after them.
-            if phase == .connecting { failed = true }
-        }
-        if events & Epoll.writable != 0 {
-            writable = true
-            if phase == .connecting && !failed { phase = .open }
-        }
+        // An error makes the socket readable: on an open connection, bytes that arrived before
+        // a reset are still read (an early 413 before the RST its unread body caused), and
+        // reads find the error after them. A failed connect is final.
+        stream.note(readable: events & (Epoll.readable | Epoll.peerHangup | Epoll.hangup | Epoll.error) != 0,
+                    writable: events & Epoll.writable != 0,
+                    hangup: events & (Epoll.peerHangup | Epoll.hangup) != 0)
+        if events & Epoll.error != 0 && phase == .connecting { failed = true }
+        if events & Epoll.writable != 0 && phase == .connecting && !failed { phase = .open }
         switch phase {
         case .idle:
             // Writability edges are expected (the send buffer drained); anything else means
@@ -92,65 +85,52 @@ final class UpstreamConnection: Channel {
     }
 
     /// Reads what is available into `input`. Returns bytes read; 0 when nothing was read.
-    /// A short read means the socket is drained (no extra read to see EAGAIN).
     func readAvailable() -> Int {
-        guard readable, !peerClosed, !failed else { return 0 }
+        guard stream.readable, !stream.peerClosed, !failed else { return 0 }
         loop.buffers.acquire(into: &input)
         input.compactIfNeeded(minimumSpace: input.capacity / 4)
-        let space = input.spaceAtEnd
-        guard space > 0 else { return 0 }
-        do {
-            switch try Posix.read(fd, input.writableBytes.baseAddress!, space) {
-            case .processed(0):
-                peerClosed = true
-                readable = false
-                return 0
-            case .processed(let count):
-                input.end += count
-                if count < space && !hangupSeen { readable = false }
-                return count
-            case .wouldBlock:
-                readable = false
-                return 0
-            }
-        } catch {
+        switch stream.read(fd, into: &input) {
+        case .bytes(let count):
+            return count
+        case .endOfStream, .nothing:
+            return 0
+        case .failed:
             failed = true
-            readable = false
             return 0
         }
     }
 
     /// Writes pending output. Returns false when the connection failed.
     func flush() -> Bool {
-        guard phase == .open, writable, !writeFailed, !output.isEmpty else { return !failed }
-        do {
-            let pending = output.count
-            switch try Posix.write(fd, output.readableBytes.baseAddress!, pending) {
-            case .processed(let count):
-                output.consume(count)
-                bytesSent += count
-                if count < pending { writable = false }
-            case .wouldBlock:
-                writable = false
-            }
+        guard phase == .open, stream.writable, !writeFailed, !output.isEmpty else { return !failed }
+        switch stream.write(fd, from: &output) {
+        case .wrote(let count):
+            bytesSent += count
             return true
-        } catch {
+        case .nothing:
+            return true
+        case .failed:
             writeFailed = true
-            readable = true  // look for a response or the error the server left
+            stream.readable = true  // look for a response or the error the server left
             return false
         }
+    }
+
+    /// Half-closes the connection (a tunnel passing on the client's FIN).
+    func shutdownWrite() {
+        stream.shutdownWrite(fd)
     }
 
     /// True when the connection may carry another request: nothing unread in the socket (a
     /// read that filled the buffer leaves `readable` set: one more read must find it empty)
     /// and no end of stream reported.
     func isCleanForReuse() -> Bool {
-        guard phase == .open, !failed, !writeFailed, !peerClosed, !hangupSeen, output.isEmpty, input.isEmpty else {
+        guard phase == .open, !failed, !writeFailed, !stream.peerClosed, !stream.hangupSeen, output.isEmpty, input.isEmpty else {
             return false
         }
-        if readable {
+        if stream.readable {
             _ = readAvailable()
-            return input.isEmpty && !peerClosed && !failed && !readable
+            return input.isEmpty && !stream.peerClosed && !failed && !stream.readable
         }
         return true
     }
