@@ -11,8 +11,6 @@ import Foundation
 /// `DataPlaneCounters` (it reads them). State changes are serialised by `lock`; slow work
 /// (probes) runs outside it. Time comes from an injected monotonic clock in milliseconds.
 public final class ControlPlane: @unchecked Sendable {
-    public typealias Probe = @Sendable (_ address: SocketAddress, _ host: String, _ path: String, _ timeoutMs: Int) -> CheckOutcome
-
     /// One checked server: an app's server in one color (an address may serve several apps).
     package struct ServerKey: Hashable, Comparable {
         package var app: String
@@ -42,13 +40,16 @@ public final class ControlPlane: @unchecked Sendable {
     let logger: Logger
     let audit: AuditLog?
     let clock: @Sendable () -> Int64
-    let probe: Probe
+    /// Runs every health check and verify request on one thread, whatever the number of servers.
+    private let checker: HealthChecker
+    private let injectedProbe: Probe?
+    /// How servers are checked: the injected probe, else the checker's network probe.
+    var probe: Probe { injectedProbe ?? checker.networkProbe }
     private let configPath: String?
 
     private let lock = NSLock()
     /// Held for a whole switch/rollback (gate probes included) so two switches never interleave.
     private let switchLock = NSLock()
-    private let wake = NSCondition()
     private(set) var config: Config
     private var state: PersistentState
     private var health: [ServerKey: ServerHealth] = [:]
@@ -72,7 +73,7 @@ public final class ControlPlane: @unchecked Sendable {
         config: Config, configPath: String?, state: PersistentState, registry: ServerRegistry = ServerRegistry(),
         logger: Logger, audit: AuditLog?,
         clock: @escaping @Sendable () -> Int64 = { monotonicMilliseconds() },
-        probe: @escaping Probe = { HTTPProbe.get($0, host: $1, path: $2, timeoutMs: $3) }
+        probe: Probe? = nil
     ) throws(ConfigError) {
         self.config = config
         self.configPath = configPath
@@ -81,7 +82,12 @@ public final class ControlPlane: @unchecked Sendable {
         self.logger = logger
         self.audit = audit
         self.clock = clock
-        self.probe = probe
+        injectedProbe = probe
+        do {
+            checker = try HealthChecker()
+        } catch {
+            throw ConfigError(file: config.path, line: 0, message: "cannot start the health checker: \(error)")
+        }
         monoAtStart = clock()
         let table = try RoutingTable(config: config, activeColor: state.active, registry: registry)
         publisher = RoutingPublisher(table)
@@ -114,54 +120,27 @@ public final class ControlPlane: @unchecked Sendable {
 
     // MARK: Health checking
 
-    /// Starts one checker thread per server of every app in both colors, and the monitor.
+    /// Checks every server of every app in both colors, on the checker's one thread; ten times a
+    /// second it also watches the data plane (`observeDataPlane`). A reload calls it again: the
+    /// results of the previous generation are dropped.
     public func startChecks() {
-        let generation: Int = lock.withLock {
+        let (generation, targets): (Int, [HealthChecker.Target]) = lock.withLock {
             checkerGeneration += 1
-            return checkerGeneration
-        }
-        wake.withLock { wake.broadcast() }  // threads of the previous generation exit now
-        let targets: [(ServerKey, SocketAddress, String, String)] = lock.withLock {
-            health.keys.sorted().compactMap { key in
+            let targets = health.keys.sorted().compactMap { key -> HealthChecker.Target? in
                 guard let app = config.apps.first(where: { $0.name == key.app }), let address = addresses[key]?.address else { return nil }
-                return (key, address, Self.checkHost(app, server: key.server), app.healthPath)
+                let request = ProbeRequest(address: address, host: Self.checkHost(app, server: key.server), path: app.healthPath,
+                                           timeoutMs: config.health.timeoutMs)
+                return HealthChecker.Target(key: key, request: request, intervalMs: config.health.intervalMs)
             }
+            return (checkerGeneration, targets)
         }
-        for (key, address, host, path) in targets {
-            let thread = Thread { [self] in checkLoop(key: key, address: address, host: host, path: path, generation: generation) }
-            thread.name = "cutover-health"
-            thread.start()
-        }
-        let monitor = Thread { [self] in monitorLoop(generation: generation) }
-        monitor.name = "cutover-monitor"
-        monitor.start()
+        checker.check(targets, probe: probe, periodMs: 100, periodic: { [weak self] in self?.observeDataPlane() },
+                      report: { [weak self] key, outcome in self?.record(outcome, for: key, generation: generation) })
     }
 
     public func stop() {
         lock.withLock { stopped = true }
-        wake.withLock { wake.broadcast() }
-    }
-
-    private func isCurrent(_ generation: Int) -> Bool {
-        lock.withLock { !stopped && checkerGeneration == generation }
-    }
-
-    private func checkLoop(key: ServerKey, address: SocketAddress, host: String, path: String, generation: Int) {
-        while isCurrent(generation) {
-            let settings = lock.withLock { config.health }
-            let outcome = probe(address, host, path, settings.timeoutMs)
-            record(outcome, for: key, generation: generation)
-            sleep(milliseconds: settings.intervalMs)
-        }
-    }
-
-    /// Every 100 ms: connect failures seen by the data plane count as failed checks (passive
-    /// health), and the old color's in-flight count is watched after a switch (`drained_at`).
-    private func monitorLoop(generation: Int) {
-        while isCurrent(generation) {
-            observeDataPlane()
-            sleep(milliseconds: 100)
-        }
+        checker.stop()
     }
 
     /// Runs ten times a second for the life of the process, so it allocates nothing unless
@@ -188,11 +167,6 @@ public final class ControlPlane: @unchecked Sendable {
                 lastSwitch = last
             }
         }
-    }
-
-    private func sleep(milliseconds: Int) {
-        let until = Date().addingTimeInterval(Double(milliseconds) / 1000)
-        wake.withLock { _ = wake.wait(until: until) }
     }
 
     /// Records a check result; republishes routing when a server went up or down. A result of
@@ -338,18 +312,18 @@ public final class ControlPlane: @unchecked Sendable {
         }
         let timeout = lock.withLock { config.health.timeoutMs }
         let results = ResultBox(count: work.count)
-        // One thread per request, like the health checks: hung servers cost one timeout in
-        // total, not one per request.
+        // All at once, on the checker's loop: hung servers cost one timeout in total.
         let group = DispatchGroup()
         for index in work.indices {
             let (_, _, address, host, path) = work[index]
             group.enter()
-            Thread.detachNewThread { [probe] in
-                results.set(index, probe(address, host, path, timeout))
+            probe(ProbeRequest(address: address, host: host, path: path, timeoutMs: timeout)) { outcome in
+                results.set(index, outcome)
                 group.leave()
             }
         }
-        group.wait()
+        // Every probe ends by its deadline; the margin covers a checker that stopped meanwhile.
+        _ = group.wait(timeout: .now() + .milliseconds(timeout + 2_000))
         return work.enumerated().map { index, item in (item.0, item.1, item.4, results.get(index)) }
     }
 

@@ -21,30 +21,32 @@ import CutoverSystem
 /// reads a socket only when its readiness flag is set (edge-triggered epoll) and treats a short
 /// read as "drained", so a keep-alive request costs one read and one write per direction.
 final class ClientConnection: Channel {
+    // Stored properties are ordered for packing (Swift lays them out as declared and does not
+    // fill a struct's tail padding): every idle keep-alive connection carries all of them.
     unowned(unsafe) let worker: ProxyWorker
-    private var machine = ExchangeMachine()
-    private var record = ExchangeRecord()
-    private var requestBody = BodyRelay(framing: .none, rechunk: false)
-    private var responseBody = BodyRelay(framing: .none, rechunk: false)
-    private var stream = SocketStream(writable: true)
-    private var input = IOBuffer()
-    private var output = IOBuffer()
-    /// The client reset the connection: nothing can be delivered any more.
-    private var failed = false
-    /// The client's address, for X-Forwarded-For.
-    private let clientAddress: PeerAddress
-    private var parser: RequestHeadParser
-    private var responseParser: ResponseHeadParser
+    private var upstream: UpstreamConnection?
+    private var pool: LocalPool?
     /// When the first byte of the current request head arrived, in loop nanoseconds (0: none
     /// yet), for the request's recorded latency.
     private var headFirstByteNs: Int64 = 0
+    private var input = IOBuffer()
+    private var output = IOBuffer()
+    private var parser: RequestHeadParser
+    private var responseParser: ResponseHeadParser
+    private var record = ExchangeRecord()
     /// Length of the rewritten head at the start of the upstream output, to re-send it on a
     /// retry after a stale keep-alive connection failed.
     private var headLength: Int32 = 0
-    private var upstream: UpstreamConnection?
-    private var pool: LocalPool?
+    private var requestBody = BodyRelay(framing: .none, rechunk: false)
+    private var machine = ExchangeMachine()
+    private var stream = SocketStream(writable: true)
+    /// The client reset the connection: nothing can be delivered any more.
+    private var failed = false
     /// The pool this request is counted in flight for (nil: not counted).
     private var inflightPool: PoolID?
+    private var responseBody = BodyRelay(framing: .none, rechunk: false)
+    /// The client's address, for X-Forwarded-For.
+    private let clientAddress: PeerAddress
 
     /// Room a local response needs in the output buffer.
     private static let localResponseRoom = 512

@@ -21,7 +21,7 @@ public final class CutoverRuntime: @unchecked Sendable {
     /// Loads the persisted state (it wins over `initial_color`; a corrupt file stops start-up
     /// unless `resetState`), opens the audit log, and builds both planes. Nothing listens yet.
     public init(config: Config, configPath: String?, logger: Logger, resetState: Bool = false,
-                adminIdleTimeoutMs: Int = 30_000, probe: ControlPlane.Probe? = nil) throws {
+                adminIdleTimeoutMs: Int = 30_000, probe: Probe? = nil) throws {
         self.config = config
         self.logger = logger
         self.adminIdleTimeoutMs = adminIdleTimeoutMs
@@ -41,12 +41,8 @@ public final class CutoverRuntime: @unchecked Sendable {
         // mistake must not overwrite the running one's state.
         self.initialStateToWrite = stateNeedsWriting ? state : nil
         audit = try config.auditLog.map { try AuditLog(path: $0) }
-        if let probe {
-            controlPlane = try ControlPlane(config: config, configPath: configPath, state: state, logger: logger,
-                                            audit: audit, probe: probe)
-        } else {
-            controlPlane = try ControlPlane(config: config, configPath: configPath, state: state, logger: logger, audit: audit)
-        }
+        controlPlane = try ControlPlane(config: config, configPath: configPath, state: state, logger: logger, audit: audit,
+                                        probe: probe)
         server = ProxyServer(config: config, publisher: controlPlane.publisher, logger: logger, servers: controlPlane.registry)
     }
 

@@ -55,17 +55,38 @@ final class HealthAndGateTests: XCTestCase {
         var now: Int64 { milliseconds.load(ordering: .relaxed) }
     }
 
-    /// Probe results by "server path"; anything unlisted answers 200.
+    /// Probe results by "server path"; anything unlisted answers 200. A held path answers
+    /// only when the test releases it, and says when a probe for it began.
     final class ScriptedProbe: @unchecked Sendable {
         private let lock = NSLock()
         private var failures: [String: String] = [:]
+        private var heldPath: String? = nil
+        private var held: [@Sendable () -> Void] = []
+        let heldProbeStarted = DispatchSemaphore(value: 0)
         func fail(_ key: String, _ reason: String) { lock.withLock { failures[key] = reason } }
         func clear() { lock.withLock { failures.removeAll() } }
-        private var delays: [String: UInt32] = [:]
-        func slow(_ path: String, milliseconds: UInt32) { lock.withLock { delays[path] = milliseconds } }
+        func hold(_ path: String) { lock.withLock { heldPath = path } }
+        func release() {
+            let waiting = lock.withLock { () -> [@Sendable () -> Void] in
+                heldPath = nil
+                defer { held.removeAll() }
+                return held
+            }
+            for answer in waiting { answer() }
+        }
         func answer(_ address: SocketAddress, _ path: String) -> CheckOutcome {
-            if let delay = lock.withLock({ delays[path] }) { usleep(delay * 1000) }
-            return lock.withLock { failures["\(address) \(path)"] }.map { .failure(reason: $0) } ?? .success(status: 200, latencyMs: 1)
+            lock.withLock { failures["\(address) \(path)"] }.map { .failure(reason: $0) } ?? .success(status: 200, latencyMs: 1)
+        }
+        var probe: Probe {
+            { [self] request, done in
+                let outcome = answer(request.address, request.path)
+                let isHeld = lock.withLock { () -> Bool in
+                    guard heldPath == request.path else { return false }
+                    held.append { done(outcome) }
+                    return true
+                }
+                if isHeld { heldProbeStarted.signal() } else { done(outcome) }
+            }
         }
     }
 
@@ -97,7 +118,7 @@ final class HealthAndGateTests: XCTestCase {
         return try ControlPlane(
             config: config, configPath: nil, state: PersistentState(active: .blue), logger: Logger(minimumLevel: .error),
             audit: try AuditLog(path: folder.appendingPathComponent("audit.log").path),
-            clock: { clock.now }, probe: { address, _, path, _ in probe.answer(address, path) })
+            clock: { clock.now }, probe: probe.probe)
     }
 
     private func temporaryFolder() throws -> URL {
@@ -231,7 +252,7 @@ final class HealthAndGateTests: XCTestCase {
     func testADrainDuringASwitchIsNeitherLostNorLeftOffDisk() throws {
         let clock = ManualClock()
         let probe = ScriptedProbe()
-        probe.slow("/slo", milliseconds: 300)  // the switch's verify request takes a while
+        probe.hold("/slo")  // the switch's verify request waits until the test lets it answer
         let folder = try temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let control = try makeControlPlane(clock: clock, probe: probe, folder: folder)
@@ -246,8 +267,16 @@ final class HealthAndGateTests: XCTestCase {
             _ = box.value.execute("switch green reason release", actor: AuditActor(uid: 0, user: "a", pid: 1))
             switched.signal()
         }
-        usleep(100_000)  // the switch is in its verify requests now
-        XCTAssertEqual(control.execute("drain api 127.0.0.1:9001", actor: operatorActor)["ok"], true)
+        XCTAssertEqual(probe.heldProbeStarted.wait(timeout: .now() + 10), .success, "the switch is in its verify requests now")
+        let drained = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            XCTAssertEqual(box.value.execute("drain api 127.0.0.1:9001", actor: AuditActor(uid: 1000, user: "deployer", pid: 4242))["ok"], true)
+            drained.signal()
+        }
+        // The drain waits for the switch (one state-file writer at a time) until its verify ends.
+        XCTAssertEqual(drained.wait(timeout: .now() + 0.2), .timedOut, "a drain does not overtake a switch under way")
+        probe.release()
+        XCTAssertEqual(drained.wait(timeout: .now() + 10), .success)
         XCTAssertEqual(switched.wait(timeout: .now() + 10), .success)
         let expected = PersistentState(active: .green, previous: .blue, generation: 1, drained: ["api 127.0.0.1:9001"])
         XCTAssertEqual(control.persistentState, expected)
