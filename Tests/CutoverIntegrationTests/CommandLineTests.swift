@@ -314,3 +314,71 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(tampered.stderr.hasPrefix("\(audit.path):4: "), tampered.stderr)
     }
 }
+
+/// Health checking costs descriptors and timer entries, not threads: a process checking 200
+/// servers runs exactly as many threads as one checking 2.
+final class ThreadCountTests: XCTestCase {
+    /// Ports that refuse connections for as long as the test holds them: bound, never listening.
+    private func refusingPorts(_ count: Int) throws -> (ports: [UInt16], close: () -> Void) {
+        var descriptors: [Int32] = []
+        var ports: [UInt16] = []
+        for _ in 0..<count {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { throw POSIXError(.EMFILE) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let bound = withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                    bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
+                }
+            }
+            guard bound else { throw POSIXError(.EADDRINUSE) }
+            descriptors.append(fd)
+            ports.append(UInt16(bigEndian: address.sin_port))
+        }
+        return (ports, { for fd in descriptors { Glibc.close(fd) } })
+    }
+
+    private func threads(checking servers: [UInt16]) throws -> Int {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-threads-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let half = servers.count / 2
+        let config = folder.appendingPathComponent("cutover.conf")
+        try """
+            listen 127.0.0.1:0
+            workers 2
+            health {
+                interval 100ms
+                timeout 500ms
+                fall 1
+            }
+            app web {
+                host *
+                blue \(servers[..<half].map { "127.0.0.1:\($0)" }.joined(separator: " "))
+                green \(servers[half...].map { "127.0.0.1:\($0)" }.joined(separator: " "))
+            }
+            """.write(to: config, atomically: true, encoding: .utf8)
+        let proxy = try CommandLineTests.RunningProxy(arguments: ["run", "-c", config.path])
+        defer { _ = proxy.terminate() }
+        XCTAssertNotNil(proxy.listeningPort())
+        // Every server has been checked (and found refusing) once it is reported down.
+        let last = "127.0.0.1:\(servers[servers.count - 1]) is down"
+        let first = "127.0.0.1:\(servers[0]) is down"
+        XCTAssertNotNil(proxy.waitForLog(last), "the last server was checked")
+        XCTAssertNotNil(proxy.waitForLog(first), "the first server was checked")
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(proxy.process.processIdentifier)/task")
+        return tasks.count
+    }
+
+    func testThreadCountDoesNotGrowWithTheNumberOfServers() throws {
+        let (ports, close) = try refusingPorts(200)
+        defer { close() }
+        let few = try threads(checking: Array(ports[..<2]))
+        let many = try threads(checking: ports)
+        XCTAssertEqual(many, few, "threads with 200 servers checked against 2")
+        XCTAssertLessThan(few, 20)
+    }
+}
