@@ -155,25 +155,22 @@ extension ControlPlane {
         case .health:
             return healthReport()
         case .switchColor(let color, let force, let reason):
-            return changeColor(to: color, rollback: false, force: force, reason: reason, actor: actor)
+            return AdminReplies.json(changeColor(to: color, rollback: false, force: force, reason: reason, actor: actor))
         case .rollback(let force, let reason):
             guard let previous = persistentState.previous else {
                 return ["ok": false, "error": "no previous color to roll back to (no switch has happened yet)"]
             }
-            return changeColor(to: previous, rollback: true, force: force, reason: reason, actor: actor)
+            return AdminReplies.json(changeColor(to: previous, rollback: true, force: force, reason: reason, actor: actor))
         case .drain(let app, let server):
-            return setDrained(true, app: app, server: server, actor: actor)
+            return AdminReplies.json(setDrained(true, app: app, server: server, actor: actor))
         case .undrain(let app, let server):
-            return setDrained(false, app: app, server: server, actor: actor)
+            return AdminReplies.json(setDrained(false, app: app, server: server, actor: actor))
         case .reload:
-            return reload(actor: actor)
+            return AdminReplies.json(reload(actor: actor))
         case .verify(let color):
             let results = runVerify(color)
             let failed = results.filter { !$0.outcome.isSuccess }.count
-            let list: [JSON] = results.map {
-                ["app": .string($0.app), "server": .string($0.server), "path": .string($0.path),
-                 "ok": .bool($0.outcome.isSuccess), "result": .string($0.outcome.summary)]
-            }
+            let list = results.map(AdminReplies.json)
             if results.isEmpty {
                 return ["ok": false, "error": .string("no verify request to run: \(color.rawValue) has no up server with verify paths"),
                         "results": .array(list)]
@@ -196,6 +193,54 @@ extension ControlPlane {
             guard let link = attachedDataPlane.source else { return ["ok": false, "error": "the data plane is not running"] }
             if let problem = link.reopenAccessLog() { return ["ok": false, "error": .string(problem)] }
             return ["ok": true]
+        }
+    }
+}
+
+/// The admin layer's words for the control plane's typed outcomes: the only place they become
+/// JSON.
+enum AdminReplies {
+    static func json(_ result: VerifyResult) -> JSON {
+        ["app": .string(result.app), "server": .string(result.server), "path": .string(result.path),
+         "ok": .bool(result.outcome.isSuccess), "result": .string(result.outcome.summary)]
+    }
+
+    static func json(_ outcome: SwitchOutcome) -> JSON {
+        switch outcome {
+        case .switched(let done):
+            var reply: [(String, JSON)] = [
+                ("ok", true), ("active", .string(done.to.rawValue)), ("previous", .string(done.from.rawValue)),
+                ("generation", .int(Int64(done.generation))), ("publish_us", .int(Int64(done.publishMicros))),
+                ("forced", .bool(done.forced)), ("verify", .array(done.verify.map(json))),
+            ]
+            if let auditError = done.auditError { reply.append(("audit_error", .string(auditError))) }
+            return .object(reply)
+        case .refused(let refusal):
+            let message = refusal.byVerify
+                ? "\(refusal.command) to \(refusal.target.rawValue) refused: verify requests failed"
+                : "\(refusal.command) to \(refusal.target.rawValue) refused: the gate did not pass"
+            return ["ok": false, "error": .string(message), "reasons": .array(refusal.reasons.map { .string($0.description) }),
+                    "verify": .array(refusal.verify.map(json))]
+        case .failed(let message):
+            return ["ok": false, "error": .string(message)]
+        }
+    }
+
+    static func json(_ outcome: DrainOutcome) -> JSON {
+        switch outcome {
+        case .done(let key, let drained):
+            return ["ok": true, "app": .string(key.app), "server": .string(key.server), "drained": .bool(drained)]
+        case .refused(let message):
+            return ["ok": false, "error": .string(message)]
+        }
+    }
+
+    static func json(_ outcome: ReloadOutcome) -> JSON {
+        switch outcome {
+        case .reloaded(let apps, let restartRequired):
+            return ["ok": true, "apps": .int(Int64(apps)), "restart_required": .array(restartRequired.map { .string($0) })]
+        case .failed(let message):
+            return ["ok": false, "error": .string(message)]
         }
     }
 }

@@ -1,6 +1,7 @@
+import CutoverConfig
 
 // Health and readiness as values: results go in with the time they happened, states come out.
-// No clock is read here, so tests drive hours of checks with an injected time in microseconds.
+// No clock is read here, so tests drive hours of checks with an injected time in milliseconds.
 
 /// What one check (active probe, verify request, or a data-plane connect failure) found.
 public enum CheckOutcome: Sendable, Equatable {
@@ -69,26 +70,21 @@ public struct ServerHealth: Sendable, Equatable {
     }
 }
 
-/// Whether a color may take traffic: every app has at least `minHealthy` servers up (drained
-/// servers excluded), continuously for `readyAfterMs`.
+/// Whether a color may take traffic: every app has at least `min_healthy` servers up (drained
+/// servers excluded), continuously for `ready_after`. This value keeps the "continuously":
+/// since when the condition has held without interruption. What the condition is, and why it
+/// does not hold, is `NotReady` — one model and one wording for the switch gate, `status` and
+/// the metrics.
 public struct ColorReadiness: Sendable, Equatable {
     /// Since when the condition has held without interruption; nil while it does not.
     public private(set) var conditionSince: Int64? = nil
-    /// Why the condition does not hold (empty when it does).
-    public private(set) var reasons: [String] = []
 
     public init() {}
 
-    /// Re-evaluates after any health or drain change (the condition can only change then, so
-    /// "continuously" is exact). `healthyCounts` is, per app name, the number of routable
-    /// servers that are `up`.
-    public mutating func update(healthyCounts: [(app: String, healthy: Int, total: Int)], minHealthy: Int, at now: Int64) {
-        var reasons: [String] = []
-        for entry in healthyCounts where entry.healthy < minHealthy {
-            reasons.append("app \(entry.app): \(entry.healthy) of \(entry.total) servers up, \(minHealthy) required")
-        }
-        self.reasons = reasons
-        if reasons.isEmpty {
+    /// Re-evaluated after any health or drain change (the condition can only change then, so
+    /// "continuously" is exact).
+    public mutating func update(conditionHolds: Bool, at now: Int64) {
+        if conditionHolds {
             if conditionSince == nil { conditionSince = now }
         } else {
             conditionSince = nil
@@ -99,12 +95,34 @@ public struct ColorReadiness: Sendable, Equatable {
         guard let since = conditionSince else { return false }
         return now - since >= Int64(readyAfterMs)
     }
+}
 
-    /// Readiness for a reply: ready since when, or why not.
-    public func explain(at now: Int64, readyAfterMs: Int) -> [String] {
-        guard let since = conditionSince else { return reasons }
-        let held = now - since
-        if held >= Int64(readyAfterMs) { return [] }
-        return ["healthy for \(held) ms of the \(readyAfterMs) ms ready_after window"]
+/// Why a color may not take traffic, or may not be rolled back to — typed, so that callers
+/// decide and only the admin layer words it.
+public enum NotReady: Sendable, Equatable, CustomStringConvertible {
+    /// An app has fewer than `min_healthy` servers of the color up (drained ones excluded).
+    case tooFewUp(app: String, color: Color, up: Int, total: Int, minHealthy: Int)
+    /// One server of such an app, and why it does not count (its state, its last check).
+    case serverNotUp(String)
+    /// The condition holds, but not yet for `ready_after`.
+    case notHealthyLongEnough(color: Color, since: String, shortMs: Int, readyAfterMs: Int)
+    /// The condition has not held since the checks began.
+    case neverHealthy(Color)
+    /// Rollback's gate: an app has no healthy server of the color at all.
+    case noHealthyServer(app: String, color: Color)
+
+    public var description: String {
+        switch self {
+        case .tooFewUp(let app, let color, let up, let total, let minHealthy):
+            return "app \(app): \(up) of \(total) \(color.rawValue) servers up, min_healthy is \(minHealthy)"
+        case .serverNotUp(let text):
+            return text
+        case .notHealthyLongEnough(let color, let since, let shortMs, let readyAfterMs):
+            return "\(color.rawValue) has been healthy since \(since), \(shortMs) ms short of ready_after (\(readyAfterMs) ms)"
+        case .neverHealthy(let color):
+            return "\(color.rawValue) has not been healthy continuously yet"
+        case .noHealthyServer(let app, let color):
+            return "app \(app): no healthy \(color.rawValue) server"
+        }
     }
 }

@@ -134,13 +134,6 @@ package enum Posix {
     package static func shutdownWrite(_ fd: Int32) {
         _ = Glibc.shutdown(fd, Int32(SHUT_WR))
     }
-
-    /// Makes the next close send RST instead of FIN: used to abort a response whose truncation
-    /// the client must see.
-    static func setLingerZero(_ fd: Int32) {
-        var value = linger(l_onoff: 1, l_linger: 0)
-        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &value, socklen_t(MemoryLayout<linger>.size))
-    }
 }
 
 @usableFromInline

@@ -108,8 +108,7 @@ func serve(_ runtime: CutoverRuntime, logger: Logger, signals: sigset_t, extraSt
         var received: Int32 = 0
         sigwait(&waitSet, &received)
         if received == SIGHUP {
-            let reply = runtime.controlPlane.reload(actor: .current())
-            if reply["ok"]?.boolValue != true {
+            if case .failed = runtime.controlPlane.reload(actor: .current()) {
                 logger.log(.warning, "SIGHUP: reload failed; the running configuration is unchanged")
             }
             continue

@@ -34,15 +34,17 @@ final class HealthAndGateTests: XCTestCase {
 
     func testReadinessNeedsTheConditionContinuouslyForTheWindow() {
         var readiness = ColorReadiness()
-        readiness.update(healthyCounts: [("api", 1, 2), ("web", 0, 1)], minHealthy: 1, at: 0)
+        readiness.update(conditionHolds: false, at: 0)
         XCTAssertFalse(readiness.isReady(at: 100_000, readyAfterMs: 30_000))
-        XCTAssertEqual(readiness.reasons, ["app web: 0 of 1 servers up, 1 required"])
-        readiness.update(healthyCounts: [("api", 1, 2), ("web", 1, 1)], minHealthy: 1, at: 1_000)
+        XCTAssertEqual(NotReady.tooFewUp(app: "web", color: .green, up: 0, total: 1, minHealthy: 1).description,
+                       "app web: 0 of 1 green servers up, min_healthy is 1")
+        readiness.update(conditionHolds: true, at: 1_000)
+        readiness.update(conditionHolds: true, at: 5_000)  // still holding: the window keeps its start
         XCTAssertFalse(readiness.isReady(at: 30_999, readyAfterMs: 30_000))
         XCTAssertTrue(readiness.isReady(at: 31_000, readyAfterMs: 30_000))
         // An interruption restarts the window.
-        readiness.update(healthyCounts: [("api", 0, 2), ("web", 1, 1)], minHealthy: 1, at: 40_000)
-        readiness.update(healthyCounts: [("api", 2, 2), ("web", 1, 1)], minHealthy: 1, at: 41_000)
+        readiness.update(conditionHolds: false, at: 40_000)
+        readiness.update(conditionHolds: true, at: 41_000)
         XCTAssertFalse(readiness.isReady(at: 70_999, readyAfterMs: 30_000))
         XCTAssertTrue(readiness.isReady(at: 71_000, readyAfterMs: 30_000))
     }
