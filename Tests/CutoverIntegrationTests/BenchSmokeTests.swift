@@ -108,8 +108,8 @@ final class BenchSmokeTests: XCTestCase {
         XCTAssertEqual(result.status, 0, result.stderr)
         let report = try XCTUnwrap(result.json)
         XCTAssertEqual(report["switches"], 4)
-        XCTAssertEqual(report["failed"], 0)
-        XCTAssertEqual(report["stale"], 0)
+        XCTAssertEqual(report["failed"], 0, "\(report)")
+        XCTAssertEqual(report["stale"], 0, "\(report)")
         XCTAssertGreaterThan(report["requests"]?.intValue ?? 0, 100)
     }
 
