@@ -95,11 +95,15 @@ public struct SwitchBenchmark: Sendable {
                     let inWindow = entries.contains { sample.completedNs >= $0.sentNs && sample.intendedNs <= $0.repliedNs + Self.windowNs }
                     if inWindow { report.insideWindows.record(latency) } else { report.outsideWindows.record(latency) }
                     // Stale: the old color, although the switch in force had been acknowledged
-                    // before the request was sent. While the next switch is under way (sent, not
-                    // yet answered) either color is fine.
+                    // before the request was sent. A later switch sent before the answer came back
+                    // may have been published before the proxy read the request (a busy machine
+                    // delays reads): its color is right too. Only a color no table published
+                    // between the request's send and its answer can have routed is stale.
                     if current >= 0, let color = sample.color, color != entries[current].target {
-                        let nextUnderWay = current + 1 < entries.count && entries[current + 1].sentNs <= sample.intendedNs
-                        if !(nextUnderWay && color == entries[current + 1].target) { report.staleAnswers += 1 }
+                        let laterSwitchToColor = entries[(current + 1)...].contains {
+                            $0.target == color && $0.sentNs <= sample.completedNs
+                        }
+                        if !laterSwitchToColor { report.staleAnswers += 1 }
                     }
                     for index in entries.indices where sample.color == entries[index].target && sample.completedNs >= entries[index].sentNs {
                         if firstNewColor[index] == nil || sample.completedNs < firstNewColor[index]! {
