@@ -100,8 +100,8 @@ extension ControlPlane {
     /// switches and reloads (each writes the whole persistent state).
     func setDrained(_ drained: Bool, app: String, server: String, actor: AuditActor) -> DrainOutcome {
         let key = DrainKey(app: app, server: server)
-        let outcome: DrainOutcome = switchLock.withLock { _ in
-            lock.withLock { _ in
+        let outcome: DrainOutcome = switchLock.withLock {
+            lock.withLock {
                 // An undrain of an entry a reload left behind (its app or server is gone) is
                 // allowed: otherwise only --reset-state could clear it.
                 let staleEntry = !drained && drains.contains(key)

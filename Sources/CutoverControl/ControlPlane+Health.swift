@@ -11,7 +11,7 @@ extension ControlPlane {
     /// second it also watches the data plane (`observeDataPlane`). A reload calls it again: the
     /// results of the previous generation are dropped.
     public func startChecks() {
-        let (generation, targets): (Int, [HealthChecker.Target]) = lock.withLock { _ in
+        let (generation, targets): (Int, [HealthChecker.Target]) = lock.withLock {
             checkerGeneration += 1
             let targets = health.keys.sorted().compactMap { key -> HealthChecker.Target? in
                 guard let app = config.apps.first(where: { $0.name == key.app }), let address = addresses[key]?.address else { return nil }
@@ -26,18 +26,18 @@ extension ControlPlane {
     }
 
     public func stop() {
-        lock.withLock { _ in stopped = true }
+        lock.withLock { stopped = true }
         checker.stop()
     }
 
     /// Runs ten times a second for the life of the process, so it allocates nothing unless
     /// something happened.
     func observeDataPlane() {
-        guard let counters = lock.withLock({ _ in self.counters }) else { return }
-        let servers = lock.withLock { _ in keysByServerID }
+        guard let counters = lock.withLock({ self.counters }) else { return }
+        let servers = lock.withLock { keysByServerID }
         for (id, keys) in servers {
             let total = counters.connectFailures(serverID: id)
-            let new: UInt64 = lock.withLock { _ in
+            let new: UInt64 = lock.withLock {
                 let seen = passiveSeen[id] ?? 0
                 passiveSeen[id] = max(seen, total)
                 return total > seen ? total - seen : 0
@@ -48,7 +48,7 @@ extension ControlPlane {
             }
         }
         let now = clock()
-        lock.withLock { _ in
+        lock.withLock {
             if var last = lastSwitch, last.drainedAt == nil, counters.inflight(last.from) == 0 {
                 last.drainedAt = now
                 lastSwitch = last
@@ -59,7 +59,7 @@ extension ControlPlane {
     /// Records a check result; republishes routing when a server went up or down. A result of
     /// an older checker generation (the config was reloaded meanwhile) is dropped.
     package func record(_ outcome: CheckOutcome, for key: ServerKey, generation: Int? = nil) {
-        lock.withLock { _ in
+        lock.withLock {
             if let generation, generation != checkerGeneration || stopped { return }
             guard var entry = health[key] else { return }
             let now = clock()
@@ -106,7 +106,7 @@ extension ControlPlane {
     }
 
     func publishRoutability() {
-        lock.withLock { _ in publishRoutabilityLocked() }
+        lock.withLock { publishRoutabilityLocked() }
     }
 
     func publishRoutabilityLocked() {

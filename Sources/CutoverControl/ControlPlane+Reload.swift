@@ -51,7 +51,7 @@ extension ControlPlane {
         guard let configPath else {
             return .failed("this instance runs an embedded configuration; there is no file to reload")
         }
-        let outcome: ReloadOutcome = switchLock.withLock { _ in
+        let outcome: ReloadOutcome = switchLock.withLock {
             let next: Config
             let table: RoutingTable
             do throws(ConfigError) {
@@ -62,7 +62,7 @@ extension ControlPlane {
                 appendAudit(AuditRecord(event: "reload_failed", actor: actor, details: ["error": error.description]))
                 return .failed(error.description)
             }
-            let plan = lock.withLock { _ -> ReloadPlan in
+            let plan = lock.withLock { () -> ReloadPlan in
                 let plan = ReloadPlan(running: config, next: next)
                 config = plan.applied
                 rebuildTargets(from: table)

@@ -79,14 +79,14 @@ extension ControlPlane {
     /// under `switchLock` for all of it (gate probes included), so two switches, or a switch and
     /// a drain or reload, never interleave.
     func changeColor(to target: Color, rollback: Bool, force: Bool, reason: String?, actor: AuditActor) -> SwitchOutcome {
-        switchLock.withLock { _ in
+        switchLock.withLock {
             changeColorLocked(to: target, rollback: rollback, force: force, reason: reason, actor: actor)
         }
     }
 
     private func changeColorLocked(to target: Color, rollback: Bool, force: Bool, reason: String?, actor: AuditActor) -> SwitchOutcome {
         let command = rollback ? "rollback" : "switch"
-        let (current, initialReasons): (PersistentState, [GateReason]) = lock.withLock { _ in
+        let (current, initialReasons): (PersistentState, [GateReason]) = lock.withLock {
             let now = clock()
             if state.active == target { return (state, [.alreadyActive(target)]) }
             if force { return (state, []) }
@@ -128,7 +128,7 @@ extension ControlPlane {
             }
         }
         let started = DispatchTime.now().uptimeNanoseconds
-        lock.withLock { _ in
+        lock.withLock {
             state = next
             publisher.update { $0.with(activeColor: target) }
             lastSwitch = SwitchRecord(at: clock(), from: current.active, to: target, drainedAt: nil)
@@ -148,7 +148,7 @@ extension ControlPlane {
     /// server of `color`, all at once on the checker's loop (hung servers cost one timeout in
     /// total). Runs without the state lock: it waits on the network.
     func runVerify(_ color: Color) -> [VerifyResult] {
-        let (work, timeout): ([(VerifyResult, ProbeRequest)], Int) = lock.withLock { _ in
+        let (work, timeout): ([(VerifyResult, ProbeRequest)], Int) = lock.withLock {
             let work = config.apps.flatMap { app in
                 app.servers(color).flatMap { endpoint -> [(VerifyResult, ProbeRequest)] in
                     let key = ServerKey(app: app.name, color: color, server: endpoint.description)

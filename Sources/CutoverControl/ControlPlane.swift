@@ -48,10 +48,12 @@ public final class ControlPlane: @unchecked Sendable {
     var probe: Probe { injectedProbe ?? checker.networkProbe }
     let configPath: String?
 
-    /// Guards the state below; never held across I/O that waits on the network.
-    let lock = Mutex<Void>(())
+    /// Guards the state below; never held across I/O that waits on the network. Always taken
+    /// through `withLock` (no early unlocks). An NSLock rather than `Mutex`: it is a pthread
+    /// mutex, whose ordering ThreadSanitizer sees, so sanitizer runs stay free of false reports.
+    let lock = NSLock()
     /// Held for a whole switch/rollback (gate probes included) so two switches never interleave.
-    let switchLock = Mutex<Void>(())
+    let switchLock = NSLock()
     internal(set) var config: Config
     var state: PersistentState
     /// Operator drains with their causes (the state file keeps the list).
@@ -102,31 +104,31 @@ public final class ControlPlane: @unchecked Sendable {
 
     /// Connects the data plane's counters (passive checks, in-flight figures).
     public func attach(counters: DataPlaneCounters) {
-        lock.withLock { _ in self.counters = counters }
+        lock.withLock { self.counters = counters }
     }
 
     /// Connects the data plane's request figures.
     public func attach(dataPlane: DataPlaneLink) {
-        lock.withLock { _ in self.dataPlane = dataPlane }
+        lock.withLock { self.dataPlane = dataPlane }
     }
 
     var attachedDataPlane: (source: DataPlaneLink?, counters: DataPlaneCounters?) {
-        lock.withLock { _ in (dataPlane, counters) }
+        lock.withLock { (dataPlane, counters) }
     }
 
-    var switchOutcomeCounts: [SwitchResultKey: UInt64] { lock.withLock { _ in switchOutcomes } }
+    var switchOutcomeCounts: [SwitchResultKey: UInt64] { lock.withLock { switchOutcomes } }
 
     func countSwitch(_ command: String, _ result: String) {
-        lock.withLock { _ in switchOutcomes[SwitchResultKey(command: command, result: result), default: 0] += 1 }
+        lock.withLock { switchOutcomes[SwitchResultKey(command: command, result: result), default: 0] += 1 }
     }
 
-    public var activeColor: Color { lock.withLock { _ in state.active } }
-    public var persistentState: PersistentState { lock.withLock { _ in state } }
+    public var activeColor: Color { lock.withLock { state.active } }
+    public var persistentState: PersistentState { lock.withLock { state } }
 
     // MARK: Reports
 
     func statusReport() -> JSON {
-        lock.withLock { _ in
+        lock.withLock {
             let now = clock()
             var colors: [(String, JSON)] = []
             for color in Color.allCases {
@@ -167,7 +169,7 @@ public final class ControlPlane: @unchecked Sendable {
 
     /// The control plane's state as the metrics exposition reports it, read under one lock.
     func controlFigures() -> ControlFigures {
-        lock.withLock { _ in
+        lock.withLock {
             let now = clock()
             var servers: [ControlFigures.Server] = []
             for app in config.apps {
@@ -198,7 +200,7 @@ public final class ControlPlane: @unchecked Sendable {
     }
 
     func healthReport() -> JSON {
-        lock.withLock { _ in
+        lock.withLock {
             let servers: [JSON] = health.keys.sorted().map { key in
                 let entry = health[key]!
                 var object: [(String, JSON)] = [("app", .string(key.app)), ("color", .string(key.color.rawValue))]

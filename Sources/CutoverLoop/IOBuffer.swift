@@ -80,7 +80,7 @@ package final class BufferPool {
     private var free: [UnsafeMutableRawPointer] = []
     private let maxFree: Int
 
-    init(bufferSize: Int, maxFree: Int = 1024) {
+    package init(bufferSize: Int, maxFree: Int = 1024) {
         // Whole pages: the mapping is the buffer.
         let page = PageMemory.pageSize
         self.bufferSize = (bufferSize + page - 1) / page * page

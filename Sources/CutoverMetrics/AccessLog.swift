@@ -413,17 +413,7 @@ public final class AccessLog: @unchecked Sendable {
     /// printable ASCII are written as \u00XX (read as Latin-1), so every line is valid JSON.
     private func appendString(_ bytes: UnsafeRawBufferPointer, truncated: Bool = false) {
         line.append(0x22)
-        for byte in bytes {
-            switch byte {
-            case 0x22: line.append(0x5C); line.append(0x22)
-            case 0x5C: line.append(0x5C); line.append(0x5C)
-            case 0x20...0x7E: line.append(byte)
-            default:
-                append("\\u00")
-                appendHexDigit(byte >> 4)
-                appendHexDigit(byte & 0x0F)
-            }
-        }
+        Escaping.append(bytes, .jsonASCII, to: &line)
         if truncated { append("...") }
         line.append(0x22)
     }

@@ -1,3 +1,4 @@
+import CutoverSystem
 
 /// Builds Prometheus text exposition format 0.0.4: each family once, with its HELP and TYPE
 /// lines before its samples; label values escaped (backslash, double quote, newline).
@@ -51,19 +52,10 @@ package struct PrometheusText {
     }
 
     static func escapeLabel(_ value: String) -> String {
-        var out = ""
-        for character in value.unicodeScalars {
-            switch character {
-            case "\\": out += "\\\\"
-            case "\"": out += "\\\""
-            case "\n": out += "\\n"
-            default: out.unicodeScalars.append(character)
-            }
-        }
-        return out
+        Escaping.escaped(value, .prometheusLabel)
     }
 
     static func escapeHelp(_ value: String) -> String {
-        value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\n", with: "\\n")
+        Escaping.escaped(value, .prometheusHelp)
     }
 }

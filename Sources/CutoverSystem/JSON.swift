@@ -58,21 +58,7 @@ public indirect enum JSON: Sendable, Equatable, ExpressibleByStringLiteral, Expr
 
     static func escape(_ string: String, into out: inout String) {
         out += "\""
-        for scalar in string.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 || scalar.value == 0x7F {
-                    out += String(format: "\\u%04x", scalar.value)
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
+        out += Escaping.escaped(string, .json)
         out += "\""
     }
 
