@@ -68,7 +68,9 @@ final class ClientConnection: Channel {
         ConnectionFacts(
             inputEmpty: input.isEmpty, outputEmpty: output.isEmpty, clientWritable: stream.writable,
             requestFinished: requestBody.isFinished,
-            upstream: upstream.map { UpstreamFacts(connecting: $0.phase == .connecting) },
+            upstream: upstream.map {
+                UpstreamFacts(connecting: $0.phase == .connecting, stalledOnWrite: !$0.output.isEmpty && !$0.writable)
+            },
             draining: worker.endsKeepAlive)
     }
 

@@ -50,9 +50,12 @@ package struct ConnectionFacts: Equatable {
 package struct UpstreamFacts: Equatable {
     /// Its connect has not completed.
     package var connecting = false
+    /// Request bytes wait for it and its socket takes none: the upstream stopped reading.
+    package var stalledOnWrite = false
 
-    package init(connecting: Bool = false) {
+    package init(connecting: Bool = false, stalledOnWrite: Bool = false) {
         self.connecting = connecting
+        self.stalledOnWrite = stalledOnWrite
     }
 }
 
@@ -233,7 +236,9 @@ package struct ExchangeMachine {
             if case .awaitingHead = proxying.response, let upstream = facts.upstream {
                 if upstream.connecting { return .upstreamConnectTimedOut }
                 if facts.requestFinished { return .upstreamHeadTimedOut }
-                // The client stopped sending its body.
+                // The body stalled. The side that stopped is blamed: the upstream when request
+                // bytes wait for its full socket, else the client, which stopped sending.
+                if upstream.stalledOnWrite { return .abort(status: 504, error: .timeout, termination: .none, blameUpstream: true) }
                 return .abort(status: 408, error: nil, termination: .clientTimeout, blameUpstream: false)
             }
             if !facts.clientWritable && !facts.outputEmpty {

@@ -72,7 +72,9 @@ enum Transport {
 /// into I/O buffers. The client and the upstream side share it, each with its own failure rules.
 ///
 /// A short read means the socket is drained: no extra read to see EAGAIN — unless the peer's
-/// FIN was reported (`hangupSeen`), after which no further edge will announce the end.
+/// FIN was reported (`hangupSeen`), after which no further edge will announce the end. (A TLS
+/// transport can hold decrypted bytes beyond a short read: it must then report them as more
+/// bytes, not rely on this rule.)
 struct SocketStream {
     var transport: Transport = .plain
     var readable = false
@@ -135,7 +137,11 @@ struct SocketStream {
             return .endOfStream
         case .wouldBlock(let needs):
             readable = false
-            if needs == .writable { readNeedsWritable = true }
+            if needs == .writable {
+                // Already writable: no new edge will come, so the read is retried on the next
+                // pass instead of waiting for one.
+                if writable { readable = true } else { readNeedsWritable = true }
+            }
             return .nothing
         case .failed:
             readable = false
@@ -160,7 +166,9 @@ struct SocketStream {
             return .wrote(count)
         case .wouldBlock(let needs):
             writable = false
-            if needs == .readable { writeNeedsReadable = true }
+            if needs == .readable {
+                if readable { writable = true } else { writeNeedsReadable = true }
+            }
             return .nothing
         case .failed:
             return .failed

@@ -201,10 +201,10 @@ final class AdminSocketTests: XCTestCase {
     func testRefusedSwitchExplainsItselfAndForceIsRecorded() throws {
         let blue = try TestUpstream.named("blue")
         defer { blue.stop() }
-        let deadGreen = unusedPort()
+        let deadGreen = RefusingPort()
         let folder = try makeFolder()
-        defer { try? FileManager.default.removeItem(at: folder) }
-        let setup = try start(folder: folder, blue: blue.port, green: deadGreen)
+        defer { try? FileManager.default.removeItem(at: folder); withExtendedLifetime(deadGreen) {} }
+        let setup = try start(folder: folder, blue: blue.port, green: deadGreen.port)
         defer { setup.runtime.stop() }
         _ = try waitForStatus(setup) { status in
             status["apps"]?.arrayValue?.first?["green"]?.arrayValue?.first?["health"] == "down"
@@ -214,7 +214,7 @@ final class AdminSocketTests: XCTestCase {
         XCTAssertEqual(refused["ok"], false)
         let reasons = refused["reasons"]?.arrayValue?.compactMap(\.stringValue) ?? []
         XCTAssertEqual(reasons.first, "app web: 0 of 1 green servers up, min_healthy is 1")
-        XCTAssertTrue(reasons.contains { $0.hasPrefix("app web green 127.0.0.1:\(deadGreen): down since ") && $0.hasSuffix("(last check: refused)") },
+        XCTAssertTrue(reasons.contains { $0.hasPrefix("app web green 127.0.0.1:\(deadGreen.port): down since ") && $0.hasSuffix("(last check: refused)") },
                       "\(reasons)")
         XCTAssertEqual(try RawHTTPClient(port: setup.port).request().bodyString, "blue\n", "traffic never moved")
 

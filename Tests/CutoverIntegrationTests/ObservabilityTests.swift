@@ -169,9 +169,9 @@ final class ObservabilityTests: XCTestCase {
             connection.write("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc")
         }
         defer { live.stop(); garbage.stop() }
-        let dead = unusedPort()
-        let proxy = try ProxyHarness(apps: [TestApp(name: "web", blue: [dead, live.port], green: [garbage.port])], workers: 1)
-        defer { proxy.stop() }
+        let dead = RefusingPort()
+        let proxy = try ProxyHarness(apps: [TestApp(name: "web", blue: [dead.port, live.port], green: [garbage.port])], workers: 1)
+        defer { proxy.stop(); withExtendedLifetime(dead) {} }
         let client = try proxy.client()
         for _ in 0..<4 { XCTAssertEqual(try client.request().status, 200, "a refused connect is retried on the live server") }
 

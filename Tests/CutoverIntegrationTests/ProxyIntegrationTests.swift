@@ -286,9 +286,9 @@ final class ProxyIntegrationTests: XCTestCase {
     // MARK: Upstream failures
 
     func testRefusedUpstreamIsABadGateway() throws {
-        let dead = unusedPort()
-        let proxy = try ProxyHarness(apps: [TestApp(name: "web", blue: [dead], green: [dead])])
-        defer { proxy.stop() }
+        let dead = RefusingPort()
+        let proxy = try ProxyHarness(apps: [TestApp(name: "web", blue: [dead.port], green: [dead.port])])
+        defer { proxy.stop(); withExtendedLifetime(dead) {} }
         let response = try proxy.client().request()
         XCTAssertEqual(response.status, 502)
         XCTAssertTrue(response.bodyString.contains("upstream"))
@@ -297,8 +297,9 @@ final class ProxyIntegrationTests: XCTestCase {
     func testConnectFailureIsRetriedOnAnotherServerOfTheSamePoolOnly() throws {
         let live = try TestUpstream.named("blue-2")
         let green = try TestUpstream.named("green")
-        defer { live.stop(); green.stop() }
-        let proxy = try ProxyHarness(apps: [TestApp(name: "web", blue: [unusedPort(), live.port], green: [green.port])])
+        let dead = RefusingPort()
+        defer { live.stop(); green.stop(); withExtendedLifetime(dead) {} }
+        let proxy = try ProxyHarness(apps: [TestApp(name: "web", blue: [dead.port, live.port], green: [green.port])])
         defer { proxy.stop() }
         let client = try proxy.client()
         for _ in 0..<6 {
@@ -308,7 +309,7 @@ final class ProxyIntegrationTests: XCTestCase {
         XCTAssertEqual(green.requestCount, 0, "never retried across colors")
 
         // A pool whose servers are all down: 502, and still never the other color.
-        let allDown = try ProxyHarness(apps: [TestApp(name: "web", blue: [unusedPort()], green: [green.port])])
+        let allDown = try ProxyHarness(apps: [TestApp(name: "web", blue: [dead.port], green: [green.port])])
         defer { allDown.stop() }
         XCTAssertEqual(try allDown.client().request().status, 502)
         XCTAssertEqual(green.requestCount, 0)

@@ -71,6 +71,9 @@ final class ExchangeMachineTests: XCTestCase {
         XCTAssertEqual(machine.deadlinePassed(facts(requestFinished: false)),
                        .abort(status: 408, error: nil, termination: .clientTimeout, blameUpstream: false),
                        "the client stopped sending its body")
+        XCTAssertEqual(machine.deadlinePassed(facts(requestFinished: false, upstream: UpstreamFacts(stalledOnWrite: true))),
+                       .abort(status: 504, error: .timeout, termination: .none, blameUpstream: true),
+                       "the upstream stopped reading the body: it is blamed, not the client")
         var streaming = routed()
         streaming.finalHeadForwarded(keepAlive: true, upstreamReusable: true)
         XCTAssertEqual(streaming.deadlinePassed(facts(outputEmpty: false, clientWritable: false)),

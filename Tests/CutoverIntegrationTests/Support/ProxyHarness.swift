@@ -45,22 +45,31 @@ final class ProxyHarness: @unchecked Sendable {
     func stop() { server.stop() }
 }
 
-/// A TCP port on 127.0.0.1 where nothing listens (bound, then closed).
-func unusedPort() -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-            bind(fd, pointer, length)
-            return getsockname(fd, pointer, &length)
+/// A TCP port on 127.0.0.1 that refuses connections for as long as this value lives: a socket
+/// bound to it and never listening holds it, so no other test can take it meanwhile (unlike a
+/// port bound, closed and hoped to stay free).
+final class RefusingPort: @unchecked Sendable {
+    let port: UInt16
+    private let fd: Int32
+
+    init() {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.fd = fd
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(fd, pointer, length)
+                return getsockname(fd, pointer, &length)
+            }
         }
+        port = UInt16(bigEndian: address.sin_port)
     }
-    return UInt16(bigEndian: address.sin_port)
+
+    deinit { close(fd) }
 }
 
 /// Deterministic bytes for body round trips.
