@@ -9,8 +9,8 @@ import CutoverSystem
 /// `owner` drives it; while idle it sits in the loop's `UpstreamIdlePool` and any event on it
 /// (the server closed, or sent bytes nobody asked for) closes it — so a pooled connection is
 /// reused without a liveness syscall and without risking unread bytes.
-final class UpstreamConnection: Channel {
-    enum Phase {
+package final class UpstreamConnection: Channel {
+    package enum Phase {
         case connecting
         case open
         case idle
@@ -18,7 +18,7 @@ final class UpstreamConnection: Channel {
     }
 
     let server: ServerEntry
-    var phase: Phase
+    package var phase: Phase
     /// Request bytes to send (head and re-framed body).
     var output = IOBuffer()
     /// Response bytes received.
@@ -34,7 +34,7 @@ final class UpstreamConnection: Channel {
     /// already answered is still read.
     var writeFailed = false
     /// Taken from the idle pool rather than freshly connected.
-    var reused = false
+    package var reused = false
     /// Request bytes this connection accepted (retry rules depend on it).
     var bytesSent = 0
     var owner: ClientConnection?
@@ -43,7 +43,7 @@ final class UpstreamConnection: Channel {
     /// The pool that opened this connection (for the per-pool connection count).
     let pool: PoolID
 
-    init(fd: Int32, loop: EventLoop, server: ServerEntry, pool: PoolID, connected: Bool,
+    package init(fd: Int32, loop: EventLoop, server: ServerEntry, pool: PoolID, connected: Bool,
          idlePool: UpstreamIdlePool, counters: DataPlaneCounters) {
         self.server = server
         self.idlePool = idlePool
@@ -174,17 +174,17 @@ final class UpstreamConnection: Channel {
 
 /// A loop's idle upstream connections, LIFO per server (the warmest connection first), bounded
 /// per server by `upstream_idle_per_server`, each closed after `upstream_idle`.
-final class UpstreamIdlePool {
+package final class UpstreamIdlePool {
     private var idle: [[UpstreamConnection]] = []
     let maxPerServer: Int
     let idleTimeoutMs: Int
 
-    init(maxPerServer: Int, idleTimeoutMs: Int) {
+    package init(maxPerServer: Int, idleTimeoutMs: Int) {
         self.maxPerServer = maxPerServer
         self.idleTimeoutMs = idleTimeoutMs
     }
 
-    func take(serverID: Int) -> UpstreamConnection? {
+    package func take(serverID: Int) -> UpstreamConnection? {
         guard serverID < idle.count, let connection = idle[serverID].popLast() else { return nil }
         connection.clearDeadline()
         connection.reused = true
@@ -194,7 +194,7 @@ final class UpstreamIdlePool {
     }
 
     /// Parks a connection that finished a response cleanly; closes it when the pool is full.
-    func park(_ connection: UpstreamConnection) {
+    package func park(_ connection: UpstreamConnection) {
         let id = connection.server.id
         while idle.count <= id { idle.append([]) }
         connection.owner = nil
