@@ -56,8 +56,10 @@ public final class AdminServer: @unchecked Sendable {
         } catch {
             throw StartupError("admin socket \(path): \(error)")
         }
-        let threads = ClientThreads(name: "cutover-admin", maxClients: maxClients, serve: { [self] in serve($0) }, refuse: { [self] in
-            writeLine($0, (["ok": false, "error": "too many admin clients; try again"] as JSON).serialized())
+        // Weak: the threads are the server's, and must not keep it alive after its owner let go.
+        let threads = ClientThreads(name: "cutover-admin", maxClients: maxClients, serve: { [weak self] in self?.serve($0) },
+                                    refuse: { [weak self] in
+            self?.writeLine($0, (["ok": false, "error": "too many admin clients; try again"] as JSON).serialized())
         })
         threads.start(listening: fd)
         self.threads = threads

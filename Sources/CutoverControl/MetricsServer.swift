@@ -39,7 +39,7 @@ public final class MetricsServer: @unchecked Sendable {
         }
         if let bound = Posix.localAddress(fd) { address = bound }
         self.address = address
-        let threads = ClientThreads(name: "cutover-metrics", maxClients: Self.maxClients, serve: { [self] in serve($0) })
+        let threads = ClientThreads(name: "cutover-metrics", maxClients: Self.maxClients, serve: { [weak self] in self?.serve($0) })
         threads.start(listening: fd)
         self.threads = threads
         logger.log(.info, "metrics on http://\(address)/metrics")

@@ -190,15 +190,23 @@ public final class ProxyServer: @unchecked Sendable {
         (openConnections, PoolID.all.reduce(0) { $0 + counters.upstreamConnections($1) })
     }
 
-    /// What the control plane reads and reaches of this data plane.
+    /// What the control plane reads and reaches of this data plane. Weak: the link must not
+    /// keep a stopped data plane alive (its loops, buffers and figures).
     public var link: DataPlaneLink {
         DataPlaneLink(
-            snapshot: { [self] window, totals in metrics(window, includeTotals: totals) },
+            snapshot: { [weak self] window, totals in
+                guard let self else {
+                    var empty = MetricsSnapshot(window: window, nanoseconds: monotonicNanoseconds(), includesTotals: totals)
+                    empty.loopsMissing = 1
+                    return empty
+                }
+                return metrics(window, includeTotals: totals)
+            },
             startedNs: startedNs,
-            connections: { [self] in connectionCounts },
-            accessLogDropped: { [self] in accessLog?.dropped ?? 0 },
-            reopenAccessLog: { [self] in
-                guard let accessLog else { return "access_log is off: nothing to reopen" }
+            connections: { [weak self] in self?.connectionCounts ?? (0, 0) },
+            accessLogDropped: { [weak self] in self?.accessLog?.dropped ?? 0 },
+            reopenAccessLog: { [weak self] in
+                guard let accessLog = self?.accessLog else { return "access_log is off: nothing to reopen" }
                 return accessLog.reopen()  // nil: reopened
             })
     }
