@@ -16,6 +16,9 @@
 /// Owned by one loop; not thread-safe.
 package struct TimerWheel {
     package let tickMs: Int64
+    /// log2(tickMs) when it is a power of two (the default): rounding is then a shift, not a
+    /// division, on every deadline a connection sets. -1 otherwise.
+    private let tickShift: Int64
     private let slotMask: Int
     /// First entry of each bucket (-1: empty).
     private var heads: [Int32]
@@ -35,6 +38,7 @@ package struct TimerWheel {
     package init(tickMs: Int64 = 4, slotCount: Int = 16_384, now: Int64) {
         precondition(slotCount > 0 && slotCount & (slotCount - 1) == 0, "slotCount must be a power of two")
         self.tickMs = tickMs
+        tickShift = tickMs > 0 && tickMs & (tickMs - 1) == 0 ? Int64(tickMs.trailingZeroBitCount) : -1
         slotMask = slotCount - 1
         heads = Array(repeating: -1, count: slotCount)
         occupied = Array(repeating: 0, count: (slotCount + 63) / 64)
@@ -44,7 +48,7 @@ package struct TimerWheel {
     /// The tick a deadline waits for: rounded up, so it never fires early.
     @inline(__always)
     package func tick(for deadlineMs: Int64) -> Int64 {
-        (deadlineMs + tickMs - 1) / tickMs
+        tickShift >= 0 ? (deadlineMs + tickMs - 1) >> tickShift : (deadlineMs + tickMs - 1) / tickMs
     }
 
     /// The tick `id` is linked for (0: not scheduled).

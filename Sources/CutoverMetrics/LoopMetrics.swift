@@ -18,7 +18,7 @@ package final class PoolStats {
         self.appID = appID
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     package func record(_ sample: RequestSample, atNanoseconds now: Int64) {
         windows.record(sample, at: now / 1_000_000_000)
     }

@@ -119,7 +119,13 @@ final class ClientConnection: Channel {
     private var isTunnel: Bool { if case .tunnel = machine.state { return true } else { return false } }
 
     private func armDeadline(progressed: Bool) {
-        guard let (kind, restart) = machine.deadlineToArm(progressed: progressed, armed: deadline != 0, facts: facts) else { return }
+        // The facts a deadline depends on only (no drain flag: an atomic load per event saved).
+        let deadlineFacts = ConnectionFacts(
+            inputEmpty: input.isEmpty, requestFinished: requestBody.isFinished,
+            upstream: upstream.map { UpstreamFacts(connecting: $0.phase == .connecting) })
+        guard let (kind, restart) = machine.deadlineToArm(progressed: progressed, armed: deadline != 0, facts: deadlineFacts) else {
+            return
+        }
         let timeouts = worker.settings.timeouts
         if restart { deadline = 0 }
         switch kind {
