@@ -5,7 +5,7 @@ import PackageDescription
 //
 //   cutover (CLI) ─→ CutoverRuntime ─→ CutoverProxy (data plane) and CutoverControl (control plane)
 //   CutoverProxy   ─→ CutoverLoop, CutoverHTTP (pure codec), CutoverRouting, CutoverMetrics
-//   CutoverControl ─→ CutoverRouting, CutoverMetrics, CutoverHTTP
+//   CutoverControl ─→ CutoverLoop (its own event loop), CutoverRouting, CutoverMetrics, CutoverHTTP
 //   CutoverMetrics ─→ CutoverRouting ─→ CutoverConfig ─→ CutoverSystem ─→ CCutoverSys
 //   CutoverLoop    ─→ CutoverSystem, CutoverHTTP
 //   CutoverDemo, CutoverBench (tools) ─→ CutoverLoop, CutoverHTTP; the bench also drives the admin socket
@@ -52,7 +52,7 @@ let package = Package(
         // The control plane.
         .target(
             name: "CutoverControl",
-            dependencies: ["CutoverRouting", "CutoverMetrics", "CutoverConfig", "CutoverSystem", "CutoverHTTP"]
+            dependencies: ["CutoverLoop", "CutoverRouting", "CutoverMetrics", "CutoverConfig", "CutoverSystem", "CutoverHTTP"]
         ),
         // Wiring: starts both planes from a config and links them.
         .target(name: "CutoverRuntime", dependencies: ["CutoverProxy", "CutoverControl", "CutoverConfig", "CutoverSystem"]),

@@ -11,13 +11,13 @@ extension ControlPlane {
     /// second it also watches the data plane (`observeDataPlane`). A reload calls it again: the
     /// results of the previous generation are dropped.
     public func startChecks() {
-        let (generation, targets): (Int, [HealthChecker.Target]) = lock.withLock {
+        let (generation, targets): (Int, [ControlLoop.Target]) = lock.withLock {
             checkerGeneration += 1
-            let targets = health.keys.sorted().compactMap { key -> HealthChecker.Target? in
+            let targets = health.keys.sorted().compactMap { key -> ControlLoop.Target? in
                 guard let app = config.apps.first(where: { $0.name == key.app }), let address = addresses[key]?.address else { return nil }
                 let request = ProbeRequest(address: address, host: Self.checkHost(app, server: key.server), path: app.healthPath,
                                            timeoutMs: config.health.timeoutMs)
-                return HealthChecker.Target(key: key, request: request, intervalMs: config.health.intervalMs)
+                return ControlLoop.Target(key: key, request: request, intervalMs: config.health.intervalMs)
             }
             return (checkerGeneration, targets)
         }

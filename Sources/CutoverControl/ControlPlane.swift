@@ -41,8 +41,9 @@ public final class ControlPlane: @unchecked Sendable {
     let logger: Logger
     let audit: AuditLog?
     let clock: @Sendable () -> Int64
-    /// Runs every health check and verify request on one thread, whatever the number of servers.
-    let checker: HealthChecker
+    /// Runs every health check, verify request and admin client on one thread, whatever the
+    /// number of servers.
+    package let checker: ControlLoop
     let injectedProbe: Probe?
     /// How servers are checked: the injected probe, else the checker's network probe.
     var probe: Probe { injectedProbe ?? checker.networkProbe }
@@ -91,7 +92,7 @@ public final class ControlPlane: @unchecked Sendable {
         self.clock = clock
         injectedProbe = probe
         do {
-            checker = try HealthChecker()
+            checker = try ControlLoop()
         } catch {
             throw ConfigError(file: config.path, line: 0, message: "cannot start the health checker: \(error)")
         }

@@ -49,7 +49,8 @@ public final class CutoverRuntime: @unchecked Sendable {
     public func start() throws {
         // The admin socket first: a second cutover on the same socket fails before it listens.
         if let path = config.adminSocket {
-            let admin = AdminServer(path: path, idleTimeoutMs: adminIdleTimeoutMs, logger: logger) { [controlPlane] line, actor in
+            let admin = AdminServer(path: path, idleTimeoutMs: adminIdleTimeoutMs, logger: logger,
+                                    control: controlPlane.checker) { [controlPlane] line, actor in
                 controlPlane.execute(line, actor: actor)
             }
             try admin.start(mode: config.adminMode, group: config.adminGroup)

@@ -128,6 +128,12 @@ package enum Posix {
         return result == 0 ? SocketAddress(storage: storage) : nil
     }
 
+    /// O_NONBLOCK on a descriptor created blocking (a listener handed to an event loop).
+    package static func setNonBlocking(_ fd: Int32) {
+        let flags = fcntl(fd, F_GETFL)
+        if flags >= 0 { _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
+    }
+
     /// shutdown(SHUT_RDWR): wakes a thread blocked in accept or recv on `fd`.
     public static func shutdownBoth(_ fd: Int32) {
         _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))

@@ -153,7 +153,7 @@ final class BenchSmokeTests: XCTestCase {
         try halfClosed.send("GET /api/system/status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         halfClosed.shutdownWrite()
         XCTAssertEqual(try halfClosed.readResponse().status, 200)
-        XCTAssertEqual(try HealthChecker().probeAndWait(ProbeRequest(address: upstream.address!, host: "a", path: "/api/system/status", timeoutMs: 2_000)).isSuccess, true,
+        XCTAssertEqual(try ControlLoop().probeAndWait(ProbeRequest(address: upstream.address!, host: "a", path: "/api/system/status", timeoutMs: 2_000)).isSuccess, true,
                        "the health check of a slow upstream passes")
     }
 }

@@ -373,6 +373,45 @@ final class ThreadCountTests: XCTestCase {
         return tasks.count
     }
 
+    /// Admin clients are served on the control loop: twenty connected clients, each with a
+    /// command answered, add no thread.
+    func testThreadCountDoesNotGrowWithAdminClients() throws {
+        let (ports, close) = try refusingPorts(2)
+        defer { close() }
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-admin-threads-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let config = folder.appendingPathComponent("cutover.conf")
+        let socketPath = folder.appendingPathComponent("admin.sock").path
+        try """
+            listen 127.0.0.1:0
+            workers 1
+            admin_socket \(socketPath)
+            app web {
+                host *
+                blue 127.0.0.1:\(ports[0])
+                green 127.0.0.1:\(ports[1])
+            }
+            """.write(to: config, atomically: true, encoding: .utf8)
+        let proxy = try CommandLineTests.RunningProxy(arguments: ["run", "-c", config.path])
+        defer { _ = proxy.terminate() }
+        XCTAssertNotNil(proxy.listeningPort())
+        func threads() throws -> Int {
+            try FileManager.default.contentsOfDirectory(atPath: "/proc/\(proxy.process.processIdentifier)/task").count
+        }
+        // One command first: the command threads exist from then on.
+        XCTAssertEqual(try AdminSocketTests.AdminConnection(path: socketPath).command("status")["ok"], true)
+        let before = try threads()
+        var clients: [AdminSocketTests.AdminConnection] = []
+        for _ in 0..<20 {
+            let client = try AdminSocketTests.AdminConnection(path: socketPath)
+            XCTAssertEqual(try client.command("status")["ok"], true)
+            clients.append(client)
+        }
+        XCTAssertEqual(try threads(), before, "threads with 20 admin clients connected against 1 served before")
+        withExtendedLifetime(clients) {}
+    }
+
     func testThreadCountDoesNotGrowWithTheNumberOfServers() throws {
         let (ports, close) = try refusingPorts(200)
         defer { close() }

@@ -21,17 +21,16 @@ public struct ProbeRequest: Sendable, Equatable {
 }
 
 /// How the control plane checks a server: asynchronously; `done` is called exactly once, on
-/// any thread. The default is `HealthChecker.networkProbe` (non-blocking, on the checker's
+/// any thread. The default is `ControlLoop.networkProbe` (non-blocking, on the checker's
 /// loop); tests inject scripted answers.
 public typealias Probe = @Sendable (_ request: ProbeRequest, _ done: @escaping @Sendable (CheckOutcome) -> Void) -> Void
 
-/// Every active health check, and every verify request of the switch gate, on one control-plane
-/// event loop: non-blocking connect, send and read, each probe with its total deadline in the
-/// loop's timer wheel. One thread whatever the number of servers: a hung server costs one
-/// timeout and one descriptor, never a thread, and never delays another server's check.
-///
-/// The checker also runs the control plane's periodic work (`every`) on the same thread.
-public final class HealthChecker: @unchecked Sendable {
+/// The control plane's event loop, one thread: every active health check and every verify
+/// request of the switch gate (non-blocking connect, send and read, each probe with its total
+/// deadline in the loop's timer wheel), the control plane's periodic work, and the admin
+/// socket's clients. One thread whatever the number of servers or clients: a hung server costs
+/// one timeout and one descriptor, never a thread, and never delays another server's check.
+public final class ControlLoop: @unchecked Sendable {
     /// Check targets by key, with when each is due; touched only on the loop thread.
     package struct Target: Sendable {
         package var key: ControlPlane.ServerKey
@@ -85,6 +84,19 @@ public final class HealthChecker: @unchecked Sendable {
         finished.wait()
     }
 
+    /// The loop, started: for channels of the control plane (admin clients). Their methods run
+    /// on its thread only; other threads reach it through `execute`.
+    package var eventLoop: EventLoop {
+        start()
+        return loop
+    }
+
+    /// Runs `work` on the loop's thread.
+    package func execute(_ work: @escaping @Sendable () -> Void) {
+        start()
+        loop.execute(work)
+    }
+
     /// The default probe: a non-blocking `GET` on the checker's loop.
     public var networkProbe: Probe {
         start()
@@ -134,7 +146,7 @@ public final class HealthChecker: @unchecked Sendable {
 /// check or periodic run.
 private final class CheckScheduler: Channel {
     private struct Entry {
-        var target: HealthChecker.Target
+        var target: ControlLoop.Target
         var due: Int64
         var inFlight = false
     }
@@ -147,7 +159,7 @@ private final class CheckScheduler: Channel {
     private let report: @Sendable (ControlPlane.ServerKey, CheckOutcome) -> Void
     private var retired = false
 
-    init(loop: EventLoop, targets: [HealthChecker.Target], probe: @escaping Probe, periodMs: Int,
+    init(loop: EventLoop, targets: [ControlLoop.Target], probe: @escaping Probe, periodMs: Int,
          periodic: @escaping @Sendable () -> Void,
          report: @escaping @Sendable (ControlPlane.ServerKey, CheckOutcome) -> Void) throws(IOError) {
         entries = targets.map { Entry(target: $0, due: loop.now) }
