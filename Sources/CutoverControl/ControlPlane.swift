@@ -55,7 +55,7 @@ public final class ControlPlane: @unchecked Sendable {
     let lock = NSLock()
     /// Held for a whole switch/rollback (gate probes included) so two switches never interleave.
     let switchLock = NSLock()
-    internal(set) var config: Config
+    var config: Config
     var state: PersistentState
     /// Operator drains with their causes (the state file keeps the list).
     var drains: DrainRegistry

@@ -1,16 +1,23 @@
 import CutoverConfig
 import CutoverHTTP
+import CutoverLoop
 import CutoverSystem
 import Foundation
 
 /// `metrics_listen`: a small HTTP/1.1 endpoint for Prometheus, apart from the data plane (a
 /// scrape never takes a loop's time beyond the figures it merges). `GET /metrics` is text
 /// exposition format 0.0.4; `GET /healthz` answers 200 while the process runs. Requests are
-/// parsed by the same strict codec as proxied ones; every answer closes the connection.
+/// parsed by the same strict codec as proxied ones; every answer closes the connection. Clients
+/// are read and answered on the control loop; the exposition (which asks every data-plane loop
+/// for its figures) is built on a command thread.
 public final class MetricsServer: @unchecked Sendable {
-    private let exposition: @Sendable () -> String?
+    let exposition: @Sendable () -> String?
     private let logger: Logger
-    private var threads: ClientThreads?
+    private let control: ControlLoop
+    let commands = CommandThreads(count: 1, name: "cutover-metrics")
+    /// Loop thread only.
+    private var listener: MetricsListener?
+    var clients = 0
     public private(set) var address: SocketAddress?
 
     static let maxClients = 16
@@ -18,8 +25,9 @@ public final class MetricsServer: @unchecked Sendable {
     static let maxHeadBytes = 8 * 1024
 
     /// `exposition` returns nil when the figures are incomplete: the scrape gets a 503.
-    public init(logger: Logger, exposition: @escaping @Sendable () -> String?) {
+    public init(logger: Logger, control: ControlLoop, exposition: @escaping @Sendable () -> String?) {
         self.logger = logger
+        self.control = control
         self.exposition = exposition
     }
 
@@ -29,7 +37,7 @@ public final class MetricsServer: @unchecked Sendable {
         }
         var fd: Int32 = -1
         do {
-            fd = try Posix.socket(family: address.family, blocking: true)
+            fd = try Posix.socket(family: address.family)
             try Posix.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
             try Posix.bind(fd, address)
             try Posix.listen(fd, backlog: 64)
@@ -39,95 +47,209 @@ public final class MetricsServer: @unchecked Sendable {
         }
         if let bound = Posix.localAddress(fd) { address = bound }
         self.address = address
-        let threads = ClientThreads(name: "cutover-metrics", maxClients: Self.maxClients, serve: { [weak self] in self?.serve($0) })
-        threads.start(listening: fd)
-        self.threads = threads
+        let loop = UncheckedBox(control.eventLoop)
+        let box = UncheckedBox(self)
+        let started = DispatchSemaphore(value: 0)
+        let listening = fd
+        control.execute {
+            let listener = MetricsListener(fd: listening, loop: loop.value, server: box.value)
+            do {
+                try loop.value.register(listener)
+                box.value.listener = listener
+            } catch {
+                Posix.close(listening)
+            }
+            started.signal()
+        }
+        started.wait()
         logger.log(.info, "metrics on http://\(address)/metrics")
     }
 
     public func stop() {
-        threads?.stop()
-    }
-
-    private func serve(_ fd: Int32) {
-        Posix.setBlockingTimeouts(fd, milliseconds: Self.timeoutMs)
-        var parser = RequestHeadParser(limits: HTTPLimits(maxHeaderBytes: Self.maxHeadBytes, maxHeaders: 64, maxURIBytes: 2048))
-        let fields = UnsafeMutableBufferPointer<HeaderField>.allocate(capacity: 64)
-        fields.initialize(repeating: HeaderField(name: .empty, value: .empty, kind: .other))
-        defer { fields.deallocate() }
-        var buffer = [UInt8](repeating: 0, count: Self.maxHeadBytes)
-        var received = 0
-        let started = monotonicMilliseconds()
-        while true {
-            // One deadline for the whole head: each read waits only for what is left of it, so
-            // a client trickling bytes holds a slot for `timeoutMs` at most.
-            let left = Int64(Self.timeoutMs) - (monotonicMilliseconds() - started)
-            guard left > 0, Posix.waitFor(fd, events: Int16(POLLIN), timeoutMs: Int(left)) else {
-                respond(fd, status: 408, reason: "Request Timeout", body: "request head not received in time\n")
-                return
-            }
-            let result = buffer.withUnsafeMutableBytes { bytes in
-                Result { () throws(IOError) in try Posix.receive(fd, bytes.baseAddress! + received, bytes.count - received) }
-            }
-            guard case .success(.processed(let count)) = result, count > 0 else { return }
-            received += count
-            let outcome = buffer.withUnsafeBytes { bytes in
-                parser.parse(UnsafeRawBufferPointer(rebasing: bytes[0..<received]), fields: fields)
-            }
-            switch outcome {
-            case .needMore:
-                if received == buffer.count {
-                    respond(fd, status: 431, reason: "Request Header Fields Too Large", body: "request head too large\n")
-                    return
+        let stopped = DispatchSemaphore(value: 0)
+        let box = UncheckedBox(self)
+        control.execute {
+            let server = box.value
+            if let listener = server.listener {
+                server.listener = nil
+                listener.loop.forEachChannel { channel in
+                    if let client = channel as? MetricsClient, client.server === server { client.close() }
                 }
-            case .invalid(let error):
-                respond(fd, status: error.status, reason: "\(LocalResponse.reasonPhrase(error.status))", body: "\(error.reason)\n")
-                return
-            case .complete(let head, _):
-                let path = buffer.withUnsafeBytes { bytes in
-                    String(decoding: bytes[Int(head.path.start)..<Int(head.path.start + head.path.count)], as: UTF8.self)
-                }
-                answer(fd, method: head.method, path: path)
-                return
+                listener.loop.closeChannel(listener)
             }
+            stopped.signal()
         }
+        _ = stopped.wait(timeout: .now() + 5)
+        commands.stop()
     }
 
-    private func answer(_ fd: Int32, method: HTTPMethod, path: String) {
+    /// The answer to a parsed request: a complete HTTP/1.1 message that closes the connection.
+    /// `/metrics` runs the exposition, so call it on a command thread.
+    func answer(method: HTTPMethod, path: String) -> [UInt8] {
         let route = path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? path
         guard route == "/metrics" || route == "/healthz" else {
-            respond(fd, status: 404, reason: "Not Found", body: "not found: try /metrics or /healthz\n")
-            return
+            return Self.message(status: 404, reason: "Not Found", body: "not found: try /metrics or /healthz\n")
         }
         guard method == .get || method == .head else {
-            respond(fd, status: 405, reason: "Method Not Allowed", body: "use GET or HEAD\n", extra: "Allow: GET, HEAD\r\n")
-            return
+            return Self.message(status: 405, reason: "Method Not Allowed", body: "use GET or HEAD\n", extra: "Allow: GET, HEAD\r\n")
         }
         if route == "/healthz" {
-            respond(fd, status: 200, reason: "OK", body: "ok\n", headOnly: method == .head)
+            return Self.message(status: 200, reason: "OK", body: "ok\n", headOnly: method == .head)
         } else if let text = exposition() {
-            respond(fd, status: 200, reason: "OK", body: text, headOnly: method == .head,
-                    contentType: "text/plain; version=0.0.4; charset=utf-8")
+            return Self.message(status: 200, reason: "OK", body: text, headOnly: method == .head,
+                                contentType: "text/plain; version=0.0.4; charset=utf-8")
         } else {
-            respond(fd, status: 503, reason: "Service Unavailable",
-                    body: "figures incomplete: a worker loop did not answer in time\n")
+            return Self.message(status: 503, reason: "Service Unavailable",
+                                body: "figures incomplete: a worker loop did not answer in time\n")
         }
     }
 
-    private func respond(_ fd: Int32, status: Int, reason: String, body: String, headOnly: Bool = false,
-                         contentType: String = "text/plain; charset=utf-8", extra: String = "") {
+    static func message(status: Int, reason: String, body: String, headOnly: Bool = false,
+                        contentType: String = "text/plain; charset=utf-8", extra: String = "") -> [UInt8] {
         let bodyBytes = Array(body.utf8)
         var message = Array(("HTTP/1.1 \(status) \(reason)\r\nContent-Type: \(contentType)\r\n"
                              + "Content-Length: \(bodyBytes.count)\r\n\(extra)Connection: close\r\n\r\n").utf8)
         if !headOnly { message += bodyBytes }
-        var sent = 0
-        while sent < message.count {
-            let result = message.withUnsafeBytes { bytes in
-                Result { () throws(IOError) in try Posix.sendNoSignal(fd, bytes.baseAddress! + sent, bytes.count - sent) }
+        return message
+    }
+}
+
+/// The metrics listener on the control loop.
+final class MetricsListener: Channel {
+    unowned let server: MetricsServer
+
+    init(fd: Int32, loop: EventLoop, server: MetricsServer) {
+        self.server = server
+        super.init(fd: fd, loop: loop)
+    }
+
+    override func handle(events: UInt32) {
+        while true {
+            let accepted: IOResult<(Int32, sockaddr_storage)>
+            do {
+                accepted = try Posix.accept(fd)
+            } catch {
+                return
             }
-            guard case .success(.processed(let count)) = result, count > 0 else { return }
-            sent += count
+            guard case .processed(let (client, _)) = accepted else { return }
+            guard server.clients < MetricsServer.maxClients else {
+                Posix.close(client)
+                continue
+            }
+            let connection = MetricsClient(fd: client, loop: loop, server: server)
+            do {
+                try loop.register(connection)
+                server.clients += 1
+                connection.setDeadline(after: MetricsServer.timeoutMs)
+            } catch {
+                Posix.close(client)
+            }
+        }
+    }
+}
+
+/// One scrape: the request head within one total deadline (a client trickling bytes holds a
+/// slot for `timeoutMs` at most), then one answer, a half-close and a close.
+final class MetricsClient: Channel {
+    unowned let server: MetricsServer
+    private var received: [UInt8] = []
+    private var output: [UInt8] = []
+    private var parser = RequestHeadParser(limits: HTTPLimits(maxHeaderBytes: MetricsServer.maxHeadBytes, maxHeaders: 64, maxURIBytes: 2048))
+    /// The request was parsed: what is left is the answer.
+    private var answered = false
+    private var closed = false
+
+    init(fd: Int32, loop: EventLoop, server: MetricsServer) {
+        self.server = server
+        super.init(fd: fd, loop: loop)
+    }
+
+    override func handle(events: UInt32) {
+        if !answered { readRequest() }
+        flush()
+    }
+
+    override func deadlineReached() {
+        guard !closed else { return }
+        if answered {
+            close()  // the answer was not taken in time
+        } else {
+            respond(MetricsServer.message(status: 408, reason: "Request Timeout", body: "request head not received in time\n"))
+        }
+    }
+
+    private func readRequest() {
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while !answered && !closed {
+            let result = chunk.withUnsafeMutableBytes { buffer in
+                Result { () throws(IOError) in try Posix.read(fd, buffer.baseAddress!, buffer.count) }
+            }
+            switch result {
+            case .success(.processed(0)), .failure:
+                close()  // gone before a complete request: nothing to answer
+                return
+            case .success(.processed(let count)):
+                received.append(contentsOf: chunk[0..<count])
+            case .success(.wouldBlock):
+                return
+            }
+            let outcome = received.withUnsafeBytes { parser.parse($0, fields: loop.fields) }
+            switch outcome {
+            case .needMore:
+                if received.count >= MetricsServer.maxHeadBytes {
+                    respond(MetricsServer.message(status: 431, reason: "Request Header Fields Too Large", body: "request head too large\n"))
+                }
+            case .invalid(let error):
+                respond(MetricsServer.message(status: error.status, reason: "\(LocalResponse.reasonPhrase(error.status))",
+                                              body: "\(error.reason)\n"))
+            case .complete(let head, _):
+                answered = true
+                let path = String(decoding: received[Int(head.path.start)..<Int(head.path.start + head.path.count)], as: UTF8.self)
+                let method = head.method
+                let server = self.server
+                let box = UncheckedBox(self)
+                let loop = UncheckedBox(self.loop)
+                server.commands.run {
+                    let message = server.answer(method: method, path: path)
+                    loop.value.execute { box.value.respond(message) }
+                }
+            }
+        }
+    }
+
+    private func respond(_ message: [UInt8]) {
+        guard !closed else { return }
+        answered = true
+        output = message
+        deadline = 0
+        setDeadline(after: MetricsServer.timeoutMs)
+        flush()
+    }
+
+    private func flush() {
+        guard !closed, answered, !output.isEmpty else { return }
+        while !output.isEmpty {
+            let result = output.withUnsafeBytes { buffer in
+                Result { () throws(IOError) in try Posix.sendNoSignal(fd, buffer.baseAddress!, buffer.count) }
+            }
+            switch result {
+            case .success(.processed(let count)):
+                output.removeFirst(count)
+            case .success(.wouldBlock):
+                return
+            case .failure:
+                close()
+                return
+            }
         }
         Posix.shutdownWrite(fd)
+        close()
+    }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        server.clients -= 1
+        loop.closeChannel(self)
     }
 }

@@ -66,7 +66,9 @@ public final class CutoverRuntime: @unchecked Sendable {
         controlPlane.attach(counters: server.counters)
         controlPlane.attach(dataPlane: server.link)
         if let endpoint = config.metricsListen {
-            let metrics = MetricsServer(logger: logger) { [controlPlane] in controlPlane.prometheusExposition() }
+            let metrics = MetricsServer(logger: logger, control: controlPlane.checker) { [controlPlane] in
+                controlPlane.prometheusExposition()
+            }
             do {
                 try metrics.start(endpoint)
             } catch {

@@ -76,9 +76,9 @@ package enum Posix {
         _ = Glibc.close(fd)
     }
 
-    /// A TCP socket, non-blocking (the loops) unless `blocking` (the control plane's threads).
-    package static func socket(family: Int32, blocking: Bool = false) throws(IOError) -> Int32 {
-        let type = Int32(SOCK_STREAM.rawValue | (blocking ? 0 : SOCK_NONBLOCK.rawValue) | SOCK_CLOEXEC.rawValue)
+    /// A non-blocking TCP socket (every socket cutover opens lives on an event loop).
+    package static func socket(family: Int32) throws(IOError) -> Int32 {
+        let type = Int32(SOCK_STREAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue)
         switch try check("socket", { Glibc.socket(family, type, 0) }) {
         case .processed(let fd): return fd
         case .wouldBlock: throw IOError(errnoCode: EAGAIN, function: "socket")
@@ -223,26 +223,6 @@ extension Posix {
     /// send(2) without SIGPIPE; `.wouldBlock` when SO_SNDTIMEO passed.
     package static func sendNoSignal(_ fd: Int32, _ pointer: UnsafeRawPointer, _ count: Int) throws(IOError) -> IOResult<Int> {
         try check("send") { Glibc.send(fd, pointer, count, Int32(MSG_NOSIGNAL)) }
-    }
-
-    /// Waits up to `timeoutMs` for `events` on one descriptor (EINTR retried). True when ready
-    /// (or in error: the next call on it reports the error).
-    package static func waitFor(_ fd: Int32, events: Int16, timeoutMs: Int) -> Bool {
-        var entry = pollfd(fd: fd, events: events, revents: 0)
-        while true {
-            let ready = poll(&entry, 1, Int32(clamping: timeoutMs))
-            if ready > 0 { return true }
-            if ready == 0 { return false }
-            if cutover_errno() != EINTR { return true }
-        }
-    }
-
-    /// accept(2) on a blocking listener.
-    package static func acceptBlocking(_ fd: Int32) throws(IOError) -> Int32 {
-        switch try check("accept", { cutover_accept4(fd, nil, nil, Int32(SOCK_CLOEXEC.rawValue)) }) {
-        case .processed(let client): return client
-        case .wouldBlock: throw IOError(errnoCode: EAGAIN, function: "accept")
-        }
     }
 
     /// Connects a Unix stream socket to `path`. Returns the descriptor or the error.
