@@ -4,24 +4,64 @@ import CutoverSystem
 import Foundation
 import Synchronization
 
-/// One access-log record: a fixed 1 KiB slot of raw memory. The loop fills the request part
-/// when it parses the head and the outcome when the exchange ends; the writer thread turns it
-/// into a JSON line. Long fields are cut to their room (the path to 512 bytes).
-enum AccessRecord {
-    static let size = 1024
-    // Numbers.
-    static let endNs = 0, durationMicros = 8, upstreamMicros = 16, bytesIn = 24, bytesOut = 32
-    static let generatedIDHigh = 40, generatedIDLow = 48, serverID = 56, appID = 64
-    static let status = 68, pool = 70, error = 71
-    // Lengths of the byte fields below.
-    static let methodLength = 72, hostLength = 73, requestIDLength = 74, clientLength = 75
-    static let pathLength = 76, pathTruncated = 78, termination = 79
-    // Byte fields and their room.
-    static let method = 80, methodRoom = 16
-    static let client = 96, clientRoom = 48
-    static let requestID = 144, requestIDRoom = 128
-    static let host = 272, hostRoom = 128
-    static let path = 400, pathRoom = 512
+/// A byte field of an access-log record: up to `Room` bytes inline (longer input is cut), so a
+/// record is one fixed-size value with no reference to anything.
+package struct RecordText<let Room: Int> {
+    private var bytes = InlineArray<Room, UInt8>(repeating: 0)
+    private(set) var count: UInt16 = 0
+    /// The input was longer than the room.
+    private(set) var truncated = false
+
+    package init() {}
+
+    @inline(__always)
+    package mutating func set(_ source: UnsafeRawBufferPointer) {
+        let length = min(source.count, Room)
+        if length > 0 {
+            withUnsafeMutableBytes(of: &bytes) { $0.baseAddress!.copyMemory(from: source.baseAddress!, byteCount: length) }
+        }
+        count = UInt16(length)
+        truncated = source.count > length
+    }
+
+    package mutating func clear() {
+        count = 0
+        truncated = false
+    }
+
+    /// The bytes, valid for the call.
+    package mutating func withBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        let length = Int(count)
+        return withUnsafeBytes(of: &bytes) { body(UnsafeRawBufferPointer(rebasing: $0[0..<length])) }
+    }
+}
+
+/// One access-log record. The loop fills the request part when it parses the head and the
+/// outcome when the exchange ends; the writer thread turns it into a JSON line. Long fields are
+/// cut to their room (the path to 512 bytes).
+package struct AccessRecord {
+    var endNs: Int64 = 0
+    var durationMicros: Int64 = 0
+    /// -1: no response head came.
+    var upstreamMicros: Int64 = -1
+    var bytesIn: UInt64 = 0
+    var bytesOut: UInt64 = 0
+    /// The id generated when the request carried none ((0, 0): none).
+    var generatedID: (high: UInt64, low: UInt64) = (0, 0)
+    /// Numbers in the server and app registries (-1: none).
+    var serverID: Int64 = -1
+    var appID: Int32 = -1
+    var status: UInt16 = 0
+    /// Pool index + 1 (0: none).
+    var pool: UInt8 = 0
+    /// Upstream failure kind + 1 (0: none).
+    var error: UInt8 = 0
+    var termination: Termination = .none
+    var method = RecordText<16>()
+    var client = RecordText<48>()
+    var requestID = RecordText<128>()
+    var host = RecordText<128>()
+    var path = RecordText<512>()
 }
 
 /// Why an exchange ended short of its full response, apart from an upstream failure: the
@@ -50,7 +90,7 @@ package enum Termination: UInt8 {
 /// to the loop. The loop never waits: with no free slot the line is counted as dropped.
 package final class AccessLogRing: @unchecked Sendable {
     let capacity: Int
-    private let slots: UnsafeMutableRawPointer
+    private let slots: UnsafeMutablePointer<AccessRecord>
     /// Free slot numbers; touched only by the loop (capacity reserved up front, never grows).
     private var free: [Int32]
     private let finished: UnsafeMutablePointer<Int32>
@@ -64,7 +104,8 @@ package final class AccessLogRing: @unchecked Sendable {
 
     package init(capacity: Int) {
         self.capacity = capacity
-        slots = .allocate(byteCount: capacity * AccessRecord.size, alignment: 64)
+        slots = .allocate(capacity: capacity)
+        slots.initialize(repeating: AccessRecord(), count: capacity)
         finished = .allocate(capacity: capacity)
         returned = .allocate(capacity: capacity)
         free = []
@@ -73,13 +114,14 @@ package final class AccessLogRing: @unchecked Sendable {
     }
 
     deinit {
+        slots.deinitialize(count: capacity)
         slots.deallocate()
         finished.deallocate()
         returned.deallocate()
     }
 
     @inline(__always)
-    func record(_ slot: Int32) -> UnsafeMutableRawPointer { slots + Int(slot) * AccessRecord.size }
+    func record(_ slot: Int32) -> UnsafeMutablePointer<AccessRecord> { slots + Int(slot) }
 
     // MARK: Loop side
 
@@ -111,14 +153,14 @@ package final class AccessLogRing: @unchecked Sendable {
     // MARK: Writer side
 
     /// Visits every finished record in order, then gives the slots back. Returns the count.
-    package func consume(_ visit: (UnsafeRawPointer) -> Void) -> Int {
+    package func consume(_ visit: (UnsafeMutablePointer<AccessRecord>) -> Void) -> Int {
         var read = finishedRead.load(ordering: .relaxed)
         let written = finishedWrite.load(ordering: .acquiring)
         let count = written - read
         var back = returnedWrite.load(ordering: .relaxed)
         while read < written {
             let slot = finished[read % capacity]
-            visit(UnsafeRawPointer(record(slot)))
+            visit(record(slot))
             returned[back % capacity] = slot
             back += 1
             read += 1
@@ -135,56 +177,43 @@ extension AccessLogRing {
     package func fillRequest(_ slot: Int32, method: UnsafeRawBufferPointer, host: UnsafeRawBufferPointer,
                      target: UnsafeRawBufferPointer, requestID: UnsafeRawBufferPointer, generatedID: (UInt64, UInt64),
                      client: UnsafeRawBufferPointer) {
-        let base = record(slot)
-        Self.copy(method, to: base, at: AccessRecord.method, room: AccessRecord.methodRoom, length: AccessRecord.methodLength)
-        Self.copy(host, to: base, at: AccessRecord.host, room: AccessRecord.hostRoom, length: AccessRecord.hostLength)
-        Self.copy(requestID, to: base, at: AccessRecord.requestID, room: AccessRecord.requestIDRoom, length: AccessRecord.requestIDLength)
-        Self.copy(client, to: base, at: AccessRecord.client, room: AccessRecord.clientRoom, length: AccessRecord.clientLength)
-        let pathCount = min(target.count, AccessRecord.pathRoom)
-        if pathCount > 0 { (base + AccessRecord.path).copyMemory(from: target.baseAddress!, byteCount: pathCount) }
-        base.storeBytes(of: UInt16(pathCount), toByteOffset: AccessRecord.pathLength, as: UInt16.self)
-        base.storeBytes(of: target.count > pathCount ? 1 : 0, toByteOffset: AccessRecord.pathTruncated, as: UInt8.self)
-        base.storeBytes(of: generatedID.0, toByteOffset: AccessRecord.generatedIDHigh, as: UInt64.self)
-        base.storeBytes(of: generatedID.1, toByteOffset: AccessRecord.generatedIDLow, as: UInt64.self)
+        let record = record(slot)
+        record.pointee.method.set(method)
+        record.pointee.host.set(host)
+        record.pointee.requestID.set(requestID)
+        record.pointee.client.set(client)
+        record.pointee.path.set(target)
+        record.pointee.generatedID = generatedID
     }
 
     /// A record for a request whose head could not be parsed: no request fields.
     package func clearRequest(_ slot: Int32, client: UnsafeRawBufferPointer) {
-        let base = record(slot)
-        base.storeBytes(of: 0, toByteOffset: AccessRecord.methodLength, as: UInt8.self)
-        base.storeBytes(of: 0, toByteOffset: AccessRecord.hostLength, as: UInt8.self)
-        base.storeBytes(of: 0, toByteOffset: AccessRecord.requestIDLength, as: UInt8.self)
-        base.storeBytes(of: 0, toByteOffset: AccessRecord.pathLength, as: UInt16.self)
-        base.storeBytes(of: 0, toByteOffset: AccessRecord.pathTruncated, as: UInt8.self)
-        base.storeBytes(of: 0, toByteOffset: AccessRecord.generatedIDHigh, as: UInt64.self)
-        base.storeBytes(of: 0, toByteOffset: AccessRecord.generatedIDLow, as: UInt64.self)
-        Self.copy(client, to: base, at: AccessRecord.client, room: AccessRecord.clientRoom, length: AccessRecord.clientLength)
+        let record = record(slot)
+        record.pointee.method.clear()
+        record.pointee.host.clear()
+        record.pointee.requestID.clear()
+        record.pointee.path.clear()
+        record.pointee.generatedID = (0, 0)
+        record.pointee.client.set(client)
     }
 
     /// Fills the outcome and hands the record to the writer (loop thread).
     @inline(__always)
     package func finish(_ slot: Int32, endNs: Int64, sample: RequestSample, error: WindowedStats.Outcome?,
                 termination: Termination, serverID: Int, appID: Int32, pool: PoolID?) {
-        let base = record(slot)
-        base.storeBytes(of: endNs, toByteOffset: AccessRecord.endNs, as: Int64.self)
-        base.storeBytes(of: Int64(sample.latencyMicros), toByteOffset: AccessRecord.durationMicros, as: Int64.self)
-        base.storeBytes(of: sample.upstreamMicros, toByteOffset: AccessRecord.upstreamMicros, as: Int64.self)
-        base.storeBytes(of: sample.bytesIn, toByteOffset: AccessRecord.bytesIn, as: UInt64.self)
-        base.storeBytes(of: sample.bytesOut, toByteOffset: AccessRecord.bytesOut, as: UInt64.self)
-        base.storeBytes(of: Int64(serverID), toByteOffset: AccessRecord.serverID, as: Int64.self)
-        base.storeBytes(of: appID, toByteOffset: AccessRecord.appID, as: Int32.self)
-        base.storeBytes(of: sample.status, toByteOffset: AccessRecord.status, as: UInt16.self)
-        base.storeBytes(of: pool.map { $0.index + 1 } ?? 0, toByteOffset: AccessRecord.pool, as: UInt8.self)
-        base.storeBytes(of: error.map { UInt8($0.rawValue) + 1 } ?? 0, toByteOffset: AccessRecord.error, as: UInt8.self)
-        base.storeBytes(of: termination.rawValue, toByteOffset: AccessRecord.termination, as: UInt8.self)
+        let record = record(slot)
+        record.pointee.endNs = endNs
+        record.pointee.durationMicros = Int64(sample.latencyMicros)
+        record.pointee.upstreamMicros = sample.upstreamMicros
+        record.pointee.bytesIn = sample.bytesIn
+        record.pointee.bytesOut = sample.bytesOut
+        record.pointee.serverID = Int64(serverID)
+        record.pointee.appID = appID
+        record.pointee.status = sample.status
+        record.pointee.pool = pool.map { $0.index + 1 } ?? 0
+        record.pointee.error = error.map { UInt8($0.rawValue) + 1 } ?? 0
+        record.pointee.termination = termination
         publish(slot)
-    }
-
-    @inline(__always)
-    private static func copy(_ bytes: UnsafeRawBufferPointer, to base: UnsafeMutableRawPointer, at offset: Int, room: Int, length: Int) {
-        let count = min(bytes.count, room)
-        if count > 0 { (base + offset).copyMemory(from: bytes.baseAddress!, byteCount: count) }
-        base.storeBytes(of: UInt8(count), toByteOffset: length, as: UInt8.self)
     }
 }
 
@@ -202,14 +231,12 @@ public final class AccessLog: @unchecked Sendable {
     private var file: OpenFile
     /// A file opened by `reopen`, taken up by the writer before its next write.
     private let reopened = Mutex<OpenFile?>(nil)
-    private var line: [UInt8] = []
+    private var formatter = AccessLogFormatter()
     private let lostOnWrite = Atomic<UInt64>(0)
     private let stopRequested = Atomic<Bool>(false)
     private let wake = DispatchSemaphore(value: 0)
     private let stopped = DispatchSemaphore(value: 0)
     private var threadStarted = false
-    private var cachedSecond: Int64 = -1
-    private var cachedSecondText: [UInt8] = []
 
     /// Slots per loop: at 1 KiB each, 4 MiB of address space per loop, touched as used.
     public static let slotsPerLoop = 4096
@@ -229,7 +256,6 @@ public final class AccessLog: @unchecked Sendable {
         case .file(let path):
             file = try Self.open(path)
         }
-        line.reserveCapacity(256 * 1024)
     }
 
     static func open(_ path: String) throws -> OpenFile {
@@ -304,10 +330,10 @@ public final class AccessLog: @unchecked Sendable {
         for ring in rings {
             total += ring.consume { record in
                 // An app or server registered after the names were read (a reload): read again.
-                if Int(record.loadUnaligned(fromByteOffset: AccessRecord.appID, as: Int32.self)) >= apps.count { apps = appNames() }
-                if Int(record.loadUnaligned(fromByteOffset: AccessRecord.serverID, as: Int64.self)) >= servers.count { servers = serverNames() }
-                formatLine(record, wallOffset: wallOffset, servers: servers, apps: apps)
-                if line.count > 192 * 1024 { writeOut() }
+                if Int(record.pointee.appID) >= apps.count { apps = appNames() }
+                if Int(record.pointee.serverID) >= servers.count { servers = serverNames() }
+                formatter.format(record, wallOffset: wallOffset, servers: servers, apps: apps)
+                if formatter.line.count > 192 * 1024 { writeOut() }
             }
         }
         writeOut()
@@ -315,8 +341,8 @@ public final class AccessLog: @unchecked Sendable {
     }
 
     private func writeOut() {
-        guard !line.isEmpty else { return }
-        let ok = line.withUnsafeBytes { bytes -> Bool in
+        guard !formatter.line.isEmpty else { return }
+        let ok = formatter.line.withUnsafeBytes { bytes -> Bool in
             do {
                 try file.writeAll(bytes)
                 return true
@@ -324,75 +350,81 @@ public final class AccessLog: @unchecked Sendable {
                 return false
             }
         }
-        if !ok { lostOnWrite.add(UInt64(line.reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) }), ordering: .relaxed) }
-        line.removeAll(keepingCapacity: true)
+        if !ok { lostOnWrite.add(UInt64(formatter.line.reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) }), ordering: .relaxed) }
+        formatter.line.removeAll(keepingCapacity: true)
+    }
+}
+
+/// Turns access-log records into JSON lines, appended to `line` (the writer thread's; no
+/// allocation once `line` has grown). The time up to the second is formatted once a second.
+struct AccessLogFormatter {
+    /// The lines formatted and not yet written.
+    var line: [UInt8] = []
+    private var cachedSecond: Int64 = -1
+    private var cachedSecondText: [UInt8] = []
+
+    init() {
     }
 
-    // MARK: Formatting
 
-    private func formatLine(_ record: UnsafeRawPointer, wallOffset: Int64, servers: [String], apps: [String]) {
-        func int64(_ offset: Int) -> Int64 { record.loadUnaligned(fromByteOffset: offset, as: Int64.self) }
-        func byte(_ offset: Int) -> Int { Int(record.load(fromByteOffset: offset, as: UInt8.self)) }
-        func bytes(_ offset: Int, _ count: Int) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: record + offset, count: count) }
-
+    mutating func format(_ record: UnsafeMutablePointer<AccessRecord>, wallOffset: Int64, servers: [String], apps: [String]) {
         append("{\"time\":\"")
-        appendTime(int64(AccessRecord.endNs) + wallOffset)
+        appendTime(record.pointee.endNs + wallOffset)
         append("\",\"request_id\":")
-        let idLength = byte(AccessRecord.requestIDLength)
-        if idLength > 0 {
-            appendString(bytes(AccessRecord.requestID, idLength))
-        } else if int64(AccessRecord.generatedIDHigh) == 0 && int64(AccessRecord.generatedIDLow) == 0 {
+        let generated = record.pointee.generatedID
+        if record.pointee.requestID.count > 0 {
+            record.pointee.requestID.withBytes { appendString($0) }
+        } else if generated.high == 0 && generated.low == 0 {
             append("null")
         } else {
             line.append(0x22)
-            appendHex16(UInt64(bitPattern: int64(AccessRecord.generatedIDHigh)))
-            appendHex16(UInt64(bitPattern: int64(AccessRecord.generatedIDLow)))
+            appendHex16(generated.high)
+            appendHex16(generated.low)
             line.append(0x22)
         }
         append(",\"client\":")
-        appendString(bytes(AccessRecord.client, byte(AccessRecord.clientLength)))
+        record.pointee.client.withBytes { appendString($0) }
         // A parsed request always has a method: without one, the head could not be parsed
         // (400, 408) and method, host and path are unknown.
-        let methodLength = byte(AccessRecord.methodLength)
-        if methodLength == 0 {
+        if record.pointee.method.count == 0 {
             append(",\"method\":null,\"host\":null,\"path\":null")
         } else {
             append(",\"method\":")
-            appendString(bytes(AccessRecord.method, methodLength))
+            record.pointee.method.withBytes { appendString($0) }
             append(",\"host\":")
-            appendString(bytes(AccessRecord.host, byte(AccessRecord.hostLength)))
+            record.pointee.host.withBytes { appendString($0) }
             append(",\"path\":")
-            let pathLength = Int(record.loadUnaligned(fromByteOffset: AccessRecord.pathLength, as: UInt16.self))
-            appendString(bytes(AccessRecord.path, pathLength), truncated: byte(AccessRecord.pathTruncated) != 0)
+            let truncated = record.pointee.path.truncated
+            record.pointee.path.withBytes { appendString($0, truncated: truncated) }
         }
         append(",\"status\":")
-        appendNumber(Int64(record.loadUnaligned(fromByteOffset: AccessRecord.status, as: UInt16.self)))
-        let appID = Int(record.loadUnaligned(fromByteOffset: AccessRecord.appID, as: Int32.self))
+        appendNumber(Int64(record.pointee.status))
+        let appID = Int(record.pointee.appID)
         append(",\"app\":")
         if appID >= 0 && appID < apps.count { appendString(apps[appID]) } else { append("null") }
         // The pool is named by its color (the field operators know from earlier releases).
         append(",\"color\":")
-        let pool = Int(byte(AccessRecord.pool))
+        let pool = Int(record.pointee.pool)
         if pool > 0 && pool <= PoolID.all.count { appendString(PoolID.all[pool - 1].name) } else { append("null") }
         append(",\"server\":")
-        let serverID = Int(int64(AccessRecord.serverID))
+        let serverID = Int(record.pointee.serverID)
         if serverID >= 0 && serverID < servers.count { appendString(servers[serverID]) } else { append("null") }
         append(",\"bytes_in\":")
-        appendNumber(int64(AccessRecord.bytesIn))
+        appendNumber(Int64(bitPattern: record.pointee.bytesIn))
         append(",\"bytes_out\":")
-        appendNumber(int64(AccessRecord.bytesOut))
+        appendNumber(Int64(bitPattern: record.pointee.bytesOut))
         append(",\"duration_us\":")
-        appendNumber(int64(AccessRecord.durationMicros))
+        appendNumber(record.pointee.durationMicros)
         append(",\"upstream_us\":")
-        let upstream = int64(AccessRecord.upstreamMicros)
+        let upstream = record.pointee.upstreamMicros
         if upstream >= 0 { appendNumber(upstream) } else { append("null") }
         append(",\"error\":")
-        let error = byte(AccessRecord.error)
+        let error = Int(record.pointee.error)
         if error > 0, let kind = WindowedStats.Outcome(rawValue: error - 1) {
             appendString(kind.label)
-        } else if let termination = Termination(rawValue: UInt8(byte(AccessRecord.termination))), termination != .none {
+        } else if record.pointee.termination != .none {
             line.append(0x22)
-            append(termination.label)
+            append(record.pointee.termination.label)
             line.append(0x22)
         } else {
             append("null")
@@ -400,33 +432,33 @@ public final class AccessLog: @unchecked Sendable {
         append("}\n")
     }
 
-    private func append(_ text: StaticString) {
+    private mutating func append(_ text: StaticString) {
         line.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
     }
 
-    private func appendString(_ text: String) {
+    private mutating func appendString(_ text: String) {
         var copy = text
         copy.withUTF8 { appendString(UnsafeRawBufferPointer($0)) }
     }
 
     /// A JSON string of raw bytes. Request bytes are not necessarily UTF-8: bytes outside
     /// printable ASCII are written as \u00XX (read as Latin-1), so every line is valid JSON.
-    private func appendString(_ bytes: UnsafeRawBufferPointer, truncated: Bool = false) {
+    private mutating func appendString(_ bytes: UnsafeRawBufferPointer, truncated: Bool = false) {
         line.append(0x22)
         Escaping.append(bytes, .jsonASCII, to: &line)
         if truncated { append("...") }
         line.append(0x22)
     }
 
-    private func appendHexDigit(_ value: UInt8) {
+    private mutating func appendHexDigit(_ value: UInt8) {
         line.append(value < 10 ? 0x30 + value : 0x61 + value - 10)
     }
 
-    private func appendHex16(_ value: UInt64) {
+    private mutating func appendHex16(_ value: UInt64) {
         for shift in stride(from: 60, through: 0, by: -4) { appendHexDigit(UInt8((value >> UInt64(shift)) & 0x0F)) }
     }
 
-    private func appendNumber(_ value: Int64) {
+    private mutating func appendNumber(_ value: Int64) {
         if value < 0 {
             line.append(0x2D)
             appendNumber(value == .min ? .max : -value)
@@ -449,7 +481,7 @@ public final class AccessLog: @unchecked Sendable {
     }
 
     /// RFC 3339 UTC with milliseconds; the part up to the second is formatted once a second.
-    private func appendTime(_ wallNs: Int64) {
+    private mutating func appendTime(_ wallNs: Int64) {
         let second = wallNs / 1_000_000_000
         if second != cachedSecond {
             var seconds = time_t(second)
