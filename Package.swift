@@ -75,6 +75,7 @@ let package = Package(
 
         .target(name: "CAllocationCounter", path: "Tests/CAllocationCounter"),
         .target(name: "CutoverTestSupport", path: "Tests/CutoverTestSupport"),
+        .testTarget(name: "CutoverSystemTests", dependencies: ["CutoverSystem"]),
         .testTarget(name: "CutoverHTTPTests", dependencies: ["CutoverHTTP"]),
         .testTarget(name: "CutoverLoopTests", dependencies: ["CutoverLoop"]),
         .testTarget(name: "CutoverRoutingTests", dependencies: ["CutoverRouting", "CutoverConfig", "CutoverSystem"]),
