@@ -10,18 +10,6 @@ int cutover_accept4(int fd, void *address, unsigned int *length, int flags) {
 
 int cutover_errno(void) { return errno; }
 
-int cutover_epoll_wait_ns(int epfd, struct epoll_event *events, int maxevents, long long timeout_ns) {
-    static int unsupported;
-    if (!unsupported) {
-        struct timespec timeout = { timeout_ns / 1000000000LL, timeout_ns % 1000000000LL };
-        int result = epoll_pwait2(epfd, events, maxevents, timeout_ns < 0 ? NULL : &timeout, NULL);
-        if (result >= 0 || errno != ENOSYS) return result;
-        unsupported = 1;
-    }
-    int milliseconds = timeout_ns < 0 ? -1 : (int)((timeout_ns + 999999) / 1000000);
-    return epoll_wait(epfd, events, maxevents, milliseconds);
-}
-
 int cutover_peer_credentials(int fd, unsigned int *uid, int *pid) {
     struct ucred credentials;
     socklen_t length = sizeof credentials;

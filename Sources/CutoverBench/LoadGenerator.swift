@@ -142,6 +142,9 @@ final class LoadWorker {
     private var finished = 0
     /// Open loop: connections waiting for their next request to be due.
     private var sleepers: [(due: Int64, connection: LoadConnection)] = []
+    /// The earliest due time the timer is armed for (.max: none).
+    private var nextDueNs: Int64 = .max
+    private var dueTimer: DueTimer?
 
     init(index: Int, connections count: Int, options: LoadOptions, endNs: Int64,
          observer: (@Sendable (ResponseSample) -> Void)?) throws {
@@ -165,9 +168,13 @@ final class LoadWorker {
     }
 
     func run() {
-        // Requests become due with nanosecond precision (epoll_pwait2): a millisecond timer
-        // would add up to a millisecond to every latency measured from the intended send time.
-        loop.onPreciseTimer = { [unowned self] in self.wakeDueConnections() }
+        // Requests become due with nanosecond precision (a timerfd armed for the earliest due
+        // request): the loop's millisecond deadlines would add up to a tick to every latency
+        // measured from the intended send time.
+        if let timer = try? DueTimer(loop: loop, worker: self) {
+            try? loop.register(timer)
+            dueTimer = timer
+        }
         for connection in connections { connection.begin() }
         if connections.isEmpty { return }
         loop.run()
@@ -175,10 +182,13 @@ final class LoadWorker {
 
     func sleep(_ connection: LoadConnection, until due: Int64) {
         sleepers.append((due, connection))
-        if due < loop.preciseTimerNs { loop.preciseTimerNs = due }
+        if due < nextDueNs {
+            nextDueNs = due
+            dueTimer?.arm(atNanoseconds: due)
+        }
     }
 
-    private func wakeDueConnections() {
+    fileprivate func wakeDueConnections() {
         let now = monotonicNanoseconds()
         var due: [LoadConnection] = []
         var next: Int64 = .max
@@ -190,7 +200,8 @@ final class LoadWorker {
             next = min(next, entry.due)
             return false
         }
-        loop.preciseTimerNs = next
+        nextDueNs = next
+        if next != .max { dueTimer?.arm(atNanoseconds: next) }
         for connection in due { connection.wakeUp() }
     }
 
@@ -465,5 +476,26 @@ final class LoadSocket: Channel {
         loop.buffers.release(&input)
         loop.buffers.release(&discard)
         loop.closeChannel(self)
+    }
+}
+
+/// The open-loop schedule's timer: a timerfd on the worker's loop, armed for the earliest due
+/// request; its expiry wakes the due connections.
+final class DueTimer: Channel {
+    unowned let worker: LoadWorker
+
+    init(loop: EventLoop, worker: LoadWorker) throws(IOError) {
+        self.worker = worker
+        super.init(fd: try TimerFD.create(), loop: loop)
+    }
+
+    func arm(atNanoseconds due: Int64) {
+        TimerFD.arm(fd, atNanoseconds: due)
+    }
+
+    override func handle(events: UInt32) {
+        guard events & Epoll.readable != 0 else { return }
+        TimerFD.drain(fd)
+        worker.wakeDueConnections()
     }
 }

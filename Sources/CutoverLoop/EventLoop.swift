@@ -59,11 +59,6 @@ public final class EventLoop {
     private var generations: [UInt32] = []
     private var freeSlots: [Int32] = []
 
-    /// A timer in nanoseconds for work that needs finer timing than the millisecond deadlines
-    /// (the load generator's open-loop schedule). `.max`: none. The data plane never sets it.
-    package var preciseTimerNs: Int64 = .max
-    package var onPreciseTimer: (() -> Void)? = nil
-
     /// Work posted from other threads (shutdown, tests). Rare; a lock is fine.
     private let inbox = Mutex<[@Sendable () -> Void]>([])
     private let stopFlag = Atomic<Bool>(false)
@@ -163,14 +158,8 @@ public final class EventLoop {
             if buffers.freeCount > Self.bufferReserve { wake = min(wake, nextMaintenance) }
             let count: Int
             do {
-                if preciseTimerNs != .max {
-                    var timeoutNs = max(0, preciseTimerNs - monotonicNanoseconds())
-                    if wake != .max { timeoutNs = min(timeoutNs, max(0, wake - monotonicMilliseconds()) * 1_000_000) }
-                    count = try Epoll.wait(epollFD, events, capacity, timeoutNs: timeoutNs)
-                } else {
-                    let timeout: Int32 = wake == .max ? -1 : Int32(clamping: max(0, wake - monotonicMilliseconds()))
-                    count = try Epoll.wait(epollFD, events, capacity, timeoutMs: timeout)
-                }
+                let timeout: Int32 = wake == .max ? -1 : Int32(clamping: max(0, wake - monotonicMilliseconds()))
+                count = try Epoll.wait(epollFD, events, capacity, timeoutMs: timeout)
             } catch {
                 fatalError("epoll_wait: \(error)")  // only EBADF/EINVAL: a bug
             }
@@ -189,10 +178,6 @@ public final class EventLoop {
                       let channel = channels[slot]
                 else { continue }
                 channel.handle(events: event.events)
-            }
-            if preciseTimerNs != .max && monotonicNanoseconds() >= preciseTimerNs {
-                preciseTimerNs = .max
-                onPreciseTimer?()
             }
             expireDeadlines()
             if now >= nextMaintenance {

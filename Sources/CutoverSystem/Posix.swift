@@ -167,20 +167,37 @@ package enum Epoll {
         _ = try Posix.check("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) }
     }
 
-    /// With a timeout in nanoseconds (epoll_pwait2): for timers finer than a millisecond.
-    package static func wait(_ epollFD: Int32, _ events: UnsafeMutablePointer<epoll_event>, _ capacity: Int32, timeoutNs: Int64) throws(IOError) -> Int {
-        switch try Posix.check("epoll_pwait2", { cutover_epoll_wait_ns(epollFD, events, capacity, timeoutNs) }) {
-        case .processed(let count): return Int(count)
-        case .wouldBlock: return 0
-        }
-    }
-
     @inline(__always)
     package static func wait(_ epollFD: Int32, _ events: UnsafeMutablePointer<epoll_event>, _ capacity: Int32, timeoutMs: Int32) throws(IOError) -> Int {
         switch try Posix.check("epoll_wait", { epoll_wait(epollFD, events, capacity, timeoutMs) }) {
         case .processed(let count): return Int(count)
         case .wouldBlock: return 0
         }
+    }
+}
+
+/// A timer descriptor on the monotonic clock (the load generator's nanosecond schedule): armed
+/// for an absolute time, readable when it passes.
+package enum TimerFD {
+    package static func create() throws(IOError) -> Int32 {
+        switch try Posix.check("timerfd_create", { timerfd_create(CLOCK_MONOTONIC, Int32(TFD_NONBLOCK) | Int32(TFD_CLOEXEC)) }) {
+        case .processed(let fd): return fd
+        case .wouldBlock: throw IOError(errnoCode: EAGAIN, function: "timerfd_create")
+        }
+    }
+
+    /// Fires once at `nanoseconds` of the monotonic clock (at once when already past).
+    package static func arm(_ fd: Int32, atNanoseconds nanoseconds: Int64) {
+        let due = max(1, nanoseconds)
+        var spec = itimerspec(it_interval: timespec(tv_sec: 0, tv_nsec: 0),
+                              it_value: timespec(tv_sec: Int(due / 1_000_000_000), tv_nsec: Int(due % 1_000_000_000)))
+        _ = timerfd_settime(fd, Int32(TFD_TIMER_ABSTIME), &spec, nil)
+    }
+
+    /// Takes the expiry count so the next expiry is reported again.
+    package static func drain(_ fd: Int32) {
+        var expirations: UInt64 = 0
+        _ = Glibc.read(fd, &expirations, 8)
     }
 }
 

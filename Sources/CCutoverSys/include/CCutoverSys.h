@@ -11,9 +11,6 @@
 /// accept4(2); `address` is a `struct sockaddr *`, `length` a `socklen_t *`.
 int cutover_accept4(int fd, void *address, unsigned int *length, int flags);
 int cutover_errno(void);
-/// epoll_pwait2(2): like epoll_wait with a timeout in nanoseconds (< 0: wait without limit).
-/// Falls back to epoll_wait with the timeout rounded up to milliseconds where the kernel lacks it.
-int cutover_epoll_wait_ns(int epfd, struct epoll_event *events, int maxevents, long long timeout_ns);
 /// SO_PEERCRED of a Unix socket: the peer's uid and pid. 0 on success, -1 with errno set.
 int cutover_peer_credentials(int fd, unsigned int *uid, int *pid);
 /// CLOCK_MONOTONIC in milliseconds (served by the vDSO: no syscall).
