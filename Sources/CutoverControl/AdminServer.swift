@@ -20,8 +20,8 @@ public final class AdminServer: @unchecked Sendable {
     /// Runs command lines: two, so a switch waiting for its verify requests never holds up a
     /// `status` or a `rollback`.
     let commands = CommandThreads(count: 2, name: "cutover-admin")
-    /// Loop thread only.
-    private var listener: AdminListener?
+    /// Set by `start`, cleared by `stop` (the owner's thread).
+    private var listener: Channel?
     var clients = 0
 
     public init(path: String, idleTimeoutMs: Int = 30_000, logger: Logger, control: ControlLoop,
@@ -67,41 +67,20 @@ public final class AdminServer: @unchecked Sendable {
             throw StartupError("admin socket \(path): \(error)")
         }
         Posix.setNonBlocking(fd)
-        let loop = UncheckedBox(control.eventLoop)
-        let started = DispatchSemaphore(value: 0)
         let box = UncheckedBox(self)
-        control.execute {
-            let loop = loop.value
-            let listener = AdminListener(fd: fd, loop: loop, server: box.value)
-            do {
-                try loop.register(listener)
-                box.value.listener = listener
-            } catch {
-                Posix.close(fd)
-            }
-            started.signal()
-        }
-        started.wait()
+        listener = control.addListener { loop in AdminListener(fd: fd, loop: loop, server: box.value) }
         logger.log(.info, "admin socket \(path) (mode \(String(mode, radix: 8)))")
     }
 
     /// Stops accepting and closes every client (commands under way finish; their replies are
     /// dropped), then removes the socket file.
     public func stop() {
-        let stopped = DispatchSemaphore(value: 0)
-        let box = UncheckedBox(self)
-        control.execute {
-            let server = box.value
-            if let listener = server.listener {
-                server.listener = nil
-                listener.loop.forEachChannel { channel in
-                    if let client = channel as? AdminClient, client.server === server { client.close() }
-                }
-                listener.loop.closeChannel(listener)
-            }
-            stopped.signal()
+        if let listener {
+            self.listener = nil
+            let box = UncheckedBox(self)
+            control.removeListener(listener, closing: { ($0 as? AdminClient)?.server === box.value },
+                                   shutDown: { ($0 as? AdminClient)?.close() })
         }
-        _ = stopped.wait(timeout: .now() + 5)
         commands.stop()
         FileIO.remove(path)
     }

@@ -97,6 +97,41 @@ public final class ControlLoop: @unchecked Sendable {
         loop.execute(work)
     }
 
+    /// Registers a listening channel built on the loop's thread and waits until it is in place.
+    /// Nil when it could not be registered (its descriptor is closed then).
+    package func addListener(_ make: @escaping @Sendable (EventLoop) -> Channel) -> Channel? {
+        let registered = DispatchSemaphore(value: 0)
+        let result = Mutex<UncheckedBox<Channel>?>(nil)
+        let box = UncheckedBox(eventLoop)
+        loop.execute {
+            let listener = make(box.value)
+            do {
+                try box.value.register(listener)
+                result.withLock { $0 = UncheckedBox(listener) }
+            } catch {
+                Posix.close(listener.fd)
+            }
+            registered.signal()
+        }
+        registered.wait()
+        return result.withLock { $0?.value }
+    }
+
+    /// Closes `listener` and every client channel `isClient` picks, on the loop's thread, and
+    /// waits (at most 5 s: a stopped loop runs nothing).
+    package func removeListener(_ listener: Channel, closing isClient: @escaping @Sendable (Channel) -> Bool,
+                                shutDown: @escaping @Sendable (Channel) -> Void) {
+        let removed = DispatchSemaphore(value: 0)
+        let box = UncheckedBox(listener)
+        loop.execute {
+            let listener = box.value
+            listener.loop.forEachChannel { channel in if isClient(channel) { shutDown(channel) } }
+            listener.loop.closeChannel(listener)
+            removed.signal()
+        }
+        _ = removed.wait(timeout: .now() + 5)
+    }
+
     /// The default probe: a non-blocking `GET` on the checker's loop.
     public var networkProbe: Probe {
         start()

@@ -15,8 +15,8 @@ public final class MetricsServer: @unchecked Sendable {
     private let logger: Logger
     private let control: ControlLoop
     let commands = CommandThreads(count: 1, name: "cutover-metrics")
-    /// Loop thread only.
-    private var listener: MetricsListener?
+    /// Set by `start`, cleared by `stop` (the owner's thread).
+    private var listener: Channel?
     var clients = 0
     public private(set) var address: SocketAddress?
 
@@ -47,39 +47,19 @@ public final class MetricsServer: @unchecked Sendable {
         }
         if let bound = Posix.localAddress(fd) { address = bound }
         self.address = address
-        let loop = UncheckedBox(control.eventLoop)
         let box = UncheckedBox(self)
-        let started = DispatchSemaphore(value: 0)
         let listening = fd
-        control.execute {
-            let listener = MetricsListener(fd: listening, loop: loop.value, server: box.value)
-            do {
-                try loop.value.register(listener)
-                box.value.listener = listener
-            } catch {
-                Posix.close(listening)
-            }
-            started.signal()
-        }
-        started.wait()
+        listener = control.addListener { loop in MetricsListener(fd: listening, loop: loop, server: box.value) }
         logger.log(.info, "metrics on http://\(address)/metrics")
     }
 
     public func stop() {
-        let stopped = DispatchSemaphore(value: 0)
-        let box = UncheckedBox(self)
-        control.execute {
-            let server = box.value
-            if let listener = server.listener {
-                server.listener = nil
-                listener.loop.forEachChannel { channel in
-                    if let client = channel as? MetricsClient, client.server === server { client.close() }
-                }
-                listener.loop.closeChannel(listener)
-            }
-            stopped.signal()
+        if let listener {
+            self.listener = nil
+            let box = UncheckedBox(self)
+            control.removeListener(listener, closing: { ($0 as? MetricsClient)?.server === box.value },
+                                   shutDown: { ($0 as? MetricsClient)?.close() })
         }
-        _ = stopped.wait(timeout: .now() + 5)
         commands.stop()
     }
 
