@@ -149,6 +149,10 @@ public struct AppConfig: Sendable, Equatable {
     public var verifyPaths: [String]
     public var blue: [Endpoint]
     public var green: [Endpoint]
+    /// How a user keeps their color during a release.
+    public var sticky: StickyRule = .none
+    /// Requests sent to a color whatever the weights (pilot tenants first).
+    public var pins: [PinRule] = []
 
     public init(name: String, line: Int = 0, hosts: [String], pathPrefix: String? = nil,
                 healthPath: String = "/", verifyPaths: [String] = [],
@@ -177,6 +181,9 @@ public struct Config: Sendable, Equatable {
     /// The file it came from, as given (`"<embedded>"` for parsed strings).
     public var path: String
     public var listen: [Endpoint]
+    /// Listeners whose every request goes to the candidate color of its app (smoke tests and
+    /// people looking at a release before any user does).
+    public var previewListen: [Endpoint] = []
     /// Worker count; `nil` means one per CPU (`auto`).
     public var workers: Int?
     // The file paths below are absolute, or resolved against the config

@@ -233,9 +233,10 @@ private struct Reader {
         if Self.blockNames.contains(d.name) {
             throw d.error("\(d.name): expected '{' at the end of the line")
         }
-        if d.name != "listen" { try once.check(d) }
+        if d.name != "listen" && d.name != "preview_listen" { try once.check(d) }
         switch d.name {
         case "listen": try addListen(d)
+        case "preview_listen": try addPreviewListen(d)
         case "workers": config.workers = try d.workers()
         case "admin_socket": config.adminSocket = try d.optionalPath(baseDirectory)
         case "admin_mode": config.adminMode = try d.fileMode()
@@ -255,6 +256,15 @@ private struct Reader {
             throw d.error("listen: \(endpoint) is already listed at line \(earlier.line)")
         }
         config.listen.append(endpoint)
+    }
+
+    private mutating func addPreviewListen(_ d: Directive) throws(ConfigError) {
+        let endpoint = try d.endpoint(try d.oneValue(), wildcard: true, portZero: true)
+        let all = config.listen + config.previewListen
+        if let earlier = all.first(where: { $0.host == endpoint.host && $0.port == endpoint.port && $0.port != 0 }) {
+            throw d.error("preview_listen: \(endpoint) is already listed at line \(earlier.line)")
+        }
+        config.previewListen.append(endpoint)
     }
 
     private mutating func readBlock(_ d: Directive, _ body: ArraySlice<Directive>) throws(ConfigError) {
@@ -385,9 +395,23 @@ private struct Reader {
         var app = AppConfig(name: name, line: opener.line, hosts: [], blue: [], green: [])
         var once = OnceTracker()
         var hostLine: Directive?
+        var pinnedValues = 0
         for d in body {
-            try once.check(d)
+            if d.name != "pin" { try once.check(d) }
             switch d.name {
+            case "sticky": app.sticky = try d.sticky()
+            case "pin":
+                let pin = try d.pin()
+                pinnedValues += pin.values.count
+                if pinnedValues > PinRule.maxValuesPerApp {
+                    throw d.error("pin: app '\(name)' pins more than \(PinRule.maxValuesPerApp) values")
+                }
+                for earlier in app.pins where earlier.source == pin.source && earlier.name == pin.name {
+                    if let value = pin.values.first(where: earlier.values.contains) {
+                        throw d.error("pin: \(pin.source.rawValue) \(pin.name) value '\(value)' is already pinned at line \(earlier.line)")
+                    }
+                }
+                app.pins.append(pin)
             case "host":
                 app.hosts = try d.hosts()
                 hostLine = d
@@ -569,6 +593,67 @@ private extension Directive {
     func metricsListen() throws(ConfigError) -> Endpoint? {
         let value = try oneValue()
         return value == "off" ? nil : try endpoint(value, wildcard: true, portZero: true)
+    }
+
+    /// `sticky cookie NAME [max_age DURATION]` | `sticky header NAME` | `sticky ip` | `sticky none`.
+    func sticky() throws(ConfigError) -> StickyRule {
+        guard let mode = args.first else { throw error("sticky: missing mode (cookie NAME, header NAME, ip or none)") }
+        let rest = args.dropFirst()
+        func noMore(_ words: ArraySlice<Substring>) throws(ConfigError) {
+            if let extra = words.first { throw error("sticky: unexpected extra value '\(extra)'") }
+        }
+        func name(_ what: String) throws(ConfigError) -> String {
+            guard let name = rest.first else { throw error("sticky \(mode): missing the \(what) name") }
+            guard PinRule.isToken(name) else { throw error("sticky \(mode): '\(name)' is not a valid \(what) name") }
+            return String(name)
+        }
+        switch mode {
+        case "none":
+            try noMore(rest)
+            return .none
+        case "ip":
+            try noMore(rest)
+            return .clientAddress
+        case "header":
+            let header = try name("header")
+            try noMore(rest.dropFirst())
+            return .header(name: header.lowercased())
+        case "cookie":
+            let cookie = try name("cookie")
+            var options = rest.dropFirst()
+            var maxAge = StickyRule.defaultCookieMaxAgeSeconds
+            if let option = options.first {
+                guard option == "max_age", options.count >= 2 else {
+                    throw error("sticky cookie: expected 'max_age DURATION' after the name, got '\(option)'")
+                }
+                let text = options[options.startIndex + 1]
+                guard let ms = ConfigParser.parseDuration(text), ms >= 1_000, ms <= 400 * 86_400_000 else {
+                    throw error("sticky cookie: max_age '\(text)' must be a duration from 1s to 9600h (400 days, the longest a browser keeps a cookie), e.g. 24h")
+                }
+                maxAge = ms / 1_000
+                options = options.dropFirst(2)
+            }
+            try noMore(options)
+            return .cookie(name: cookie, maxAgeSeconds: maxAge)
+        default:
+            throw error("sticky: unknown mode '\(mode)' (expected cookie NAME, header NAME, ip or none)")
+        }
+    }
+
+    /// `pin header|cookie NAME VALUE[,VALUE…] blue|green`
+    func pin() throws(ConfigError) -> PinRule {
+        guard args.count == 4 else { throw error("pin: expected 'pin header|cookie NAME VALUE[,VALUE…] blue|green'") }
+        guard let source = PinSource(rawValue: String(args[0])) else {
+            throw error("pin: '\(args[0])' is not header or cookie")
+        }
+        guard PinRule.isToken(args[1]) else { throw error("pin: '\(args[1])' is not a valid \(source.rawValue) name") }
+        let values = args[2].split(separator: ",", omittingEmptySubsequences: false)
+        for value in values where !PinRule.isValidValue(value) {
+            throw error("pin: bad value '\(value)' (1 to \(PinRule.maxValueBytes) visible characters, no ',', ';', '\"' or '\\')")
+        }
+        guard Set(values).count == values.count else { throw error("pin: a value is listed twice") }
+        guard let color = Color(rawValue: String(args[3])) else { throw error("pin: expected blue or green, got '\(args[3])'") }
+        return PinRule(source: source, name: String(args[1]), values: values.map(String.init), color: color, line: line)
     }
 
     func appName() throws(ConfigError) -> String {

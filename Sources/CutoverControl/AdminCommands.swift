@@ -1,4 +1,5 @@
 import CutoverConfig
+import CutoverRouting
 import CutoverMetrics
 import CutoverSystem
 
@@ -19,12 +20,17 @@ public enum AdminCommand: Equatable, Sendable {
     case history(Int)
     case stats(WindowedStats.Window)
     case reopen
+    /// Basis points (1/100 %) for `color`; nil app: every app in one publish.
+    case weight(Color, basisPoints: Int, app: String?, force: Bool, reason: String?)
+    case pin(app: String, source: PinSource, name: String, values: [String], color: Color, reason: String?)
+    case unpin(app: String, source: PinSource?, name: String?, value: String?, reason: String?)
+    case pins
 
     /// Commands that change state are recorded with the caller's identity.
     public var changesState: Bool {
         switch self {
-        case .switchColor, .rollback, .drain, .undrain, .reload: return true
-        case .help, .status, .health, .verify, .history, .stats, .reopen: return false
+        case .switchColor, .rollback, .drain, .undrain, .reload, .weight, .pin, .unpin: return true
+        case .help, .status, .health, .verify, .history, .stats, .reopen, .pins: return false
         }
     }
 }
@@ -57,6 +63,53 @@ public enum AdminCommands {
                          summary: "back to the previous color; gated on one healthy server per app unless forced") { words in
             guard let (force, reason) = forceAndReason(words[...]) else { return nil }
             return .rollback(force: force, reason: reason)
+        },
+        AdminCommandSpec(name: "weight", usage: "weight <blue|green> <percent> [app <name>] [force] [reason <text…>]",
+                         summary: "the color's share of requests (0-100, two decimals; the other color takes the rest); every app at once unless app is named; raising the candidate is gated unless forced; 100 on every app is a switch") { words in
+            guard words.count >= 2, let color = Color(rawValue: String(words[0])),
+                  let basisPoints = parsePercent(words[1]) else { return nil }
+            var rest = words.dropFirst(2)
+            var app: String? = nil
+            if rest.first == "app" {
+                guard rest.count >= 2 else { return nil }
+                app = String(rest[rest.startIndex + 1])
+                rest = rest.dropFirst(2)
+            }
+            guard let (force, reason) = forceAndReason(rest) else { return nil }
+            return .weight(color, basisPoints: basisPoints, app: app, force: force, reason: reason)
+        },
+        AdminCommandSpec(name: "pin", usage: "pin <app|*> header|cookie <name> <value[,value…]> <blue|green> [reason <text…>]",
+                         summary: "requests whose header or cookie has one of the values go to the color, whatever the weights") { words in
+            guard words.count >= 5, let source = PinSource(rawValue: String(words[1])), PinRule.isToken(words[2]),
+                  let color = Color(rawValue: String(words[4])) else { return nil }
+            let values = words[3].split(separator: ",", omittingEmptySubsequences: false)
+            guard values.allSatisfy(PinRule.isValidValue), Set(values).count == values.count else { return nil }
+            guard let (force, reason) = forceAndReason(words.dropFirst(5)), !force else { return nil }
+            return .pin(app: String(words[0]), source: source, name: String(words[2]), values: values.map(String.init), color: color, reason: reason)
+        },
+        AdminCommandSpec(name: "unpin", usage: "unpin <app|*> [header|cookie <name> [<value>]] [reason <text…>]",
+                         summary: "remove pins added at run time (all of the app's, one name's, or one value)") { words in
+            guard let app = words.first else { return nil }
+            var rest = words.dropFirst()
+            var source: PinSource? = nil
+            var name: String? = nil
+            var value: String? = nil
+            if let first = rest.first, first != "reason" {
+                guard let parsed = PinSource(rawValue: String(first)), rest.count >= 2, PinRule.isToken(rest[rest.startIndex + 1]) else { return nil }
+                source = parsed
+                name = String(rest[rest.startIndex + 1])
+                rest = rest.dropFirst(2)
+                if let next = rest.first, next != "reason" {
+                    guard PinRule.isValidValue(next) else { return nil }
+                    value = String(next)
+                    rest = rest.dropFirst()
+                }
+            }
+            guard let (force, reason) = forceAndReason(rest), !force else { return nil }
+            return .unpin(app: String(app), source: source, name: name, value: value, reason: reason)
+        },
+        AdminCommandSpec(name: "pins", usage: "pins", summary: "every pin (config and run time), its color and whether a rollback suspended it") {
+            $0.isEmpty ? .pins : nil
         },
         AdminCommandSpec(name: "health", usage: "health", summary: "every server's check state in full") {
             $0.isEmpty ? .health : nil
@@ -92,6 +145,22 @@ public enum AdminCommands {
             return .history(count)
         },
     ]
+
+    /// `0`…`100` with at most two decimals, as basis points; nil for anything else (`101`,
+    /// `-1`, `10.001`, `1e1`).
+    static func parsePercent(_ text: Substring) -> Int? {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count <= 2, let whole = parts.first, !whole.isEmpty, whole.count <= 3,
+              whole.allSatisfy({ $0.isASCII && $0.isNumber }), let wholeValue = Int(whole) else { return nil }
+        var fraction = 0
+        if parts.count == 2 {
+            let digits = parts[1]
+            guard !digits.isEmpty, digits.count <= 2, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let value = Int(digits) else { return nil }
+            fraction = digits.count == 1 ? value * 10 : value
+        }
+        let basisPoints = wholeValue * 100 + fraction
+        return basisPoints <= 10_000 ? basisPoints : nil
+    }
 
     /// `[force] [reason <text…>]`
     private static func forceAndReason(_ words: ArraySlice<Substring>) -> (Bool, String?)? {
@@ -157,6 +226,9 @@ extension ControlPlane {
         case .switchColor(let color, let force, let reason):
             return AdminReplies.json(changeColor(to: color, rollback: false, force: force, reason: reason, actor: actor))
         case .rollback(let force, let reason):
+            if persistentState.canaryInProgress {
+                return AdminReplies.json(rollbackCanary(force: force, reason: reason, actor: actor))
+            }
             guard let previous = persistentState.previous else {
                 return ["ok": false, "error": "no previous color to roll back to (no switch has happened yet)"]
             }
@@ -189,6 +261,14 @@ extension ControlPlane {
             }
         case .stats(let window):
             return statsReport(window)
+        case .weight(let color, let basisPoints, let app, let force, let reason):
+            return AdminReplies.json(setWeight(color, basisPoints: basisPoints, app: app, force: force, reason: reason, actor: actor))
+        case .pin(let app, let source, let name, let values, let color, let reason):
+            return AdminReplies.json(addPin(app: app, source: source, name: name, values: values, color: color, reason: reason, actor: actor))
+        case .unpin(let app, let source, let name, let value, let reason):
+            return AdminReplies.json(removePins(app: app, source: source, name: name, value: value, reason: reason, actor: actor))
+        case .pins:
+            return pinsReport()
         case .reopen:
             guard let link = attachedDataPlane.source else { return ["ok": false, "error": "the data plane is not running"] }
             if let problem = link.reopenAccessLog() { return ["ok": false, "error": .string(problem)] }
@@ -221,6 +301,27 @@ enum AdminReplies {
                 : "\(refusal.command) to \(refusal.target.rawValue) refused: the gate did not pass"
             return ["ok": false, "error": .string(message), "reasons": .array(refusal.reasons.map { .string($0.description) }),
                     "verify": .array(refusal.verify.map(json))]
+        case .failed(let message):
+            return ["ok": false, "error": .string(message)]
+        }
+    }
+
+    static func json(_ outcome: RoutingChangeOutcome) -> JSON {
+        switch outcome {
+        case .changed(let change):
+            var reply: [(String, JSON)] = [
+                ("ok", true), ("command", .string(change.command)), ("generation", .int(Int64(change.generation))),
+                ("forced", .bool(change.forced)),
+                ("changes", .array(change.changes.map { ["app": .string($0.app), "change": .string($0.change)] })),
+            ]
+            if let auditError = change.auditError { reply.append(("audit_error", .string(auditError))) }
+            return .object(reply)
+        case .unchanged(let message):
+            return ["ok": true, "unchanged": .string(message)]
+        case .promoted(let outcome):
+            return json(outcome)
+        case .refused(let refusal):
+            return json(SwitchOutcome.refused(refusal))
         case .failed(let message):
             return ["ok": false, "error": .string(message)]
         }

@@ -16,6 +16,7 @@ public struct ReloadPlan: Sendable, Equatable {
     public init(running: Config, next: Config) {
         var changed: [String] = []
         if next.listen != running.listen { changed.append("listen") }
+        if next.previewListen != running.previewListen { changed.append("preview_listen") }
         if next.workers != running.workers { changed.append("workers") }
         if next.timeouts != running.timeouts { changed.append("timeouts") }
         if next.limits != running.limits { changed.append("limits") }
@@ -68,7 +69,8 @@ extension ControlPlane {
                 rebuildTargets(from: table)
                 // One publish, with health and drains already applied: no moment in which down or
                 // drained servers look routable.
-                publisher.publish(table.with(activeColor: state.active).withRoutability { app, color, server in
+                let policies = Dictionary(next.apps.map { ($0.name, policy(for: $0)) }, uniquingKeysWith: { first, _ in first })
+                publisher.publish(table.with(policies: { name, current in policies[name] ?? current }).withRoutability { app, color, server in
                     self.isRoutable(ServerKey(app: app, color: color, server: server.name))
                 })
                 return plan

@@ -84,8 +84,11 @@ extension ControlPlane {
         }
     }
 
-    private func changeColorLocked(to target: Color, rollback: Bool, force: Bool, reason: String?, actor: AuditActor) -> SwitchOutcome {
-        let command = rollback ? "rollback" : "switch"
+    /// `command` names it in replies and audit records (`weight` promotes by this path, without
+    /// verify paths). `switchLock` held.
+    func changeColorLocked(to target: Color, rollback: Bool, force: Bool, reason: String?, actor: AuditActor,
+                           command givenCommand: String? = nil, runsVerify: Bool = true) -> SwitchOutcome {
+        let command = givenCommand ?? (rollback ? "rollback" : "switch")
         let (current, initialReasons): (PersistentState, [GateReason]) = lock.withLock {
             let now = clock()
             if state.active == target { return (state, [.alreadyActive(target)]) }
@@ -98,7 +101,7 @@ extension ControlPlane {
             reasons = gateThresholdProblems(target: target, active: current.active).map { .threshold($0) }
         }
         var verify: [VerifyResult] = []
-        if reasons.isEmpty && !force && !rollback {
+        if reasons.isEmpty && !force && !rollback && runsVerify {
             verify = runVerify(target)
             reasons = verify.filter { !$0.outcome.isSuccess }.map { .verifyFailed($0, color: target) }
         }
@@ -114,6 +117,12 @@ extension ControlPlane {
         next.previous = current.active
         next.active = target
         next.generation = current.generation + 1
+        // A switch ends any canary: the new color carries everything, a new release starts
+        // from 0 with a new salt. Pins to the color switched to are in force again; a rollback
+        // suspends the pins to the color it leaves.
+        next.releases = [:]
+        next.suspendedPins.remove(target)
+        if rollback { next.suspendedPins.insert(current.active) }
         if let path = config.stateFile {
             do {
                 try StateFile.save(next, path: path)
@@ -130,7 +139,7 @@ extension ControlPlane {
         let started = DispatchTime.now().uptimeNanoseconds
         lock.withLock {
             state = next
-            publisher.update { $0.with(activeColor: target) }
+            publishPoliciesLocked()
             lastSwitch = SwitchRecord(at: clock(), from: current.active, to: target, drainedAt: nil)
         }
         let publishMicros = (DispatchTime.now().uptimeNanoseconds - started) / 1000

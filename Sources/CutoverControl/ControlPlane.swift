@@ -99,6 +99,8 @@ public final class ControlPlane: @unchecked Sendable {
         monoAtStart = clock()
         let table = try RoutingTable(config: config, activeColor: state.active, registry: registry)
         publisher = RoutingPublisher(table)
+        // Weights, salts and pins of a release under way come back from the state file.
+        lock.withLock { publishPoliciesLocked() }
         rebuildTargets(from: table)
         publishRoutability()
     }
@@ -154,6 +156,7 @@ public final class ControlPlane: @unchecked Sendable {
                 for color in Color.allCases {
                     pairs.append((color.rawValue, .array(app.servers(color).map { serverReport(ServerKey(app: app.name, color: color, server: $0.description)) })))
                 }
+                pairs.append(("release", releaseReport(app)))
                 return .object(pairs)
             }
             var switchReport: JSON = .null

@@ -13,6 +13,13 @@ import Foundation
 //     previous blue
 //     generation 7
 //     drained api 127.0.0.1:8093
+//     weight api 1000 5f0c2d7e9a41b386
+//     pin api header x-tenant green pilot-1,pilot-2
+//     pins_suspended green
+//
+// `weight APP BASISPOINTS SALT` is an app's candidate share (1/100 %) during a canary and the
+// salt its sticky users are hashed with; `pin` lines are pins added at run time (the config's
+// own pins stay in the config); `pins_suspended` names a color whose pins a rollback suspended.
 //
 // Parsing is strict: a state file that cutover does not fully understand must stop the
 // start-up instead of sending traffic to a guessed color. Saving is atomic (temp file,
@@ -28,12 +35,38 @@ public struct PersistentState: Equatable, Sendable {
     public var generation: UInt64
     /// Drained servers as `"app host:port"` entries, sorted.
     public var drained: [String]
+    /// Apps whose candidate (the color that is not `active`) takes a share, by app name.
+    public var releases: [String: AppRelease] = [:]
+    /// Pins added at run time, by app name.
+    public var pins: [String: [PinRule]] = [:]
+    /// Colors whose pins a rollback suspended: listed, not applied.
+    public var suspendedPins: Set<Color> = []
 
     public init(active: Color, previous: Color? = nil, generation: UInt64 = 0, drained: [String] = []) {
         self.active = active
         self.previous = previous
         self.generation = generation
         self.drained = drained
+    }
+
+    /// The candidate's share of `app`, in basis points (0 without a canary).
+    public func candidateBasisPoints(_ app: String) -> Int { releases[app]?.candidateBasisPoints ?? 0 }
+
+    /// A canary is under way: some app's candidate takes a share.
+    public var canaryInProgress: Bool { releases.values.contains { $0.candidateBasisPoints > 0 } }
+}
+
+/// An app's canary: the candidate's share and the salt sticky keys are hashed with. The salt
+/// is drawn when the share leaves 0 and kept until it returns there (or a switch), so a user
+/// stays on one color for the whole release, across restarts.
+public struct AppRelease: Equatable, Sendable {
+    /// 1…10,000 (1/100 %).
+    public var candidateBasisPoints: Int
+    public var salt: UInt64
+
+    public init(candidateBasisPoints: Int, salt: UInt64) {
+        self.candidateBasisPoints = candidateBasisPoints
+        self.salt = salt
     }
 }
 
@@ -88,7 +121,35 @@ public enum StateFile {
             }
             text += "drained \(entry)\n"
         }
+        for (app, release) in state.releases.sorted(by: { $0.key < $1.key }) {
+            guard appNameIsValid(app), (1...10_000).contains(release.candidateBasisPoints) else {
+                throw StateFileError(path: path, message: "cannot save state: invalid weight for app '\(app)'")
+            }
+            text += "weight \(app) \(release.candidateBasisPoints) \(hex16(release.salt))\n"
+        }
+        for (app, pins) in state.pins.sorted(by: { $0.key < $1.key }) {
+            for pin in pins {
+                guard appNameIsValid(app), PinRule.isToken(pin.name), !pin.values.isEmpty, pin.values.allSatisfy(PinRule.isValidValue) else {
+                    throw StateFileError(path: path, message: "cannot save state: invalid pin for app '\(app)'")
+                }
+                text += "pin \(app) \(pin.source.rawValue) \(pin.name) \(pin.color.rawValue) \(pin.values.joined(separator: ","))\n"
+            }
+        }
+        for color in Color.allCases where state.suspendedPins.contains(color) {
+            text += "pins_suspended \(color.rawValue)\n"
+        }
         return text
+    }
+
+    static func hex16(_ value: UInt64) -> String {
+        let digits = String(value, radix: 16)
+        return String(repeating: "0", count: 16 - digits.count) + digits
+    }
+
+    static func appNameIsValid(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.allSatisfy { byte in
+            (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A) || "-_.".utf8.contains(byte)
+        }
     }
 
     static func parse(_ text: String, path: String) throws(StateFileError) -> PersistentState {
@@ -104,8 +165,12 @@ public enum StateFile {
             }
         }
         guard let active = fields.active else { throw corrupt(path, "no 'active' line") }
-        return PersistentState(active: active, previous: fields.previous,
-                               generation: fields.generation ?? 0, drained: fields.drained.sorted())
+        var state = PersistentState(active: active, previous: fields.previous,
+                                    generation: fields.generation ?? 0, drained: fields.drained.sorted())
+        state.releases = fields.releases
+        state.pins = fields.pins
+        state.suspendedPins = fields.suspendedPins
+        return state
     }
 
     /// The keys seen so far; `apply` returns a problem description instead of throwing so
@@ -115,11 +180,15 @@ public enum StateFile {
         var previous: Color?
         var generation: UInt64?
         var drained: [String] = []
+        var releases: [String: AppRelease] = [:]
+        var pins: [String: [PinRule]] = [:]
+        var suspendedPins: Set<Color> = []
         private var seen: Set<String> = []
+        private static let repeatable: Set<String> = ["drained", "weight", "pin", "pins_suspended"]
 
         mutating func apply(key: String, value: String) -> String? {
-            // `drained` is the only repeatable key; a second `active` would be ambiguous.
-            if key != "drained" && !seen.insert(key).inserted { return "duplicate key '\(key)'" }
+            // A second `active` would be ambiguous; list keys repeat.
+            if !Self.repeatable.contains(key) && !seen.insert(key).inserted { return "duplicate key '\(key)'" }
             switch key {
             case "active", "previous":
                 guard let color = Color(rawValue: value) else {
@@ -139,6 +208,25 @@ public enum StateFile {
                 }
                 guard !drained.contains(value) else { return "duplicate drained entry '\(value)'" }
                 drained.append(value)
+            case "weight":
+                let words = value.split(separator: " ")
+                guard words.count == 3, StateFile.appNameIsValid(String(words[0])),
+                      let basisPoints = StateFile.decimal(String(words[1])), (1...10_000).contains(basisPoints),
+                      words[2].utf8.count == 16, let salt = UInt64(words[2], radix: 16)
+                else { return "bad weight entry '\(value)' (expected 'app basis-points salt', 1..10000 and 16 hex digits)" }
+                guard releases[String(words[0])] == nil else { return "duplicate weight for app '\(words[0])'" }
+                releases[String(words[0])] = AppRelease(candidateBasisPoints: Int(basisPoints), salt: salt)
+            case "pin":
+                let words = value.split(separator: " ")
+                guard words.count == 5, StateFile.appNameIsValid(String(words[0])), let source = PinSource(rawValue: String(words[1])),
+                      PinRule.isToken(words[2]), let color = Color(rawValue: String(words[3]))
+                else { return "bad pin entry '\(value)' (expected 'app header|cookie name color value[,value…]')" }
+                let values = words[4].split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+                guard values.allSatisfy(PinRule.isValidValue) else { return "bad pin values in '\(value)'" }
+                pins[String(words[0]), default: []].append(PinRule(source: source, name: String(words[2]), values: values, color: color))
+            case "pins_suspended":
+                guard let color = Color(rawValue: value) else { return "bad color '\(value)' for 'pins_suspended'" }
+                suspendedPins.insert(color)
             default:
                 return "unknown key '\(key)'"
             }

@@ -55,13 +55,15 @@ public enum HeaderKind: UInt8, Sendable {
     case xForwardedProto
     case xForwardedHost
     case xRequestID
+    /// Read for sticky ids and pins; forwarded unchanged.
+    case cookie
 
     /// Fields the proxy always removes before forwarding (RFC 9110 §7.6.1) or replaces with
     /// values of its own (framing, X-Forwarded-*, X-Request-Id).
     @inlinable
     public var isReplacedByProxy: Bool {
         switch self {
-        case .other, .host, .expect: return false
+        case .other, .host, .expect, .cookie: return false
         case .upgrade: return false  // kept only when the upgrade is tunnelled; decided by the writer
         default: return true
         }

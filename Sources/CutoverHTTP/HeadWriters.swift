@@ -109,6 +109,7 @@ public enum ResponseHeadWriter {
         framing: ClientFraming,
         keepAlive: Bool,
         clientVersion: HTTPVersion,
+        stickyCookie: StickyCookieField? = nil,
         into writer: inout ByteWriter
     ) {
         writer.write("HTTP/1.1 ")
@@ -139,6 +140,8 @@ public enum ResponseHeadWriter {
         case .close:
             break
         }
+        // Added after the upstream's own Set-Cookie fields, never instead of them.
+        if let stickyCookie, !head.isInformational { stickyCookie.write(into: &writer) }
         if head.status == 101 {
             writer.write("Connection: upgrade\r\nUpgrade: ")
             writer.write(source, head.upgrade)

@@ -14,7 +14,9 @@ extension HeaderKind {
         switch range.count {
         case 2: return matches("te") ? .te : .other
         case 4: return matches("host") ? .host : .other
-        case 6: return matches("expect") ? .expect : .other
+        case 6:
+            if matches("cookie") { return .cookie }
+            return matches("expect") ? .expect : .other
         case 7:
             if matches("upgrade") { return .upgrade }
             return matches("trailer") ? .trailer : .other

@@ -6,15 +6,19 @@ import CutoverRouting
 package final class PoolStats {
     let app: String
     package let pool: PoolID
+    package let listener: ListenerKind
     /// The app's number in the process-wide `AppRegistry` (names it in access-log records).
     package let appID: Int32
     package var windows = WindowedStats()
     /// Upstream failures by server id, including attempts that were retried elsewhere.
     var serverErrors: [Int: UpstreamErrorCounts] = [:]
+    /// Requests pinned to another pool that had no routable server, sent here instead.
+    package var pinFallbacks: UInt64 = 0
 
-    init(app: String, pool: PoolID, appID: Int32) {
+    init(app: String, pool: PoolID, listener: ListenerKind, appID: Int32) {
         self.app = app
         self.pool = pool
+        self.listener = listener
         self.appID = appID
     }
 
@@ -53,7 +57,7 @@ public struct UpstreamErrorCounts: Sendable, Equatable {
 /// runs on the loop thread), so the data path needs no lock and no atomic.
 package final class LoopMetrics {
     private let apps: AppRegistry
-    /// By app, then by pool index.
+    /// By app, then by pool index (preview listener pools after the main ones).
     private var byApp: [String: [PoolStats?]] = [:]
     /// Local answers to requests that matched no app or could not be parsed (400, 404, 408…),
     /// by status code.
@@ -65,11 +69,12 @@ package final class LoopMetrics {
 
     /// The recording target for an app and pool; created once (when a loop first builds a
     /// routing snapshot that gives the pool a share), then reused across publishes.
-    package func stats(app: String, pool: PoolID) -> PoolStats {
-        var entry = byApp[app] ?? [PoolStats?](repeating: nil, count: PoolID.limit)
-        if let existing = entry[Int(pool.index)] { return existing }
-        let created = PoolStats(app: app, pool: pool, appID: apps.id(for: app))
-        entry[Int(pool.index)] = created
+    package func stats(app: String, pool: PoolID, listener: ListenerKind = .main) -> PoolStats {
+        var entry = byApp[app] ?? [PoolStats?](repeating: nil, count: 2 * PoolID.limit)
+        let slot = Int(pool.index) + (listener == .preview ? PoolID.limit : 0)
+        if let existing = entry[slot] { return existing }
+        let created = PoolStats(app: app, pool: pool, listener: listener, appID: apps.id(for: app))
+        entry[slot] = created
         byApp[app] = entry
         return created
     }
@@ -83,7 +88,8 @@ package final class LoopMetrics {
     package func contribute(to snapshot: inout MetricsSnapshot) {
         for (_, entry) in byApp {
             for stats in entry.compactMap({ $0 }) {
-                let key = AppPool(app: stats.app, pool: stats.pool)
+                let key = AppPool(app: stats.app, pool: stats.pool, listener: stats.listener)
+                snapshot.pinFallbacks[key.app, default: 0] &+= stats.pinFallbacks
                 var figures = snapshot.windowFigures[key] ?? WindowedStats.Figures()
                 stats.windows.merge(snapshot.window, at: snapshot.second, into: &figures)
                 snapshot.windowFigures[key] = figures
@@ -101,25 +107,36 @@ package final class LoopMetrics {
     }
 }
 
-/// What figures are kept by: an app and one of its pools.
+/// Which kind of listener a request came in on. Preview traffic is kept apart so that it
+/// never counts as a canary's evidence or in a gate.
+public enum ListenerKind: String, Sendable, Hashable, Comparable {
+    case main
+    case preview
+
+    public static func < (lhs: ListenerKind, rhs: ListenerKind) -> Bool { lhs.rawValue < rhs.rawValue }
+}
+
+/// What figures are kept by: an app, one of its pools, and the kind of listener.
 public struct AppPool: Hashable, Sendable, Comparable {
     public let app: String
     public let pool: PoolID
+    public let listener: ListenerKind
 
-    public init(app: String, pool: PoolID) {
+    public init(app: String, pool: PoolID, listener: ListenerKind = .main) {
         self.app = app
         self.pool = pool
+        self.listener = listener
     }
 
-    public init(app: String, color: Color) {
-        self.init(app: app, pool: PoolID(color))
+    public init(app: String, color: Color, listener: ListenerKind = .main) {
+        self.init(app: app, pool: PoolID(color), listener: listener)
     }
 
     /// The pool's color (the name `status`, `stats` and the metrics report it by).
     public var color: Color { pool.color }
 
     public static func < (lhs: AppPool, rhs: AppPool) -> Bool {
-        (lhs.app, lhs.pool) < (rhs.app, rhs.pool)
+        (lhs.app, lhs.listener, lhs.pool) < (rhs.app, rhs.listener, rhs.pool)
     }
 }
 
@@ -134,6 +151,8 @@ public struct MetricsSnapshot: Sendable {
     public var totals: [AppPool: WindowedStats.Totals] = [:]
     public var serverErrors: [AppPool: [Int: UpstreamErrorCounts]] = [:]
     public var unroutedStatusCodes = [UInt64](repeating: 0, count: 600)
+    /// Pinned requests sent to the stable pool because theirs had no routable server, by app.
+    public var pinFallbacks: [String: UInt64] = [:]
     /// Loops that did not answer in time (stopping): their figures are missing.
     public var loopsMissing = 0
 
@@ -156,8 +175,9 @@ public struct MetricsSnapshot: Sendable {
         return max(0.001, Double(nanoseconds - max(windowStart, startedNs)) / 1e9)
     }
 
-    public func figures(app: String, color: Color) -> WindowedStats.Figures {
-        windowFigures[AppPool(app: app, color: color)] ?? WindowedStats.Figures()
+    /// Main-listener figures (what gates and canaries judge).
+    public func figures(app: String, color: Color, listener: ListenerKind = .main) -> WindowedStats.Figures {
+        windowFigures[AppPool(app: app, color: color, listener: listener)] ?? WindowedStats.Figures()
     }
 
     package mutating func merge(_ other: MetricsSnapshot) {
@@ -167,5 +187,6 @@ public struct MetricsSnapshot: Sendable {
             for (id, counts) in servers { serverErrors[key, default: [:]][id, default: UpstreamErrorCounts()].merge(counts) }
         }
         for index in unroutedStatusCodes.indices { unroutedStatusCodes[index] &+= other.unroutedStatusCodes[index] }
+        for (app, count) in other.pinFallbacks { pinFallbacks[app, default: 0] &+= count }
     }
 }

@@ -47,14 +47,20 @@ final class ClientConnection: Channel {
     private var responseBody = BodyRelay(framing: .none, rechunk: false)
     /// The client's address, for X-Forwarded-For.
     private let clientAddress: PeerAddress
+    /// Preview connections reach the candidate pool only.
+    private let listener: ListenerKind
+    /// A sticky id made for this request (no valid cookie came with it): its response sets the
+    /// cookie. (0, 0): none.
+    private var newStickyID: (UInt64, UInt64) = (0, 0)
 
     /// Room a local response needs in the output buffer.
     private static let localResponseRoom = 512
     private static let lingerMs = 2_000
 
-    init(fd: Int32, worker: ProxyWorker, clientAddress: PeerAddress) {
+    init(fd: Int32, worker: ProxyWorker, clientAddress: PeerAddress, listener: ListenerKind = .main) {
         self.worker = worker
         self.clientAddress = clientAddress
+        self.listener = listener
         parser = RequestHeadParser(limits: worker.settings.http)
         responseParser = ResponseHeadParser(limits: worker.settings.http)
         super.init(fd: fd, loop: worker.loop)
@@ -265,7 +271,12 @@ final class ClientConnection: Channel {
             respondLocally(status: 404, message: "no app is configured for this host and path", keepAlive: keepAliveIfBodiless)
             return
         }
-        let pool = routing.apps[appIndex].choosePool(RoutingRequest(authority: authority, path: path))
+        let decision = routing.apps[appIndex].choose(
+            RoutingRequest(source: source, fields: loop.fields, fieldCount: head.fieldCount, clientAddress: clientAddress,
+                           listener: listener),
+            newID: worker.nextStickyID)
+        let pool = decision.pool
+        newStickyID = decision.newStickyID
         record.stats = pool.stats
         if case .contentLength(let length) = head.framing, let maxBody = worker.settings.limits.maxBody,
            length > UInt64(maxBody) {
@@ -275,7 +286,8 @@ final class ClientConnection: Channel {
         }
         guard let server = pool.next() else {
             input.consume(consumed)
-            respondLocally(status: 503, message: "no server available in the active pool", keepAlive: keepAliveIfBodiless)
+            respondLocally(status: 503, message: listener == .preview ? "no healthy preview server" : "no server available in the active pool",
+                           keepAlive: keepAliveIfBodiless)
             return
         }
         record.serverID = Int32(truncatingIfNeeded: server.id)
@@ -499,8 +511,17 @@ final class ClientConnection: Channel {
         loop.buffers.acquire(into: &output)
         output.compactIfNeeded(minimumSpace: output.capacity)
         var writer = ByteWriter(output.writableBytes)
-        ResponseHeadWriter.write(head, source: source, fields: loop.fields, framing: framing,
-                                 keepAlive: keepAlive, clientVersion: machine.request.version, into: &writer)
+        if newStickyID != (0, 0), !head.isInformational, head.status != 101, let cookie = pool?.stickyCookie {
+            cookie.name.withUnsafeBytes { name in
+                ResponseHeadWriter.write(head, source: source, fields: loop.fields, framing: framing, keepAlive: keepAlive,
+                                         clientVersion: machine.request.version,
+                                         stickyCookie: StickyCookieField(name: name, id: newStickyID, maxAgeSeconds: cookie.maxAge),
+                                         into: &writer)
+            }
+        } else {
+            ResponseHeadWriter.write(head, source: source, fields: loop.fields, framing: framing,
+                                     keepAlive: keepAlive, clientVersion: machine.request.version, into: &writer)
+        }
         if writer.overflowed {
             // Parse the head again on a later pass, from its start.
             responseParser.reset()

@@ -18,6 +18,8 @@ public final class ProxyServer: @unchecked Sendable {
     public let counters: DataPlaneCounters
     /// The addresses actually bound (port 0 in the config becomes the kernel's choice).
     public private(set) var listenAddresses: [SocketAddress] = []
+    /// The bound `preview_listen` addresses (ports the kernel picked included).
+    public private(set) var previewAddresses: [SocketAddress] = []
 
     /// Apps and servers by number, as loops name them in records.
     public let apps = AppRegistry()
@@ -77,7 +79,7 @@ public final class ProxyServer: @unchecked Sendable {
                 loop: loop, settings: settings, shared: shared, publisher: publisher, counters: counters, logger: logger,
                 apps: apps, accessLog: accessLog?.rings[index]))
         }
-        for endpoint in config.listen {
+        for (endpoint, kind) in config.listen.map({ ($0, ListenerKind.main) }) + config.previewListen.map({ ($0, .preview) }) {
             guard var address = SocketAddress.resolve(host: endpoint.host, port: endpoint.port) else {
                 throw ConfigError(file: config.path, line: endpoint.line, message: "cannot resolve listen address '\(endpoint.host)'")
             }
@@ -91,9 +93,9 @@ public final class ProxyServer: @unchecked Sendable {
                 if address.port == 0, let bound = Posix.localAddress(fd) {
                     address = bound  // the other loops share the port the kernel picked
                 }
-                try worker.addListener(fd: fd)
+                try worker.addListener(fd: fd, kind: kind)
             }
-            listenAddresses.append(address)
+            if kind == .main { listenAddresses.append(address) } else { previewAddresses.append(address) }
         }
         for worker in workers {
             let done = DispatchSemaphore(value: 0)
@@ -107,7 +109,8 @@ public final class ProxyServer: @unchecked Sendable {
             thread.start()
         }
         accessLog?.start()
-        logger.log(.info, "listening on \(listenAddresses.map(\.description).joined(separator: ", ")) with \(count) worker(s)")
+        let preview = previewAddresses.isEmpty ? "" : ", preview on \(previewAddresses.map(\.description).joined(separator: ", "))"
+        logger.log(.info, "listening on \(listenAddresses.map(\.description).joined(separator: ", "))\(preview) with \(count) worker(s)")
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `timeouts.drain`, closes

@@ -98,14 +98,42 @@ final class ProxyWorker {
         return (requestIDPrefix, requestCounter)
     }
 
+    /// xoshiro256** state for sticky ids, seeded from the system's generator at start: ids
+    /// must be spread evenly over the buckets, and making one costs no syscall.
+    private var stickyRandom: (UInt64, UInt64, UInt64, UInt64) = {
+        var system = SystemRandomNumberGenerator()
+        return (system.next() | 1, system.next(), system.next(), system.next())
+    }()
+
+    /// A fresh sticky id (never zero: zero means "no cookie to set").
+    func nextStickyID() -> (UInt64, UInt64) {
+        let high = nextStickyRandom()
+        let low = nextStickyRandom()
+        return (high, low == 0 && high == 0 ? 1 : low)
+    }
+
+    private func nextStickyRandom() -> UInt64 {
+        var s = stickyRandom
+        let result = ((s.1 &* 5) << 7 | (s.1 &* 5) >> 57) &* 9
+        let t = s.1 << 17
+        s.2 ^= s.0
+        s.3 ^= s.1
+        s.1 ^= s.2
+        s.0 ^= s.3
+        s.2 ^= t
+        s.3 = s.3 << 45 | s.3 >> 19
+        stickyRandom = s
+        return result
+    }
+
     func log(_ level: LogLevel, _ message: @autoclosure () -> String) {
         logger.log(level, message())
     }
 
     // MARK: Accepting
 
-    func addListener(fd: Int32) throws(IOError) {
-        let listener = Listener(fd: fd, worker: self)
+    func addListener(fd: Int32, kind: ListenerKind = .main) throws(IOError) {
+        let listener = Listener(fd: fd, worker: self, kind: kind)
         try loop.register(listener)
         listeners.append(listener)
     }
@@ -144,7 +172,7 @@ final class ProxyWorker {
             let (fd, address) = accepted
             shared.openClients.add(1, ordering: .relaxed)
             _ = try? Posix.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
-            let client = ClientConnection(fd: fd, worker: self, clientAddress: PeerAddress(address))
+            let client = ClientConnection(fd: fd, worker: self, clientAddress: PeerAddress(address), listener: listener.kind)
             do {
                 try loop.register(client)
             } catch {
@@ -218,9 +246,12 @@ final class ProxyWorker {
 /// connections across them).
 package final class Listener: Channel {
     unowned(unsafe) let worker: ProxyWorker
+    /// Preview listeners send every request to the candidate pool.
+    let kind: ListenerKind
 
-    init(fd: Int32, worker: ProxyWorker) {
+    init(fd: Int32, worker: ProxyWorker, kind: ListenerKind) {
         self.worker = worker
+        self.kind = kind
         super.init(fd: fd, loop: worker.loop)
     }
 

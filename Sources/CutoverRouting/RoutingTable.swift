@@ -29,21 +29,57 @@ public struct AppRoute: Sendable {
     public let pathPrefix: String?
     public let blue: [ServerEntry]
     public let green: [ServerEntry]
-    /// Which pool takes what share of the app's requests.
-    public var split: TrafficSplit
+    /// Which pool takes what share of the app's requests, the stable pool, and pins.
+    public var policy: AppPolicy
+
+    public var split: TrafficSplit {
+        get { policy.split }
+        set { policy.split = newValue }
+    }
 
     public init(name: String, hosts: [String], pathPrefix: String?, blue: [ServerEntry], green: [ServerEntry],
                 split: TrafficSplit) {
+        self.init(name: name, hosts: hosts, pathPrefix: pathPrefix, blue: blue, green: green,
+                  policy: AppPolicy(split: split, stable: split.largestShare))
+    }
+
+    public init(name: String, hosts: [String], pathPrefix: String?, blue: [ServerEntry], green: [ServerEntry],
+                policy: AppPolicy) {
         self.name = name
         self.hosts = hosts
         self.pathPrefix = pathPrefix
         self.blue = blue
         self.green = green
-        self.split = split
+        self.policy = policy
     }
 
     public func servers(_ color: Color) -> [ServerEntry] { color == .blue ? blue : green }
     public func servers(_ pool: PoolID) -> [ServerEntry] { servers(pool.color) }
+}
+
+/// How one app's requests are routed, as the control plane decides it: the split between its
+/// stable pool and the candidate, and the pins that win over it. Published with the table.
+public struct AppPolicy: Sendable, Equatable {
+    public var split: TrafficSplit
+    /// The pool that last carried every request; a pin to a pool with no routable server
+    /// falls back to it. The other pool is the candidate (what the preview listener reaches).
+    public var stable: PoolID
+    /// Pins in force (suspended pins are left out).
+    public var pins: [PinRule]
+
+    public init(split: TrafficSplit, stable: PoolID, pins: [PinRule] = []) {
+        self.split = split
+        self.stable = stable
+        self.pins = pins
+    }
+
+    /// Every request to `color`, no pins.
+    public static func all(to color: Color) -> AppPolicy {
+        AppPolicy(split: .all(to: PoolID(color)), stable: PoolID(color))
+    }
+
+    /// The pool that is not the stable one.
+    public var candidate: PoolID { PoolID(stable.color.other) }
 }
 
 /// The immutable routing state: apps, the pools of each and how each app's requests are split
@@ -60,14 +96,14 @@ public final class RoutingTable: Sendable {
     public convenience init(activeColor: Color, apps: [AppRoute]) {
         self.init(apps: apps.map { app in
             var app = app
-            app.split = .all(to: PoolID(activeColor))
+            app.policy = .all(to: activeColor)
             return app
         })
     }
 
-    /// The color that takes the largest share (of the first app): what `status` calls active.
-    /// Blue for a table without apps.
-    public var activeColor: Color { apps.first?.split.largestShare.color ?? .blue }
+    /// The stable color (of the first app): what `status` calls active. Blue for a table
+    /// without apps.
+    public var activeColor: Color { apps.first?.policy.stable.color ?? .blue }
 
     /// Builds the table from a configuration, resolving server addresses (blocking: control
     /// plane only). Unresolvable servers are configuration errors with their line.
@@ -87,7 +123,7 @@ public final class RoutingTable: Sendable {
             }
             apps.append(AppRoute(
                 name: app.name, hosts: app.hosts, pathPrefix: app.pathPrefix,
-                blue: try entries(app.blue), green: try entries(app.green), split: .all(to: PoolID(activeColor))))
+                blue: try entries(app.blue), green: try entries(app.green), policy: .all(to: activeColor)))
         }
         self.init(apps: apps)
     }
@@ -102,6 +138,15 @@ public final class RoutingTable: Sendable {
         RoutingTable(apps: apps.map { app in
             var app = app
             app.split = transform(app.name, app.split)
+            return app
+        })
+    }
+
+    /// The same table with each app's policy replaced by `transform`'s (by app name).
+    public func with(policies transform: (_ app: String, _ current: AppPolicy) -> AppPolicy) -> RoutingTable {
+        RoutingTable(apps: apps.map { app in
+            var app = app
+            app.policy = transform(app.name, app.policy)
             return app
         })
     }
@@ -198,14 +243,14 @@ extension RoutingPublisher {
         update { $0.with(activeColor: color) }
     }
 
-    /// Publishes the routing of a re-read configuration, keeping each app's split (a new app
+    /// Publishes the routing of a re-read configuration, keeping each app's policy (a new app
     /// starts on the active color).
     @discardableResult
     public func reload(_ config: Config, registry: ServerRegistry) throws(ConfigError) -> UInt64 {
         let current = snapshot().table
         let table = try RoutingTable(config: config, activeColor: current.activeColor, registry: registry)
-        let splits = Dictionary(current.apps.map { ($0.name, $0.split) }, uniquingKeysWith: { first, _ in first })
-        return publish(table.with { app, split in splits[app] ?? split })
+        let policies = Dictionary(current.apps.map { ($0.name, $0.policy) }, uniquingKeysWith: { first, _ in first })
+        return publish(table.with(policies: { app, policy in policies[app] ?? policy }))
     }
 }
 
@@ -221,7 +266,7 @@ extension RoutingTable {
                 }
             }
             return AppRoute(name: app.name, hosts: app.hosts, pathPrefix: app.pathPrefix,
-                            blue: update(app.blue, .blue), green: update(app.green, .green), split: app.split)
+                            blue: update(app.blue, .blue), green: update(app.green, .green), policy: app.policy)
         }
         return RoutingTable(apps: apps)
     }

@@ -12,6 +12,10 @@ public struct PoolID: Hashable, Sendable, Comparable, CustomStringConvertible {
         index = color == .blue ? 0 : 1
     }
 
+    public init(index: UInt8) {
+        self.index = index
+    }
+
     public static let blue = PoolID(.blue)
     public static let green = PoolID(.green)
     public static let all: [PoolID] = [.blue, .green]
@@ -82,55 +86,74 @@ public struct TrafficSplit: Sendable, Equatable {
     }
 }
 
-/// How each request picks its bucket of a split. A new way (a sticky cookie, a header, the
-/// client address) is a new case here and a new `PoolSelector` type; the data plane builds one
-/// selector per loop and app from it and asks it for a bucket per request.
+/// How each request picks its bucket of a split.
 public enum PoolSelection: Sendable, Equatable {
-    /// Per request, evenly interleaved: every 10,000 consecutive requests cover every bucket once.
+    /// Per request, evenly interleaved (`SpreadSelector`): exact shares, no stickiness.
     case spread
-
-    /// A fresh selector (one per loop and app: selectors keep their own state).
-    public func makeSelector() -> any PoolSelector {
-        switch self {
-        case .spread: return SpreadSelector()
-        }
-    }
-}
-
-/// What a selector may look at to place a request. Bytes of the request head, valid for the
-/// call only.
-public struct RoutingRequest {
-    public var authority: UnsafeRawBufferPointer
-    public var path: UnsafeRawBufferPointer
-
-    public init(authority: UnsafeRawBufferPointer, path: UnsafeRawBufferPointer) {
-        self.authority = authority
-        self.path = path
-    }
-}
-
-/// Places requests in the buckets of a split. Owned by one loop.
-public protocol PoolSelector {
-    /// A bucket in 0..<10,000 for this request.
-    mutating func bucket(for request: RoutingRequest) -> Int
+    /// By a key of the request (cookie, header, client address) hashed with `seed`
+    /// (`StickyHash.seed(salt:app:)`): the same key lands in the same bucket for the whole
+    /// release. Requests without a key fall back to `spread` (a cookie rule makes one).
+    case sticky(StickyRule, seed: UInt64)
 }
 
 /// Steps through the buckets by a stride coprime to 10,000: 10,000 consecutive requests visit
 /// every bucket exactly once, so each pool gets its exact share of every 10,000 requests, and
 /// its requests are spread out, not bunched (no random numbers, nothing per request but an add).
-public struct SpreadSelector: PoolSelector {
+/// Owned by one loop.
+public struct SpreadSelector {
     /// Odd and not a multiple of 5, so coprime to 10,000; near 10,000 / golden ratio.
     public static let stride = 6_181
-    private var next = 0
+    @usableFromInline var next = 0
 
     public init(start: Int = 0) {
         next = start % TrafficSplit.basisPoints
     }
 
-    public mutating func bucket(for request: RoutingRequest) -> Int {
+    @inlinable
+    public mutating func nextBucket() -> Int {
         let bucket = next
         next += Self.stride
         if next >= TrafficSplit.basisPoints { next -= TrafficSplit.basisPoints }
         return bucket
+    }
+}
+
+/// The bucket of a sticky key: `hash(salt, app, key) mod 10,000`.
+///
+/// The hash is FNV-1a over the key's bytes, started from a seed that mixes the release salt
+/// and the app name, and finished with MurmurHash3's 64-bit finaliser so that short keys and
+/// keys differing in one byte still spread over every bucket. The bucket is taken from the
+/// high half of a 64×64 multiply (no modulo bias). Nothing is allocated.
+public enum StickyHash {
+    /// The per-app, per-release start of the hash: a new salt reshuffles every user, the same
+    /// salt (kept in the state file) keeps them where they are across restarts.
+    public static func seed(salt: UInt64, app: String) -> UInt64 {
+        var hash = finalize(salt ^ 0x9E37_79B9_7F4A_7C15)
+        for byte in app.utf8 { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
+        return finalize(hash)
+    }
+
+    @inlinable
+    public static func bucket(seed: UInt64, key: UnsafeRawBufferPointer) -> Int {
+        var hash = seed ^ 0xCBF2_9CE4_8422_2325
+        for byte in key { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
+        hash = finalize(hash ^ UInt64(truncatingIfNeeded: key.count))
+        return Int(truncatingIfNeeded: hash.multipliedFullWidth(by: UInt64(TrafficSplit.basisPoints)).high)
+    }
+
+    public static func bucket(seed: UInt64, key: String) -> Int {
+        var key = key
+        return key.withUTF8 { bucket(seed: seed, key: UnsafeRawBufferPointer($0)) }
+    }
+
+    @inlinable @inline(__always)
+    static func finalize(_ value: UInt64) -> UInt64 {
+        var x = value
+        x ^= x >> 33
+        x &*= 0xFF51_AFD7_ED55_8CCD
+        x ^= x >> 33
+        x &*= 0xC4CE_B9FE_1A85_EC53
+        x ^= x >> 33
+        return x
     }
 }

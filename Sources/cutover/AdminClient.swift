@@ -51,11 +51,25 @@ enum Pretty {
         }
         switch command {
         case "status": return status(reply)
+        case "weight", "pin", "unpin", "rollback" where reply["changes"] != nil || reply["unchanged"] != nil:
+            if let unchanged = reply["unchanged"]?.stringValue { return "unchanged: \(unchanged)" }
+            var lines = ["\(command): generation \(text(reply["generation"]))\(reply["forced"]?.boolValue == true ? ", forced" : "")"]
+            for change in reply["changes"]?.arrayValue ?? [] { lines.append("  app \(text(change["app"])): \(text(change["change"]))") }
+            if let auditError = reply["audit_error"]?.stringValue { lines.append("  WARNING: no audit record: \(auditError)") }
+            return lines.joined(separator: "\n")
         case "switch", "rollback":
             var lines = ["active: \(text(reply["active"])) (previous \(text(reply["previous"])), generation \(text(reply["generation"])), "
                          + "published in \(text(reply["publish_us"])) µs\(reply["forced"]?.boolValue == true ? ", forced" : ""))"]
             lines += verifyLines(reply["verify"])
             return lines.joined(separator: "\n")
+        case "pins":
+            let pins = reply["pins"]?.arrayValue ?? []
+            if pins.isEmpty { return "no pins" }
+            return pins.map { pin in
+                let values = (pin["values"]?.arrayValue ?? []).compactMap(\.stringValue).joined(separator: ",")
+                return "app \(text(pin["app"])): \(text(pin["source"])) \(text(pin["name"])) \(values) → \(text(pin["color"]))"
+                    + " (\(text(pin["origin"])))\(pin["suspended"]?.boolValue == true ? " SUSPENDED" : "")"
+            }.joined(separator: "\n")
         case "verify": return (["verify \(text(reply["color"])): all passed"] + verifyLines(reply["results"])).joined(separator: "\n")
         case "health": return health(reply)
         case "stats": return stats(reply)
@@ -97,6 +111,15 @@ enum Pretty {
         for app in reply["apps"]?.arrayValue ?? [] {
             let hosts = (app["hosts"]?.arrayValue ?? []).compactMap(\.stringValue).joined(separator: " ")
             lines.append("app \(text(app["name"])) (host \(hosts)\(app["path"]?.stringValue.map { ", path \($0)" } ?? ""))")
+            if let release = app["release"], let weights = release["weights"] {
+                let stable = text(release["stable"])
+                let candidate = text(release["candidate"])
+                var line = "  split: \(stable) \(text(weights[stable]))% / \(candidate) \(text(weights[candidate]))%   sticky: \(text(release["sticky"]))"
+                if let salt = release["salt"]?.stringValue { line += "   salt: \(salt)" }
+                line += "   pins: \(text(release["pins"]))"
+                if let suspended = release["pins_suspended"]?.intValue, suspended > 0 { line += " (\(suspended) suspended)" }
+                lines.append(line)
+            }
             for color in Color.allCases {
                 for server in app[color.rawValue]?.arrayValue ?? [] {
                     var line = "  \(color.rawValue.padding(toLength: 6, withPad: " ", startingAt: 0)) \(text(server["server"]).padding(toLength: 22, withPad: " ", startingAt: 0)) "

@@ -25,7 +25,12 @@ let usage = """
     Operating a running proxy (over its admin socket):
       cutover status | health | history [n]
       cutover switch <blue|green> [--force] [--reason TEXT]
-      cutover rollback [--force] [--reason TEXT]
+      cutover rollback [--force] [--reason TEXT]   (during a canary: every app back to the stable color)
+      cutover weight <blue|green> <percent> [--app NAME] [--force] [--reason TEXT]
+                                                the color's share (0-100, two decimals); 100 everywhere = switch
+      cutover pin <app|*> header|cookie NAME VALUE[,VALUE…] <blue|green> [--reason TEXT]
+      cutover unpin <app|*> [header|cookie NAME [VALUE]] [--reason TEXT]
+      cutover pins
       cutover verify <blue|green>
       cutover drain <app> <host:port> | undrain <app> <host:port>
       cutover reload | reopen
@@ -145,6 +150,7 @@ func makeRuntime(config: Config, path: String?, logger: Logger, resetState: Bool
 /// `switch green reason x`).
 func adminLine(_ command: String, _ arguments: Arguments) -> String {
     var words = [command] + arguments.positional
+    if let app = arguments.value("--app") { words += ["app", app] }
     if arguments.flags.contains("--force") { words.append("force") }
     if let reason = arguments.value("--reason") {
         words.append("reason")
@@ -163,7 +169,7 @@ func adminSocket(_ arguments: Arguments) -> String {
 }
 
 let adminCommands: Set<String> = ["status", "health", "history", "switch", "rollback", "verify", "drain", "undrain", "reload",
-                                    "stats", "reopen"]
+                                    "stats", "reopen", "weight", "pin", "unpin", "pins"]
 
 let words = Array(CommandLine.arguments.dropFirst())
 guard let command = words.first else { fail(usage, code: 2) }
@@ -245,7 +251,7 @@ do {
             fail("\(log):\(line): \(reason)", code: 1)
         }
     case let name where adminCommands.contains(name):
-        let arguments = try Arguments(rest, valueOptions: ["-c", "--config", "-s", "--socket", "--reason"],
+        let arguments = try Arguments(rest, valueOptions: ["-c", "--config", "-s", "--socket", "--reason", "--app"],
                                       flagOptions: ["--json", "--force"])
         let line = adminLine(name, arguments)
         // The socket checks the words; the usage errors it returns are exit code 2 here.

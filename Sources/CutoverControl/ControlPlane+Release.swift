@@ -1,0 +1,329 @@
+import CutoverConfig
+import CutoverMetrics
+import CutoverRouting
+import CutoverSystem
+import Foundation
+
+/// What `weight`, `pin`, `unpin` and a canary's rollback did.
+public enum RoutingChangeOutcome: Sendable {
+    /// Made durable and published.
+    case changed(RoutingChange)
+    /// Nothing to do: the routing already was what the command asked for.
+    case unchanged(String)
+    /// `weight` to 100 % on every app: a switch without verify paths.
+    case promoted(SwitchOutcome)
+    /// The gate refused; nothing changed.
+    case refused(SwitchOutcome.Refused)
+    /// Bad input or the state file could not be written; nothing changed.
+    case failed(String)
+}
+
+public struct RoutingChange: Sendable {
+    public var command: String
+    public var generation: UInt64
+    /// Per app, what changed (`"green 10% → 50%"`, `"pinned header x-tenant pilot-1 → green"`).
+    public var changes: [(app: String, change: String)]
+    public var forced: Bool
+    /// The change happened but its audit record could not be written.
+    public var auditError: String?
+}
+
+extension ControlPlane {
+    // MARK: Policies
+
+    /// How `app` is routed now, from its config (sticky rule, config pins) and the persisted
+    /// state (stable color, the candidate's share and salt, run-time pins, suspensions).
+    /// Lock held.
+    func policy(for app: AppConfig) -> AppPolicy {
+        let stable = state.active
+        let release = state.releases[app.name]
+        let selection: PoolSelection = app.sticky == .none
+            ? .spread : .sticky(app.sticky, seed: StickyHash.seed(salt: release?.salt ?? 0, app: app.name))
+        let split = TrafficSplit.weighted(stable: PoolID(stable), candidate: PoolID(stable.other),
+                                          candidateBasisPoints: release?.candidateBasisPoints ?? 0, selection: selection)
+        let pins = (app.pins + (state.pins[app.name] ?? [])).filter { !state.suspendedPins.contains($0.color) }
+        return AppPolicy(split: split, stable: PoolID(stable), pins: pins)
+    }
+
+    /// Publishes every app's policy from the current state. Lock held.
+    func publishPoliciesLocked() {
+        let policies = Dictionary(config.apps.map { ($0.name, policy(for: $0)) }, uniquingKeysWith: { first, _ in first })
+        publisher.update { $0.with(policies: { name, current in policies[name] ?? current }) }
+    }
+
+    /// State file durable → publish → audit, for a routing change decided under `switchLock`.
+    /// Returns the audit error (the change happened) or throws the state-file error (it did not).
+    func commitRoutingChange(_ next: PersistentState, command: String, record: AuditRecord) -> Result<String?, StateFileError> {
+        if let path = config.stateFile {
+            do {
+                try StateFile.save(next, path: path)
+            } catch let error where error.newStateInPlace {
+                logger.log(.warning, "\(command): \(error.description)")
+            } catch {
+                logger.log(.error, "\(command) aborted: \(error.description)")
+                return .failure(error)
+            }
+        }
+        lock.withLock {
+            state = next
+            publishPoliciesLocked()
+        }
+        return .success(appendAudit(record))
+    }
+
+    // MARK: weight
+
+    /// `weight <color> <percent> [app NAME] [force]`: the share of `color` in basis points.
+    /// The other color takes the rest. Raising the candidate's share is gated (readiness and
+    /// the traffic thresholds, on the candidate's own canary traffic) unless forced; lowering
+    /// it never is. Every app at 100 % is a promotion: the switch, without verify paths.
+    func setWeight(_ color: Color, basisPoints: Int, app: String?, force: Bool, reason: String?, actor: AuditActor) -> RoutingChangeOutcome {
+        switchLock.withLock {
+            let (current, appNames) = lock.withLock { (state, config.apps.map(\.name)) }
+            if let app, !appNames.contains(app) { return .failed("unknown app '\(app)'") }
+            let stable = current.active
+            let candidate = stable.other
+            let share = color == candidate ? basisPoints : TrafficSplit.basisPoints - basisPoints
+            let targets = app.map { [$0] } ?? appNames
+            if app == nil && share == TrafficSplit.basisPoints {
+                return .promoted(changeColorLocked(to: candidate, rollback: false, force: force, reason: reason, actor: actor,
+                                                   command: "weight", runsVerify: false))
+            }
+            let changes = targets.compactMap { name -> (app: String, change: String)? in
+                let before = current.candidateBasisPoints(name)
+                guard before != share else { return nil }
+                return (name, "\(candidate.rawValue) \(Self.percentText(before)) → \(Self.percentText(share))")
+            }
+            if changes.isEmpty {
+                return .unchanged("\(candidate.rawValue) already takes \(Self.percentText(share)) of \(app.map { "app \($0)" } ?? "every app")")
+            }
+            let raising = targets.contains { share > current.candidateBasisPoints($0) }
+            var reasons: [GateReason] = []
+            if raising && !force {
+                reasons = lock.withLock { notReady(candidate, at: clock()) }.map { .notReady($0) }
+                if reasons.isEmpty {
+                    reasons = gateThresholdProblems(target: candidate, active: stable).map { .threshold($0) }
+                }
+            }
+            if !reasons.isEmpty {
+                countSwitch("weight", "refused")
+                appendAudit(AuditRecord(event: "refused", from: stable, to: candidate, reason: reason, forced: force, actor: actor,
+                                        generation: current.generation,
+                                        details: ["gate": reasons.map(\.description).joined(separator: "; "), "command": "weight",
+                                                  "weight": "\(candidate.rawValue) \(Self.percentText(share))"]))
+                return .refused(.init(command: "weight", target: candidate, reasons: reasons, verify: []))
+            }
+            var next = current
+            for name in targets {
+                if share == 0 {
+                    next.releases[name] = nil
+                } else {
+                    let salt = current.releases[name]?.salt ?? UInt64.random(in: 1...UInt64.max)
+                    next.releases[name] = AppRelease(candidateBasisPoints: share, salt: salt)
+                }
+            }
+            if share > 0 { next.suspendedPins.remove(candidate) }
+            next.generation = current.generation + 1
+            let record = AuditRecord(event: "weight", from: stable, to: candidate, reason: reason, forced: force, actor: actor,
+                                     generation: next.generation,
+                                     details: ["weight": changes.map { "\($0.app): \($0.change)" }.joined(separator: "; ")])
+            switch commitRoutingChange(next, command: "weight", record: record) {
+            case .failure(let error):
+                countSwitch("weight", "failed")
+                return .failed("weight aborted, the state file could not be written: \(error.description)")
+            case .success(let auditError):
+                countSwitch("weight", "ok")
+                logger.log(.info, "weight: \(changes.map { "\($0.app) \($0.change)" }.joined(separator: ", ")) (generation \(next.generation))")
+                return .changed(RoutingChange(command: "weight", generation: next.generation, changes: changes, forced: force,
+                                              auditError: auditError))
+            }
+        }
+    }
+
+    /// `10%`, `12.5%`, `0.25%` for basis points.
+    static func percentText(_ basisPoints: Int) -> String {
+        let whole = basisPoints / 100
+        let fraction = basisPoints % 100
+        if fraction == 0 { return "\(whole)%" }
+        return fraction % 10 == 0 ? "\(whole).\(fraction / 10)%" : "\(whole).\(fraction < 10 ? "0" : "")\(fraction)%"
+    }
+
+    // MARK: Rollback of a canary
+
+    /// `rollback` while a candidate takes a share: every app back to the stable color at once,
+    /// pins to the candidate suspended. Gated on the stable color having a healthy server per
+    /// app, unless forced.
+    func rollbackCanary(force: Bool, reason: String?, actor: AuditActor) -> RoutingChangeOutcome {
+        switchLock.withLock {
+            let (current, problems) = lock.withLock { (state, force ? [] : rollbackNotReady(state.active, at: clock())) }
+            let stable = current.active
+            let candidate = stable.other
+            guard current.canaryInProgress else {
+                return .unchanged("no canary is under way")
+            }
+            if !problems.isEmpty {
+                let reasons = problems.map { GateReason.notReady($0) }
+                countSwitch("rollback", "refused")
+                appendAudit(AuditRecord(event: "refused", from: candidate, to: stable, reason: reason, forced: force, actor: actor,
+                                        generation: current.generation,
+                                        details: ["gate": reasons.map(\.description).joined(separator: "; "), "command": "rollback"]))
+                return .refused(.init(command: "rollback", target: stable, reasons: reasons, verify: []))
+            }
+            let changes = current.releases.sorted { $0.key < $1.key }.map {
+                (app: $0.key, change: "\(candidate.rawValue) \(Self.percentText($0.value.candidateBasisPoints)) → 0%")
+            }
+            var next = current
+            next.releases = [:]
+            next.suspendedPins.insert(candidate)
+            next.generation = current.generation + 1
+            var details = ["weight": changes.map { "\($0.app): \($0.change)" }.joined(separator: "; ")]
+            if current.pins.values.joined().contains(where: { $0.color == candidate }) || config.apps.contains(where: { $0.pins.contains { $0.color == candidate } }) {
+                details["pins"] = "pins to \(candidate.rawValue) suspended"
+            }
+            let record = AuditRecord(event: "rollback", from: candidate, to: stable, reason: reason, forced: force, actor: actor,
+                                     generation: next.generation, details: details)
+            switch commitRoutingChange(next, command: "rollback", record: record) {
+            case .failure(let error):
+                countSwitch("rollback", "failed")
+                return .failed("rollback aborted, the state file could not be written: \(error.description)")
+            case .success(let auditError):
+                countSwitch("rollback", "ok")
+                logger.log(.info, "rollback: canary of \(candidate.rawValue) ended, every app on \(stable.rawValue) (generation \(next.generation))")
+                return .changed(RoutingChange(command: "rollback", generation: next.generation, changes: changes, forced: force,
+                                              auditError: auditError))
+            }
+        }
+    }
+
+    // MARK: Pins
+
+    /// `pin <app|*> header|cookie NAME VALUE[,VALUE…] <color>`.
+    func addPin(app: String, source: PinSource, name: String, values: [String], color: Color, reason: String?,
+                actor: AuditActor) -> RoutingChangeOutcome {
+        switchLock.withLock {
+            let (current, apps) = lock.withLock { (state, config.apps) }
+            let targets = app == "*" ? apps : apps.filter { $0.name == app }
+            if targets.isEmpty { return .failed("unknown app '\(app)'") }
+            let key = source == .header ? name.lowercased() : name
+            var next = current
+            var changes: [(app: String, change: String)] = []
+            for target in targets {
+                var runtime = current.pins[target.name] ?? []
+                let all = target.pins + runtime
+                var added: [String] = []
+                for value in values {
+                    if let holder = all.first(where: { $0.source == source && $0.name == key && $0.values.contains(value) }) {
+                        if holder.color == color { continue }
+                        let origin = holder.line > 0 ? "by the config (line \(holder.line))" : "at run time"
+                        return .failed("app \(target.name): \(source.rawValue) \(key) value '\(value)' is pinned to \(holder.color.rawValue) \(origin); unpin it first")
+                    }
+                    added.append(value)
+                }
+                guard !added.isEmpty else { continue }
+                let total = all.reduce(0) { $0 + $1.values.count } + added.count
+                if total > PinRule.maxValuesPerApp {
+                    return .failed("app \(target.name): more than \(PinRule.maxValuesPerApp) pinned values")
+                }
+                if let index = runtime.firstIndex(where: { $0.source == source && $0.name == key && $0.color == color }) {
+                    runtime[index].values += added
+                } else {
+                    runtime.append(PinRule(source: source, name: key, values: added, color: color))
+                }
+                next.pins[target.name] = runtime
+                changes.append((target.name, "pinned \(source.rawValue) \(key) \(added.joined(separator: ",")) → \(color.rawValue)"))
+            }
+            if changes.isEmpty { return .unchanged("every value is already pinned to \(color.rawValue)") }
+            return commitPins(next, current: current, command: "pin", changes: changes, reason: reason, actor: actor)
+        }
+    }
+
+    /// `unpin <app|*> [header|cookie NAME [VALUE]]`: removes run-time pins. Config pins are
+    /// the config's: removing one is a config change and a reload.
+    func removePins(app: String, source: PinSource?, name: String?, value: String?, reason: String?,
+                    actor: AuditActor) -> RoutingChangeOutcome {
+        switchLock.withLock {
+            let (current, apps) = lock.withLock { (state, config.apps) }
+            let targets = app == "*" ? apps : apps.filter { $0.name == app }
+            if targets.isEmpty { return .failed("unknown app '\(app)'") }
+            let key = name.map { source == .header ? $0.lowercased() : $0 }
+            func matches(_ pin: PinRule) -> Bool {
+                (source == nil || pin.source == source) && (key == nil || pin.name == key) && (value == nil || pin.values.contains(value!))
+            }
+            var next = current
+            var changes: [(app: String, change: String)] = []
+            var configOnly: [String] = []
+            for target in targets {
+                var runtime = current.pins[target.name] ?? []
+                var removed: [String] = []
+                for index in runtime.indices.reversed() where matches(runtime[index]) {
+                    let pin = runtime[index]
+                    if let value {
+                        runtime[index].values.removeAll { $0 == value }
+                        removed.append("\(pin.source.rawValue) \(pin.name) \(value)")
+                        if runtime[index].values.isEmpty { runtime.remove(at: index) }
+                    } else {
+                        removed.append("\(pin.source.rawValue) \(pin.name) \(pin.values.joined(separator: ",")) → \(pin.color.rawValue)")
+                        runtime.remove(at: index)
+                    }
+                }
+                next.pins[target.name] = runtime.isEmpty ? nil : runtime
+                if !removed.isEmpty { changes.append((target.name, "unpinned " + removed.reversed().joined(separator: "; "))) }
+                for pin in target.pins where matches(pin) { configOnly.append("app \(target.name) line \(pin.line)") }
+            }
+            if changes.isEmpty {
+                if !configOnly.isEmpty {
+                    return .failed("only config pins match (\(configOnly.joined(separator: ", "))); remove them from the config file and reload")
+                }
+                return .failed("no pin matches")
+            }
+            return commitPins(next, current: current, command: "unpin", changes: changes, reason: reason, actor: actor)
+        }
+    }
+
+    private func commitPins(_ proposed: PersistentState, current: PersistentState, command: String,
+                            changes: [(app: String, change: String)], reason: String?, actor: AuditActor) -> RoutingChangeOutcome {
+        var next = proposed
+        next.generation = current.generation + 1
+        let record = AuditRecord(event: command, reason: reason, actor: actor, generation: next.generation,
+                                 details: ["pins": changes.map { "\($0.app): \($0.change)" }.joined(separator: "; ")])
+        switch commitRoutingChange(next, command: command, record: record) {
+        case .failure(let error):
+            return .failed("\(command) aborted, the state file could not be written: \(error.description)")
+        case .success(let auditError):
+            logger.log(.info, "\(command): \(changes.map { "\($0.app) \($0.change)" }.joined(separator: ", "))")
+            return .changed(RoutingChange(command: command, generation: next.generation, changes: changes, forced: false,
+                                          auditError: auditError))
+        }
+    }
+
+    /// `pins`: every pin, config and run time, with whether it is in force.
+    func pinsReport() -> JSON {
+        lock.withLock {
+            var list: [JSON] = []
+            for app in config.apps {
+                for (pin, origin) in app.pins.map({ ($0, "config line \($0.line)") }) + (state.pins[app.name] ?? []).map({ ($0, "run time") }) {
+                    list.append(["app": .string(app.name), "source": .string(pin.source.rawValue), "name": .string(pin.name),
+                                 "color": .string(pin.color.rawValue), "values": .array(pin.values.map { .string($0) }),
+                                 "origin": .string(origin), "suspended": .bool(state.suspendedPins.contains(pin.color))])
+                }
+            }
+            return ["ok": true, "pins": .array(list),
+                    "suspended_colors": .array(Color.allCases.filter { state.suspendedPins.contains($0) }.map { .string($0.rawValue) })]
+        }
+    }
+
+    /// Each app's split, sticky mode, salt and pin count, for `status`. Lock held.
+    func releaseReport(_ app: AppConfig) -> JSON {
+        let stable = state.active
+        let release = state.releases[app.name]
+        let share = release?.candidateBasisPoints ?? 0
+        let pins = app.pins + (state.pins[app.name] ?? [])
+        return ["stable": .string(stable.rawValue), "candidate": .string(stable.other.rawValue),
+                "weights": .object([(stable.rawValue, .double(Double(TrafficSplit.basisPoints - share) / 100)),
+                                    (stable.other.rawValue, .double(Double(share) / 100))]),
+                "sticky": .string(app.sticky.description),
+                "salt": .string(release.map { StateFile.hex16($0.salt) }),
+                "pins": .int(Int64(pins.reduce(0) { $0 + $1.values.count })),
+                "pins_suspended": .int(Int64(pins.filter { state.suspendedPins.contains($0.color) }.reduce(0) { $0 + $1.values.count }))]
+    }
+}
