@@ -25,6 +25,10 @@ struct ControlFigures: Sendable {
     let ready: [Color: Bool]
     let servers: [Server]
     let gate: GateThresholds?
+    /// Per app: the candidate's share in basis points (the stable color takes the rest).
+    var candidateShares: [(app: String, basisPoints: Int)] = []
+    /// Pinned values per app and color, and whether a rollback suspended them.
+    var pinCounts: [(app: String, color: Color, suspended: Bool, values: Int)] = []
 
     var apps: [String] {
         var seen = Set<String>()
@@ -55,13 +59,20 @@ extension ControlPlane {
                                           figures: snapshot.figures(app: app, color: color), span: span))
             }
         }
+        // Preview traffic apart: it is never a canary's evidence.
+        var preview: [JSON] = []
+        for key in snapshot.windowFigures.keys.sorted() where key.listener == .preview {
+            preview.append(Self.statsRow(app: key.app, color: key.color, active: false, figures: snapshot.windowFigures[key]!, span: span))
+        }
         var unrouted: [(String, JSON)] = []
         for (code, count) in snapshot.unroutedStatusCodes.enumerated() where count > 0 {
             unrouted.append((String(code), .int(Int64(count))))
         }
         var reply: [(String, JSON)] = [
             ("ok", true), ("window", .string(window.rawValue)), ("span_s", .double(Self.rounded(span, 3))),
-            ("active", .string(control.active.rawValue)), ("apps", .array(rows)), ("unrouted", .object(unrouted)),
+            ("active", .string(control.active.rawValue)), ("apps", .array(rows)), ("preview", .array(preview)),
+            ("unrouted", .object(unrouted)),
+            ("pin_fallbacks", .object(snapshot.pinFallbacks.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) })),
         ]
         if snapshot.loopsMissing > 0 { reply.append(("loops_missing", .int(Int64(snapshot.loopsMissing)))) }
         return .object(reply)
@@ -171,26 +182,27 @@ extension ControlPlane {
                    "Requests routed to an app, by app, color and the status code sent (499: the client left before a response).")
         for (key, figures) in totals {
             for (code, count) in figures.statusCodes.enumerated() where count > 0 {
-                out.sample("cutover_requests_total", [("app", key.app), ("color", key.color.rawValue), ("code", String(code))], Double(count))
+                out.sample("cutover_requests_total", [("app", key.app), ("color", key.color.rawValue), ("listener", key.listener.rawValue), ("code", String(code))], Double(count))
             }
         }
         out.family("cutover_request_duration_seconds", .histogram,
                    "First byte of the request head to the last byte of the response, by app and color.")
         for (key, figures) in totals {
-            out.histogram("cutover_request_duration_seconds", [("app", key.app), ("color", key.color.rawValue)],
+            out.histogram("cutover_request_duration_seconds", [("app", key.app), ("color", key.color.rawValue), ("listener", key.listener.rawValue)],
                           bounds: WindowedStats.durationBoundsMicros.map { Double($0) / 1e6 },
                           counts: figures.durationBuckets, sum: Double(figures.figures.latency.sum) / 1e6)
         }
         out.family("cutover_bytes_total", .counter, "Request (in) and response (out) bytes, heads included, by app and color.")
         for (key, figures) in totals {
-            out.sample("cutover_bytes_total", [("app", key.app), ("color", key.color.rawValue), ("direction", "in")], Double(figures.figures.bytesIn))
-            out.sample("cutover_bytes_total", [("app", key.app), ("color", key.color.rawValue), ("direction", "out")], Double(figures.figures.bytesOut))
+            let labels = [("app", key.app), ("color", key.color.rawValue), ("listener", key.listener.rawValue)]
+            out.sample("cutover_bytes_total", labels + [("direction", "in")], Double(figures.figures.bytesIn))
+            out.sample("cutover_bytes_total", labels + [("direction", "out")], Double(figures.figures.bytesOut))
         }
         out.family("cutover_request_errors_total", .counter,
                    "Requests ended by an upstream failure, answered 502/504 or cut off mid-response (then counted under the status sent), by kind.")
         for (key, figures) in totals {
             for kind in UpstreamErrorCounts.kinds where figures.figures.count(kind) > 0 {
-                out.sample("cutover_request_errors_total", [("app", key.app), ("color", key.color.rawValue), ("kind", kind.label)],
+                out.sample("cutover_request_errors_total", [("app", key.app), ("color", key.color.rawValue), ("listener", key.listener.rawValue), ("kind", kind.label)],
                            Double(figures.figures.count(kind)))
             }
         }
@@ -202,7 +214,7 @@ extension ControlPlane {
                     let server = serverName(serverID)
                     for kind in UpstreamErrorCounts.kinds where counts.count(kind) > 0 {
                         out.sample("cutover_upstream_errors_total",
-                                   [("app", key.app), ("color", key.color.rawValue), ("server", server), ("kind", kind.label)],
+                                   [("app", key.app), ("color", key.color.rawValue), ("listener", key.listener.rawValue), ("server", server), ("kind", kind.label)],
                                    Double(counts.count(kind)))
                     }
                 }
@@ -218,6 +230,22 @@ extension ControlPlane {
         for server in control.servers {
             out.sample("cutover_upstream_up", [("app", server.app), ("color", server.color.rawValue), ("server", server.name)],
                        server.up ? 1 : 0)
+        }
+        out.family("cutover_split_weight", .gauge, "Share of an app's requests each color takes, in percent (canary weights).")
+        for share in control.candidateShares {
+            out.sample("cutover_split_weight", [("app", share.app), ("color", control.active.rawValue)],
+                       Double(10_000 - share.basisPoints) / 100)
+            out.sample("cutover_split_weight", [("app", share.app), ("color", control.active.other.rawValue)], Double(share.basisPoints) / 100)
+        }
+        out.family("cutover_pinned_values", .gauge, "Pinned header or cookie values by app and color; state suspended after a rollback.")
+        for pins in control.pinCounts {
+            out.sample("cutover_pinned_values", [("app", pins.app), ("color", pins.color.rawValue), ("state", pins.suspended ? "suspended" : "active")],
+                       Double(pins.values))
+        }
+        out.family("cutover_pin_fallbacks_total", .counter,
+                   "Pinned requests sent to the stable color because the pinned color had no routable server.")
+        for app in control.apps {
+            out.sample("cutover_pin_fallbacks_total", [("app", app)], Double(snapshot?.pinFallbacks[app] ?? 0))
         }
         out.family("cutover_active_color", .gauge, "1 for the color that receives traffic.")
         for color in Color.allCases { out.sample("cutover_active_color", [("color", color.rawValue)], color == control.active ? 1 : 0) }

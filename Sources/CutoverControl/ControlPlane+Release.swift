@@ -174,10 +174,10 @@ extension ControlPlane {
             }
             var next = current
             next.releases = [:]
-            next.suspendedPins.insert(candidate)
             next.generation = current.generation + 1
             var details = ["weight": changes.map { "\($0.app): \($0.change)" }.joined(separator: "; ")]
-            if current.pins.values.joined().contains(where: { $0.color == candidate }) || config.apps.contains(where: { $0.pins.contains { $0.color == candidate } }) {
+            if hasPins(to: candidate, in: current) {
+                next.suspendedPins.insert(candidate)
                 details["pins"] = "pins to \(candidate.rawValue) suspended"
             }
             let record = AuditRecord(event: "rollback", from: candidate, to: stable, reason: reason, forced: force, actor: actor,
@@ -196,6 +196,12 @@ extension ControlPlane {
     }
 
     // MARK: Pins
+
+    /// Some pin, config or run time, sends requests to `color`.
+    func hasPins(to color: Color, in state: PersistentState) -> Bool {
+        let configPins = lock.withLock { config.apps.flatMap(\.pins) }
+        return (configPins + state.pins.values.joined()).contains { $0.color == color }
+    }
 
     /// `pin <app|*> header|cookie NAME VALUE[,VALUE…] <color>`.
     func addPin(app: String, source: PinSource, name: String, values: [String], color: Color, reason: String?,

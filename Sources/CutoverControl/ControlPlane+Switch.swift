@@ -122,7 +122,7 @@ extension ControlPlane {
         // suspends the pins to the color it leaves.
         next.releases = [:]
         next.suspendedPins.remove(target)
-        if rollback { next.suspendedPins.insert(current.active) }
+        if rollback && hasPins(to: current.active, in: current) { next.suspendedPins.insert(current.active) }
         if let path = config.stateFile {
             do {
                 try StateFile.save(next, path: path)

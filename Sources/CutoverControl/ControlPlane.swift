@@ -185,9 +185,18 @@ public final class ControlPlane: @unchecked Sendable {
                     }
                 }
             }
-            return ControlFigures(active: state.active, generation: Int(state.generation),
-                                  ready: [.blue: notReady(.blue, at: now).isEmpty, .green: notReady(.green, at: now).isEmpty],
-                                  servers: servers, gate: config.gate)
+            var figures = ControlFigures(active: state.active, generation: Int(state.generation),
+                                         ready: [.blue: notReady(.blue, at: now).isEmpty, .green: notReady(.green, at: now).isEmpty],
+                                         servers: servers, gate: config.gate)
+            for app in config.apps {
+                figures.candidateShares.append((app.name, state.candidateBasisPoints(app.name)))
+                let pins = app.pins + (state.pins[app.name] ?? [])
+                for color in Color.allCases {
+                    let count = pins.filter { $0.color == color }.reduce(0) { $0 + $1.values.count }
+                    figures.pinCounts.append((app.name, color, state.suspendedPins.contains(color), count))
+                }
+            }
+            return figures
         }
     }
 

@@ -420,4 +420,82 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertEqual(web.blue.map(\.description), ["127.0.0.1:8091"])
         XCTAssertEqual(web.green.map(\.description), ["127.0.0.1:8092"])
     }
+
+    // MARK: Progressive delivery
+
+    private let twoApps = """
+        listen 127.0.0.1:8080
+        preview_listen 127.0.0.1:8081
+        preview_listen 127.0.0.1:8082
+        app api {
+            host api.example
+            sticky cookie cutover_id max_age 12h
+            pin header X-Tenant pilot-1,pilot-2 green
+            pin cookie beta yes green
+            pin header X-Tenant big-customer blue
+            blue 127.0.0.1:9001
+            green 127.0.0.1:9002
+        }
+        app web {
+            host *
+            sticky header X-User-Id
+            blue 127.0.0.1:9011
+            green 127.0.0.1:9012
+        }
+        """
+
+    func testStickyPinsAndPreviewListeners() throws {
+        let config = try ConfigParser.parse(twoApps, path: "t.conf")
+        XCTAssertEqual(config.previewListen.map(\.description), ["127.0.0.1:8081", "127.0.0.1:8082"])
+        XCTAssertEqual(config.apps[0].sticky, .cookie(name: "cutover_id", maxAgeSeconds: 43_200))
+        XCTAssertEqual(config.apps[1].sticky, .header(name: "x-user-id"))
+        XCTAssertEqual(config.apps[0].pins, [
+            PinRule(source: .header, name: "x-tenant", values: ["pilot-1", "pilot-2"], color: .green, line: 7),
+            PinRule(source: .cookie, name: "beta", values: ["yes"], color: .green, line: 8),
+            PinRule(source: .header, name: "x-tenant", values: ["big-customer"], color: .blue, line: 9),
+        ])
+        let defaults = try ConfigParser.parse("listen 127.0.0.1:1\napp a {\n host *\n sticky cookie c\n blue 127.0.0.1:2\n green 127.0.0.1:3\n}\n",
+                                              path: "t.conf")
+        XCTAssertEqual(defaults.apps[0].sticky, .cookie(name: "c", maxAgeSeconds: StickyRule.defaultCookieMaxAgeSeconds))
+        XCTAssertEqual(try ConfigParser.parse("listen 127.0.0.1:1\napp a {\n host *\n sticky ip\n blue 127.0.0.1:2\n green 127.0.0.1:3\n}\n",
+                                              path: "t.conf").apps[0].sticky, .clientAddress)
+        XCTAssertEqual(try ConfigParser.parse("listen 127.0.0.1:1\napp a {\n host *\n blue 127.0.0.1:2\n green 127.0.0.1:3\n}\n",
+                                              path: "t.conf").apps[0].sticky, .none)
+    }
+
+    func testBadStickyAndPinLinesNameTheirLine() {
+        let m = "listen 127.0.0.1:8080\napp a {\n host *\n blue 127.0.0.1:1\n green 127.0.0.1:2\n"
+        let cases: [(String, String)] = [
+            (m + " sticky\n}\n", "t.conf:6: sticky: missing mode (cookie NAME, header NAME, ip or none)"),
+            (m + " sticky session\n}\n", "t.conf:6: sticky: unknown mode 'session' (expected cookie NAME, header NAME, ip or none)"),
+            (m + " sticky cookie\n}\n", "t.conf:6: sticky cookie: missing the cookie name"),
+            (m + " sticky cookie a;b\n}\n", "t.conf:6: sticky cookie: 'a;b' is not a valid cookie name"),
+            (m + " sticky cookie id max_age\n}\n", "t.conf:6: sticky cookie: expected 'max_age DURATION' after the name, got 'max_age'"),
+            (m + " sticky cookie id max_age 0s\n}\n",
+             "t.conf:6: sticky cookie: max_age '0s' must be a duration from 1s to 9600h (400 days, the longest a browser keeps a cookie), e.g. 24h"),
+            (m + " sticky header\n}\n", "t.conf:6: sticky header: missing the header name"),
+            (m + " sticky ip extra\n}\n", "t.conf:6: sticky: unexpected extra value 'extra'"),
+            (m + " sticky ip\n sticky none\n}\n", "t.conf:7: duplicate 'sticky' (first at line 6)"),
+            (m + " pin header X-Tenant green\n}\n", "t.conf:6: pin: expected 'pin header|cookie NAME VALUE[,VALUE…] blue|green'"),
+            (m + " pin query tenant a green\n}\n", "t.conf:6: pin: 'query' is not header or cookie"),
+            (m + " pin header X-Tenant a,,b green\n}\n",
+             "t.conf:6: pin: bad value '' (1 to 256 visible characters, no ',', ';', '\"' or '\\')"),
+            (m + " pin header X-Tenant a,a green\n}\n", "t.conf:6: pin: a value is listed twice"),
+            (m + " pin header X-Tenant a purple\n}\n", "t.conf:6: pin: expected blue or green, got 'purple'"),
+            (m + " pin header X-Tenant a green\n pin header x-tenant b,a blue\n}\n",
+             "t.conf:7: pin: header x-tenant value 'a' is already pinned at line 6"),
+            ("listen 127.0.0.1:8080\npreview_listen 127.0.0.1:8080\n", "t.conf:2: preview_listen: 127.0.0.1:8080 is already listed at line 1"),
+        ]
+        for (text, expected) in cases {
+            XCTAssertThrowsError(try ConfigParser.parse(text, path: "t.conf"), expected) { error in
+                XCTAssertEqual("\(error)", expected)
+            }
+        }
+        let many = (0...PinRule.maxValuesPerApp).map { "t\($0)" }
+        let tooMany = m + " pin header X-Tenant \(many[..<5_000].joined(separator: ",")) green\n"
+            + " pin header X-Tenant \(many[5_000...].joined(separator: ",")) blue\n}\n"
+        XCTAssertThrowsError(try ConfigParser.parse(tooMany, path: "t.conf")) { error in
+            XCTAssertEqual("\(error)", "t.conf:7: pin: app 'a' pins more than 10000 values")
+        }
+    }
 }

@@ -166,7 +166,7 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(rows.first { $0.starts(with: ["demo", "green"]) }?[2], "0", stats.stdout)
         XCTAssertEqual(try run(["stats", "forever", "-s", socket]).status, 2, "a bad window is a usage error")
         let metrics = try PrometheusExposition(try run(executable: "/usr/bin/curl", ["-s", "http://127.0.0.1:\(metricsPort)/metrics"]))
-        XCTAssertEqual(metrics.value("cutover_request_duration_seconds_count", ["app": "demo", "color": "blue"]), 4)
+        XCTAssertEqual(metrics.value("cutover_request_duration_seconds_count", ["app": "demo", "color": "blue", "listener": "main"]), 4)
         XCTAssertEqual(metrics.value("cutover_active_color", ["color": "blue"]), 1)
 
         XCTAssertEqual(demo.terminate(), 0, "SIGTERM drains and exits 0")

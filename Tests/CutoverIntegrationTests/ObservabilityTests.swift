@@ -106,7 +106,7 @@ final class ObservabilityTests: XCTestCase {
         XCTAssertEqual(scrape.status, 200)
         XCTAssertEqual(scrape.header("Content-Type"), "text/plain; version=0.0.4; charset=utf-8")
         let metrics = try PrometheusExposition(scrape.bodyString)
-        let web = ["app": "web", "color": "blue"]
+        let web = ["app": "web", "color": "blue", "listener": "main"]
         XCTAssertEqual(metrics.value("cutover_requests_total", web.merging(["code": "200"]) { $1 }), 21)
         XCTAssertEqual(metrics.value("cutover_requests_total", web.merging(["code": "503"]) { $1 }), 5)
         XCTAssertEqual(metrics.value("cutover_request_duration_seconds_count", web), 26)
