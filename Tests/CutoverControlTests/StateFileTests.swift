@@ -44,6 +44,22 @@ final class StateFileTests: XCTestCase {
         XCTAssertEqual(try StateFile.load(path: path), minimal)
     }
 
+    /// A canary's weights and salts, run-time pins and suspensions survive a restart exactly.
+    func testReleaseStateRoundTripsAndReadsLikeTheConfig() throws {
+        var state = PersistentState(active: .blue, previous: .green, generation: 12)
+        state.releases = ["web": AppRelease(candidateBasisPoints: 1_050, salt: 0x00ab_cdef_0123_4567),
+                          "api": AppRelease(candidateBasisPoints: 10_000, salt: 1)]
+        state.pins = ["api": [PinRule(source: .header, name: "X-Tenant", values: ["pilot-1", "pilot-2"], color: .green),
+                              PinRule(source: .cookie, name: "Beta", values: ["yes"], color: .blue)]]
+        state.suspendedPins = [.green]
+        try StateFile.save(state, path: path)
+        XCTAssertEqual(try StateFile.load(path: path), state)
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        XCTAssertTrue(text.contains("\nweight api 10000 0000000000000001\nweight web 1050 00abcdef01234567\n"), text)
+        XCTAssertTrue(text.contains("\npin api header x-tenant green pilot-1,pilot-2\npin api cookie Beta blue yes\n"), text)
+        XCTAssertTrue(text.hasSuffix("\npins_suspended green\n"), text)
+    }
+
     func testFileIsHumanReadable() throws {
         try StateFile.save(sample, path: path)
         let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map(String.init)
@@ -110,6 +126,15 @@ final class StateFileTests: XCTestCase {
             ("active green\ndrained api 127.0.0.1\n", "line 2: bad drained entry"),
             ("active green\ndrained api 127.0.0.1:70000\n", "line 2: bad drained entry"),
             ("active green\ndrained api 127.0.0.1:80 extra\n", "line 2: bad drained entry"),
+            ("active blue\nweight api 0 0123456789abcdef\n", "line 2: bad weight entry"),
+            ("active blue\nweight api 10001 0123456789abcdef\n", "line 2: bad weight entry"),
+            ("active blue\nweight api 1000 0123\n", "line 2: bad weight entry"),
+            ("active blue\nweight api 1000\n", "line 2: bad weight entry"),
+            ("active blue\nweight api 1000 0123456789abcdef\nweight api 2000 0123456789abcdef\n", "line 3: duplicate weight for app 'api'"),
+            ("active blue\npin api query tenant green a\n", "line 2: bad pin entry"),
+            ("active blue\npin api header x-tenant purple a\n", "line 2: bad pin entry"),
+            ("active blue\npin api header x-tenant green a,,b\n", "line 2: bad pin values"),
+            ("active blue\npins_suspended red\n", "line 2: bad color 'red' for 'pins_suspended'"),
         ]
         for (text, detail) in cases {
             try write(text)
