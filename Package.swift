@@ -78,7 +78,7 @@ let package = Package(
         .testTarget(name: "CutoverSystemTests", dependencies: ["CutoverSystem"]),
         .testTarget(name: "CutoverHTTPTests", dependencies: ["CutoverHTTP"]),
         .testTarget(name: "CutoverLoopTests", dependencies: ["CutoverLoop"]),
-        .testTarget(name: "CutoverRoutingTests", dependencies: ["CutoverRouting", "CutoverConfig", "CutoverSystem"]),
+        .testTarget(name: "CutoverRoutingTests", dependencies: ["CutoverRouting", "CutoverConfig", "CutoverSystem", "CutoverTestSupport"]),
         .testTarget(name: "CutoverProxyTests", dependencies: ["CutoverProxy", "CutoverHTTP", "CutoverMetrics"]),
         .testTarget(name: "CutoverConfigTests", dependencies: ["CutoverConfig"]),
         .testTarget(name: "CutoverMetricsTests", dependencies: ["CutoverMetrics", "CutoverTestSupport"]),

@@ -170,6 +170,20 @@ extension ControlPlane {
         return problems
     }
 
+    /// The gate of a canary's rollback: the stable color is serving already, so it only needs a
+    /// server each app can route to (an unchecked server is routable; a down or drained one is
+    /// not).
+    func canaryRollbackNotReady(_ color: Color, at now: Int64) -> [NotReady] {
+        var problems: [NotReady] = []
+        for app in config.apps {
+            let keys = app.servers(color).map { ServerKey(app: app.name, color: color, server: $0.description) }
+            guard !keys.contains(where: isRoutable) else { continue }
+            problems.append(.noHealthyServer(app: app.name, color: color))
+            for key in keys { problems.append(.serverNotUp(describe(key, at: now))) }
+        }
+        return problems
+    }
+
     func describe(_ key: ServerKey, at now: Int64) -> String {
         guard let entry = health[key] else { return "app \(key.app) \(key.server): unknown" }
         var text = "app \(key.app) \(key.color.rawValue) \(key.server): \(entry.state.rawValue) since \(timestamp(entry.since))"

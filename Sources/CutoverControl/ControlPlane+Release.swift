@@ -151,11 +151,11 @@ extension ControlPlane {
     // MARK: Rollback of a canary
 
     /// `rollback` while a candidate takes a share: every app back to the stable color at once,
-    /// pins to the candidate suspended. Gated on the stable color having a healthy server per
-    /// app, unless forced.
+    /// pins to the candidate suspended. Refused only when some app's stable pool has no server
+    /// it can route to (all down or drained), unless forced: a rollback must not wait for checks.
     func rollbackCanary(force: Bool, reason: String?, actor: AuditActor) -> RoutingChangeOutcome {
         switchLock.withLock {
-            let (current, problems) = lock.withLock { (state, force ? [] : rollbackNotReady(state.active, at: clock())) }
+            let (current, problems) = lock.withLock { (state, force ? [] : canaryRollbackNotReady(state.active, at: clock())) }
             let stable = current.active
             let candidate = stable.other
             guard current.canaryInProgress else {

@@ -1,18 +1,7 @@
 import CutoverConfig
 import CutoverRouting
+import CutoverTestSupport
 import XCTest
-
-/// A small seeded generator (SplitMix64): the same keys on every run.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// The guarantee sticky users rest on: a key's bucket is fixed for a release, the candidate
 /// takes the lowest buckets, so a weight change only moves keys in its own direction.
