@@ -313,6 +313,69 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(tampered.status, 1)
         XCTAssertTrue(tampered.stderr.hasPrefix("\(audit.path):4: "), tampered.stderr)
     }
+
+    /// The canary runbook with the real binary: weight 10 with a sticky cookie, pin the pilot
+    /// tenant, `kill -9`, start again: the same split, the same salt, the same users on green,
+    /// the pin still in force, all said by `status` and `pins`.
+    func testCanaryWeightsAndPinsSurviveKillNine() throws {
+        let blue = try TestUpstream.named("blue")
+        let green = try TestUpstream.named("green")
+        defer { blue.stop(); green.stop() }
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-canary-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let config = folder.appendingPathComponent("cutover.conf").path
+        try """
+            listen 127.0.0.1:0
+            workers 1
+            admin_socket run/cutover.sock
+            state_file run/cutover.state
+            audit_log run/audit.log
+            app web {
+                host *
+                sticky cookie cutover_id
+                blue 127.0.0.1:\(blue.port)
+                green 127.0.0.1:\(green.port)
+            }
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        func cli(_ words: String...) throws -> Outcome { try run(words + ["-c", config]) }
+        var proxy = try RunningProxy(arguments: ["run", "-c", config])
+        var port = try XCTUnwrap(proxy.listeningPort())
+
+        let weight = try cli("weight", "green", "10", "--force", "--reason", "canary 1.4.0")
+        XCTAssertEqual(weight.status, 0, weight.stdout + weight.stderr)
+        XCTAssertTrue(weight.stdout.contains("app web: green 0% → 10%"), weight.stdout)
+        let pin = try cli("pin", "web", "header", "X-Tenant", "pilot-1", "green", "--reason", "pilot first")
+        XCTAssertEqual(pin.status, 0, pin.stdout + pin.stderr)
+        let bad = try cli("weight", "green", "10.001")
+        XCTAssertEqual(bad.status, 2, "a malformed weight is a usage error")
+
+        func colors(_ port: UInt16, _ ids: [String]) throws -> [String] {
+            let client = try RawHTTPClient(port: port)
+            return try ids.map { try client.request(headers: [("Cookie", "cutover_id=\($0)")]).bodyString }
+        }
+        let ids = (0..<300).map { String(format: "%032x", $0 &* 2_654_435_761) }
+        let before = try colors(port, ids)
+        XCTAssertTrue(before.contains("green\n") && before.contains("blue\n"), "a 10 % canary with some users on each color")
+        XCTAssertEqual(try RawHTTPClient(port: port).request(headers: [("X-Tenant", "pilot-1")]).bodyString, "green\n")
+        let statusBefore = try cli("status").stdout
+
+        kill(proxy.process.processIdentifier, SIGKILL)
+        proxy.process.waitUntilExit()
+        proxy = try RunningProxy(arguments: ["run", "-c", config])
+        port = try XCTUnwrap(proxy.listeningPort())
+        XCTAssertEqual(try colors(port, ids), before, "every user on the color they had before the crash")
+        XCTAssertEqual(try RawHTTPClient(port: port).request(headers: [("X-Tenant", "pilot-1")]).bodyString, "green\n")
+        let status = try cli("status").stdout
+        let split = try XCTUnwrap(status.split(separator: "\n").first { $0.contains("split:") })
+        XCTAssertTrue(split.contains("split: blue 90.0% / green 10.0%   sticky: cookie cutover_id max_age 86400s   salt: "), String(split))
+        XCTAssertTrue(statusBefore.contains(String(split)), "the same salt: \(statusBefore)")
+        XCTAssertTrue(try cli("pins").stdout.contains("app web: header x-tenant pilot-1 → green (run time)"))
+        let history = try cli("history", "5").stdout
+        XCTAssertTrue(history.contains("weight") && history.contains("canary 1.4.0"), history)
+        XCTAssertTrue(history.contains("pin") && history.contains("pilot first"), history)
+        XCTAssertEqual(proxy.terminate(), 0)
+    }
 }
 
 /// Health checking costs descriptors and timer entries, not threads: a process checking 200
