@@ -153,6 +153,8 @@ public struct AppConfig: Sendable, Equatable {
     public var sticky: StickyRule = .none
     /// Requests sent to a color whatever the weights (pilot tenants first).
     public var pins: [PinRule] = []
+    /// Copies of requests to the candidate, compared with the primary's responses.
+    public var mirror = MirrorSettings()
 
     public init(name: String, line: Int = 0, hosts: [String], pathPrefix: String? = nil,
                 healthPath: String = "/", verifyPaths: [String] = [],
@@ -241,6 +243,9 @@ public struct GateThresholds: Sendable, Equatable {
     /// A fraction: 0.005 for `0.5%`.
     public var max5xxRate: Double?
     public var maxP95Ratio: Double?
+    /// Shadow diff rate (mismatches beyond the noise) a candidate may show, over compared
+    /// mirrored requests in the window.
+    public var maxShadowDiffRate: Double? = nil
     public var minRequests: Int
 
     public init(window: StatsWindow = .oneMinute, max5xxRate: Double? = nil, maxP95Ratio: Double? = nil,

@@ -37,6 +37,22 @@ public enum ConfigParser {
         return multiply(value, factor)
     }
 
+    /// `0`…`100` with at most two decimals, as basis points (1/100 %); nil for anything else
+    /// (`101`, `-1`, `10.001`, `1e1`).
+    public static func percentBasisPoints<S: StringProtocol>(_ text: S) -> Int? {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count <= 2, let whole = parts.first, !whole.isEmpty, whole.count <= 3,
+              whole.allSatisfy(\.isASCIIDigit), let wholeValue = Int(whole) else { return nil }
+        var fraction = 0
+        if parts.count == 2 {
+            let digits = parts[1]
+            guard !digits.isEmpty, digits.count <= 2, digits.allSatisfy(\.isASCIIDigit), let value = Int(digits) else { return nil }
+            fraction = digits.count == 1 ? value * 10 : value
+        }
+        let basisPoints = wholeValue * 100 + fraction
+        return basisPoints <= 10_000 ? basisPoints : nil
+    }
+
     /// Bytes for `512`, `16k`, `1m`, `2g` (powers of 1024); `nil` otherwise.
     public static func parseSize(_ s: Substring) -> Int? {
         let digits = s.prefix(while: \.isASCIIDigit)
@@ -352,11 +368,12 @@ private struct Reader {
             case "max_5xx_rate": gate.max5xxRate = try d.rate()
             case "max_p95_ratio": gate.maxP95Ratio = try d.ratio()
             case "min_requests": gate.minRequests = try d.integer(1...1_000_000_000)
+            case "max_shadow_diff_rate": gate.maxShadowDiffRate = try d.rate()
             default: throw d.error("unknown directive '\(d.name)' in gate block")
             }
         }
-        guard gate.max5xxRate != nil || gate.maxP95Ratio != nil else {
-            throw opener.error("gate: set max_5xx_rate, max_p95_ratio or both (the block checks nothing otherwise)")
+        guard gate.max5xxRate != nil || gate.maxP95Ratio != nil || gate.maxShadowDiffRate != nil else {
+            throw opener.error("gate: set max_5xx_rate, max_p95_ratio or max_shadow_diff_rate (the block checks nothing otherwise)")
         }
         return gate
     }
@@ -400,6 +417,22 @@ private struct Reader {
             if d.name != "pin" { try once.check(d) }
             switch d.name {
             case "sticky": app.sticky = try d.sticky()
+            case "mirror": app.mirror.basisPoints = try d.percentBasisPoints()
+            case "mirror_methods":
+                app.mirror.methods = try d.values().map { (value) throws(ConfigError) in
+                    guard PinRule.isToken(value), value.uppercased() == value else {
+                        throw d.error("mirror_methods: '\(value)' is not a method name (uppercase, e.g. GET)")
+                    }
+                    return String(value)
+                }
+            case "mirror_max_body": app.mirror.maxBody = try d.size(0...(16 << 20), rangeText: "0..16m")
+            case "mirror_max_inflight": app.mirror.maxInflight = try d.integer(1...100_000)
+            case "mirror_noise": app.mirror.noise = try d.onOff()
+            case "mirror_ignore_headers":
+                app.mirror.ignoreHeaders = try d.values().map { (value) throws(ConfigError) in
+                    guard PinRule.isToken(value) else { throw d.error("mirror_ignore_headers: '\(value)' is not a header name") }
+                    return value.lowercased()
+                }
             case "pin":
                 let pin = try d.pin()
                 pinnedValues += pin.values.count
@@ -654,6 +687,25 @@ private extension Directive {
         guard Set(values).count == values.count else { throw error("pin: a value is listed twice") }
         guard let color = Color(rawValue: String(args[3])) else { throw error("pin: expected blue or green, got '\(args[3])'") }
         return PinRule(source: source, name: String(args[1]), values: values.map(String.init), color: color, line: line)
+    }
+
+    /// `on` or `off`.
+    func onOff() throws(ConfigError) -> Bool {
+        switch try oneValue() {
+        case "on": return true
+        case "off": return false
+        case let value: throw error("\(name): expected on or off, got '\(value)'")
+        }
+    }
+
+    /// A percentage 0…100 with at most two decimals (`5`, `12.5`, `0.25`), as basis points.
+    func percentBasisPoints() throws(ConfigError) -> Int {
+        let value = try oneValue()
+        let text = value.hasSuffix("%") ? value.dropLast() : value
+        guard let basisPoints = ConfigParser.percentBasisPoints(text) else {
+            throw error("\(name): '\(value)' is not a percentage from 0 to 100 with at most two decimals")
+        }
+        return basisPoints
     }
 
     func appName() throws(ConfigError) -> String {

@@ -75,3 +75,23 @@ public struct PinRule: Sendable, Equatable, Hashable {
         }
     }
 }
+
+/// `mirror PERCENT` and its companions in an app block: copies of requests sent to the
+/// candidate, whose responses are compared with the primary's (the shadow diff).
+public struct MirrorSettings: Sendable, Equatable {
+    /// Share of eligible requests copied, in basis points (0: off).
+    public var basisPoints: Int = 0
+    /// Methods that are copied (uppercase); a copy of a non-idempotent request would act twice.
+    public var methods: [String] = ["GET", "HEAD", "OPTIONS"]
+    /// Larger request bodies are not copied (counted as skipped).
+    public var maxBody: Int = 64 * 1024
+    /// Copies in flight per worker loop; over it a copy is dropped (counted).
+    public var maxInflight: Int = 100
+    /// Send the same request to a second stable server too: differences between two stable
+    /// servers are noise, not the candidate's doing.
+    public var noise: Bool = false
+    /// Header names (lowercased) left out of every comparison.
+    public var ignoreHeaders: [String] = ["date"]
+
+    public init() {}
+}

@@ -25,11 +25,13 @@ public enum AdminCommand: Equatable, Sendable {
     case pin(app: String, source: PinSource, name: String, values: [String], color: Color, reason: String?)
     case unpin(app: String, source: PinSource?, name: String?, value: String?, reason: String?)
     case pins
+    /// Basis points of the stable pool's requests copied to the candidate; nil app: every app.
+    case mirror(basisPoints: Int, app: String?, reason: String?)
 
     /// Commands that change state are recorded with the caller's identity.
     public var changesState: Bool {
         switch self {
-        case .switchColor, .rollback, .drain, .undrain, .reload, .weight, .pin, .unpin: return true
+        case .switchColor, .rollback, .drain, .undrain, .reload, .weight, .pin, .unpin, .mirror: return true
         case .help, .status, .health, .verify, .history, .stats, .reopen, .pins: return false
         }
     }
@@ -108,6 +110,19 @@ public enum AdminCommands {
             guard let (force, reason) = forceAndReason(rest), !force else { return nil }
             return .unpin(app: String(app), source: source, name: name, value: value, reason: reason)
         },
+        AdminCommandSpec(name: "mirror", usage: "mirror <percent> [app <name>] [reason <text…>]",
+                         summary: "copy that share of the stable color's requests to the candidate and compare the responses (0 = off)") { words in
+            guard let first = words.first, let basisPoints = parsePercent(first) else { return nil }
+            var rest = words.dropFirst()
+            var app: String? = nil
+            if rest.first == "app" {
+                guard rest.count >= 2 else { return nil }
+                app = String(rest[rest.startIndex + 1])
+                rest = rest.dropFirst(2)
+            }
+            guard let (force, reason) = forceAndReason(rest), !force else { return nil }
+            return .mirror(basisPoints: basisPoints, app: app, reason: reason)
+        },
         AdminCommandSpec(name: "pins", usage: "pins", summary: "every pin (config and run time), its color and whether a rollback suspended it") {
             $0.isEmpty ? .pins : nil
         },
@@ -146,21 +161,7 @@ public enum AdminCommands {
         },
     ]
 
-    /// `0`…`100` with at most two decimals, as basis points; nil for anything else (`101`,
-    /// `-1`, `10.001`, `1e1`).
-    static func parsePercent(_ text: Substring) -> Int? {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count <= 2, let whole = parts.first, !whole.isEmpty, whole.count <= 3,
-              whole.allSatisfy({ $0.isASCII && $0.isNumber }), let wholeValue = Int(whole) else { return nil }
-        var fraction = 0
-        if parts.count == 2 {
-            let digits = parts[1]
-            guard !digits.isEmpty, digits.count <= 2, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let value = Int(digits) else { return nil }
-            fraction = digits.count == 1 ? value * 10 : value
-        }
-        let basisPoints = wholeValue * 100 + fraction
-        return basisPoints <= 10_000 ? basisPoints : nil
-    }
+    static func parsePercent(_ text: Substring) -> Int? { ConfigParser.percentBasisPoints(text) }
 
     /// `[force] [reason <text…>]`
     private static func forceAndReason(_ words: ArraySlice<Substring>) -> (Bool, String?)? {
@@ -269,6 +270,8 @@ extension ControlPlane {
             return AdminReplies.json(removePins(app: app, source: source, name: name, value: value, reason: reason, actor: actor))
         case .pins:
             return pinsReport()
+        case .mirror(let basisPoints, let app, let reason):
+            return AdminReplies.json(setMirror(basisPoints: basisPoints, app: app, reason: reason, actor: actor))
         case .reopen:
             guard let link = attachedDataPlane.source else { return ["ok": false, "error": "the data plane is not running"] }
             if let problem = link.reopenAccessLog() { return ["ok": false, "error": .string(problem)] }

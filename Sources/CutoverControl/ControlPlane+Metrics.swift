@@ -27,6 +27,8 @@ struct ControlFigures: Sendable {
     let gate: GateThresholds?
     /// Per app: the candidate's share in basis points (the stable color takes the rest).
     var candidateShares: [(app: String, basisPoints: Int)] = []
+    /// Per app: the mirror share in basis points.
+    var mirrorShares: [(app: String, basisPoints: Int)] = []
     /// Pinned values per app and color, and whether a rollback suspended them.
     var pinCounts: [(app: String, color: Color, suspended: Bool, values: Int)] = []
 
@@ -68,10 +70,15 @@ extension ControlPlane {
         for (code, count) in snapshot.unroutedStatusCodes.enumerated() where count > 0 {
             unrouted.append((String(code), .int(Int64(count))))
         }
+        var shadow: [JSON] = []
+        for app in control.apps {
+            guard let figures = snapshot.shadow[app] else { continue }
+            shadow.append(Self.shadowRow(app: app, figures: figures))
+        }
         var reply: [(String, JSON)] = [
             ("ok", true), ("window", .string(window.rawValue)), ("span_s", .double(Self.rounded(span, 3))),
             ("active", .string(control.active.rawValue)), ("apps", .array(rows)), ("preview", .array(preview)),
-            ("unrouted", .object(unrouted)),
+            ("unrouted", .object(unrouted)), ("shadow", .array(shadow)),
             ("pin_fallbacks", .object(snapshot.pinFallbacks.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) })),
         ]
         if snapshot.loopsMissing > 0 { reply.append(("loops_missing", .int(Int64(snapshot.loopsMissing)))) }
@@ -104,6 +111,30 @@ extension ControlPlane {
         return .object(row)
     }
 
+    /// The shadow diff of one app: copies, comparisons, mismatches by field against the noise,
+    /// the headers that differ, and both sides' latencies.
+    static func shadowRow(app: String, figures: ShadowFigures) -> JSON {
+        let counts = figures.counts
+        let headers: [JSON] = figures.headers.sorted { $0.value.candidate > $1.value.candidate || ($0.value.candidate == $1.value.candidate && $0.key < $1.key) }
+            .prefix(20).map { ["name": .string($0.key), "candidate": .int(Int64($0.value.candidate)), "noise": .int(Int64($0.value.noise))] }
+        return ["app": .string(app), "mirrored": .int(Int64(counts.mirrored)),
+                "skipped": ["method": .int(Int64(counts.skippedMethod)), "body": .int(Int64(counts.skippedBody))],
+                "dropped": .int(Int64(counts.dropped)), "candidate_failed": .int(Int64(counts.candidateFailed)),
+                "primary_failed": .int(Int64(counts.primaryFailed)), "compared": .int(Int64(counts.compared)),
+                "mismatches": ["status": .int(Int64(counts.statusMismatches)), "headers": .int(Int64(counts.headerMismatches)),
+                               "body": .int(Int64(counts.bodyMismatches))],
+                "noise": ["compared": .int(Int64(counts.noiseCompared)), "status": .int(Int64(counts.noiseStatusMismatches)),
+                          "headers": .int(Int64(counts.noiseHeaderMismatches)), "body": .int(Int64(counts.noiseBodyMismatches))],
+                "diff_rate": .double(rounded(figures.diffRate, 6)),
+                "diff_rates": ["status": .double(rounded(figures.statusDiffRate, 6)), "headers": .double(rounded(figures.headerDiffRate, 6)),
+                               "body": .double(rounded(figures.bodyDiffRate, 6))],
+                "headers": .array(headers),
+                "latency_us": ["candidate_p50": .int(Int64(figures.candidateLatency.percentile(50))),
+                               "candidate_p95": .int(Int64(figures.candidateLatency.percentile(95))),
+                               "primary_p50": .int(Int64(figures.primaryLatency.percentile(50))),
+                               "primary_p95": .int(Int64(figures.primaryLatency.percentile(95)))]]
+    }
+
     static func rounded(_ value: Double, _ places: Int) -> Double {
         let scale = pow(10, Double(places))
         return (value * scale).rounded() / scale
@@ -131,6 +162,17 @@ extension ControlPlane {
         }
         var problems: [String] = []
         let over = "over the last \(gate.window.rawValue)"
+        if let limit = gate.maxShadowDiffRate {
+            for app in control.apps {
+                guard let shadow = snapshot.shadow[app], shadow.counts.compared >= UInt64(gate.minRequests) else { continue }
+                if shadow.diffRate > limit {
+                    problems.append("app \(app): shadow diff rate \(Self.percent(shadow.diffRate)) \(over) "
+                                    + "(status \(Self.percent(shadow.statusDiffRate)), headers \(Self.percent(shadow.headerDiffRate)), "
+                                    + "body \(Self.percent(shadow.bodyDiffRate)) beyond noise, \(shadow.counts.compared) compared) "
+                                    + "exceeds max_shadow_diff_rate \(Self.percent(limit))")
+                }
+            }
+        }
         for app in control.apps {
             let candidate = snapshot.figures(app: app, color: target)
             guard candidate.requests >= UInt64(gate.minRequests) else { continue }
@@ -247,6 +289,35 @@ extension ControlPlane {
         for app in control.apps {
             out.sample("cutover_pin_fallbacks_total", [("app", app)], Double(snapshot?.pinFallbacks[app] ?? 0))
         }
+        let shadows = control.apps.compactMap { app in snapshot?.shadow[app].map { (app, $0) } }
+        func shadowCounter(_ name: String, _ help: String, _ value: (ShadowFigures.Counts) -> UInt64) {
+            out.family(name, .counter, help)
+            for (app, figures) in shadows { out.sample(name, [("app", app)], Double(value(figures.counts))) }
+        }
+        shadowCounter("cutover_shadow_mirrored_total", "Requests copied to the candidate.") { $0.mirrored }
+        out.family("cutover_shadow_skipped_total", .counter, "Requests of the mirrored share not copied, by reason (method, body).")
+        for (app, figures) in shadows {
+            out.sample("cutover_shadow_skipped_total", [("app", app), ("reason", "method")], Double(figures.counts.skippedMethod))
+            out.sample("cutover_shadow_skipped_total", [("app", app), ("reason", "body")], Double(figures.counts.skippedBody))
+        }
+        shadowCounter("cutover_shadow_dropped_total", "Copies dropped because mirror_max_inflight copies were in flight.") { $0.dropped }
+        shadowCounter("cutover_shadow_candidate_failed_total", "Copies whose candidate failed (connect, reset, timeout, invalid).") { $0.candidateFailed }
+        shadowCounter("cutover_shadow_compared_total", "Copies compared with the primary's response.") { $0.compared }
+        out.family("cutover_shadow_mismatches_total", .counter,
+                   "Compared copies that differed from the primary, by field; against=noise: a second stable server differed.")
+        for (app, figures) in shadows {
+            let counts = figures.counts
+            for (field, candidate, noise) in [("status", counts.statusMismatches, counts.noiseStatusMismatches),
+                                              ("headers", counts.headerMismatches, counts.noiseHeaderMismatches),
+                                              ("body", counts.bodyMismatches, counts.noiseBodyMismatches)] {
+                out.sample("cutover_shadow_mismatches_total", [("app", app), ("field", field), ("against", "candidate")], Double(candidate))
+                out.sample("cutover_shadow_mismatches_total", [("app", app), ("field", field), ("against", "noise")], Double(noise))
+            }
+        }
+        out.family("cutover_shadow_diff_rate", .gauge, "Worst field's mismatch rate beyond the noise, since start (what the gate judges over its window).")
+        for (app, figures) in shadows { out.sample("cutover_shadow_diff_rate", [("app", app)], figures.diffRate) }
+        out.family("cutover_mirror_percent", .gauge, "Share of the stable color's requests copied to the candidate, in percent.")
+        for share in control.mirrorShares { out.sample("cutover_mirror_percent", [("app", share.app)], Double(share.basisPoints) / 100) }
         out.family("cutover_active_color", .gauge, "1 for the color that receives traffic.")
         for color in Color.allCases { out.sample("cutover_active_color", [("color", color.rawValue)], color == control.active ? 1 : 0) }
         out.family("cutover_color_ready", .gauge, "1 when the color passes the switch gate's readiness (min_healthy for ready_after).")

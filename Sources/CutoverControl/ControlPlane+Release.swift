@@ -42,7 +42,9 @@ extension ControlPlane {
         let split = TrafficSplit.weighted(stable: PoolID(stable), candidate: PoolID(stable.other),
                                           candidateBasisPoints: release?.candidateBasisPoints ?? 0, selection: selection)
         let pins = (app.pins + (state.pins[app.name] ?? [])).filter { !state.suspendedPins.contains($0.color) }
-        return AppPolicy(split: split, stable: PoolID(stable), pins: pins)
+        var mirror = app.mirror
+        if let share = state.mirrors[app.name] { mirror.basisPoints = share }
+        return AppPolicy(split: split, stable: PoolID(stable), pins: pins, mirror: mirror)
     }
 
     /// Publishes every app's policy from the current state. Lock held.
@@ -146,6 +148,38 @@ extension ControlPlane {
         let fraction = basisPoints % 100
         if fraction == 0 { return "\(whole)%" }
         return fraction % 10 == 0 ? "\(whole).\(fraction / 10)%" : "\(whole).\(fraction < 10 ? "0" : "")\(fraction)%"
+    }
+
+    // MARK: mirror
+
+    /// `mirror <percent> [app NAME]`: the share of the stable color's requests copied to the
+    /// candidate. Not gated: a copy never reaches a user.
+    func setMirror(basisPoints: Int, app: String?, reason: String?, actor: AuditActor) -> RoutingChangeOutcome {
+        switchLock.withLock {
+            let (current, apps) = lock.withLock { (state, config.apps) }
+            if let app, !apps.contains(where: { $0.name == app }) { return .failed("unknown app '\(app)'") }
+            var next = current
+            var changes: [(app: String, change: String)] = []
+            for target in apps where app == nil || target.name == app {
+                let before = current.mirrors[target.name] ?? target.mirror.basisPoints
+                guard before != basisPoints else { continue }
+                next.mirrors[target.name] = basisPoints == target.mirror.basisPoints ? nil : basisPoints
+                changes.append((target.name, "mirror \(Self.percentText(before)) → \(Self.percentText(basisPoints))"))
+            }
+            if changes.isEmpty { return .unchanged("the mirror share already is \(Self.percentText(basisPoints))") }
+            next.generation = current.generation + 1
+            let record = AuditRecord(event: "mirror", from: current.active, to: current.active.other, reason: reason, actor: actor,
+                                     generation: next.generation,
+                                     details: ["mirror": changes.map { "\($0.app): \($0.change)" }.joined(separator: "; ")])
+            switch commitRoutingChange(next, command: "mirror", record: record) {
+            case .failure(let error):
+                return .failed("mirror aborted, the state file could not be written: \(error.description)")
+            case .success(let auditError):
+                logger.log(.info, "mirror: \(changes.map { "\($0.app) \($0.change)" }.joined(separator: ", "))")
+                return .changed(RoutingChange(command: "mirror", generation: next.generation, changes: changes, forced: false,
+                                              auditError: auditError))
+            }
+        }
     }
 
     // MARK: Rollback of a canary
@@ -329,6 +363,8 @@ extension ControlPlane {
                                     (stable.other.rawValue, .double(Double(share) / 100))]),
                 "sticky": .string(app.sticky.description),
                 "salt": .string(release.map { StateFile.hex16($0.salt) }),
+                "mirror": .double(Double(state.mirrors[app.name] ?? app.mirror.basisPoints) / 100),
+                "mirror_noise": .bool(app.mirror.noise),
                 "pins": .int(Int64(pins.reduce(0) { $0 + $1.values.count })),
                 "pins_suspended": .int(Int64(pins.filter { state.suspendedPins.contains($0.color) }.reduce(0) { $0 + $1.values.count }))]
     }

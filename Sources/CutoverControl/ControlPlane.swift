@@ -190,6 +190,7 @@ public final class ControlPlane: @unchecked Sendable {
                                          servers: servers, gate: config.gate)
             for app in config.apps {
                 figures.candidateShares.append((app.name, state.candidateBasisPoints(app.name)))
+                figures.mirrorShares.append((app.name, state.mirrors[app.name] ?? app.mirror.basisPoints))
                 let pins = app.pins + (state.pins[app.name] ?? [])
                 for color in Color.allCases {
                     let count = pins.filter { $0.color == color }.reduce(0) { $0 + $1.values.count }

@@ -16,10 +16,12 @@ import Foundation
 //     weight api 1000 5f0c2d7e9a41b386
 //     pin api header x-tenant green pilot-1,pilot-2
 //     pins_suspended green
+//     mirror api 500
 //
 // `weight APP BASISPOINTS SALT` is an app's candidate share (1/100 %) during a canary and the
 // salt its sticky users are hashed with; `pin` lines are pins added at run time (the config's
-// own pins stay in the config); `pins_suspended` names a color whose pins a rollback suspended.
+// own pins stay in the config); `pins_suspended` names a color whose pins a rollback suspended;
+// `mirror APP BASISPOINTS` is a mirror share set at run time (it wins over the config's).
 //
 // Parsing is strict: a state file that cutover does not fully understand must stop the
 // start-up instead of sending traffic to a guessed color. Saving is atomic (temp file,
@@ -41,6 +43,8 @@ public struct PersistentState: Equatable, Sendable {
     public var pins: [String: [PinRule]] = [:]
     /// Colors whose pins a rollback suspended: listed, not applied.
     public var suspendedPins: Set<Color> = []
+    /// Mirror shares set at run time (basis points), overriding the config's, by app name.
+    public var mirrors: [String: Int] = [:]
 
     public init(active: Color, previous: Color? = nil, generation: UInt64 = 0, drained: [String] = []) {
         self.active = active
@@ -135,6 +139,12 @@ public enum StateFile {
                 text += "pin \(app) \(pin.source.rawValue) \(pin.name) \(pin.color.rawValue) \(pin.values.joined(separator: ","))\n"
             }
         }
+        for (app, basisPoints) in state.mirrors.sorted(by: { $0.key < $1.key }) {
+            guard appNameIsValid(app), (0...10_000).contains(basisPoints) else {
+                throw StateFileError(path: path, message: "cannot save state: invalid mirror share for app '\(app)'")
+            }
+            text += "mirror \(app) \(basisPoints)\n"
+        }
         for color in Color.allCases where state.suspendedPins.contains(color) {
             text += "pins_suspended \(color.rawValue)\n"
         }
@@ -170,6 +180,7 @@ public enum StateFile {
         state.releases = fields.releases
         state.pins = fields.pins
         state.suspendedPins = fields.suspendedPins
+        state.mirrors = fields.mirrors
         return state
     }
 
@@ -183,8 +194,9 @@ public enum StateFile {
         var releases: [String: AppRelease] = [:]
         var pins: [String: [PinRule]] = [:]
         var suspendedPins: Set<Color> = []
+        var mirrors: [String: Int] = [:]
         private var seen: Set<String> = []
-        private static let repeatable: Set<String> = ["drained", "weight", "pin", "pins_suspended"]
+        private static let repeatable: Set<String> = ["drained", "weight", "pin", "pins_suspended", "mirror"]
 
         mutating func apply(key: String, value: String) -> String? {
             // A second `active` would be ambiguous; list keys repeat.
@@ -224,6 +236,13 @@ public enum StateFile {
                 let values = words[4].split(separator: ",", omittingEmptySubsequences: false).map(String.init)
                 guard values.allSatisfy(PinRule.isValidValue) else { return "bad pin values in '\(value)'" }
                 pins[String(words[0]), default: []].append(PinRule(source: source, name: String(words[2]), values: values, color: color))
+            case "mirror":
+                let words = value.split(separator: " ")
+                guard words.count == 2, StateFile.appNameIsValid(String(words[0])),
+                      let basisPoints = StateFile.decimal(String(words[1])), basisPoints <= 10_000
+                else { return "bad mirror entry '\(value)' (expected 'app basis-points', 0..10000)" }
+                guard mirrors[String(words[0])] == nil else { return "duplicate mirror for app '\(words[0])'" }
+                mirrors[String(words[0])] = Int(basisPoints)
             case "pins_suspended":
                 guard let color = Color(rawValue: value) else { return "bad color '\(value)' for 'pins_suspended'" }
                 suspendedPins.insert(color)

@@ -26,6 +26,20 @@ package struct BodyRelay {
     /// Body bytes moved so far (after decoding), for `max_body` and logs.
     package var transferred: UInt64 = 0
     private var finalChunkPending = false
+    /// Hash the decoded payload into `digest` (a mirrored exchange's shadow diff).
+    package var digesting = false
+    /// FNV-1a 64 of the decoded payload moved so far, when `digesting`.
+    package private(set) var digest: UInt64 = BodyRelay.digestBasis
+
+    package static let digestBasis: UInt64 = 0xCBF2_9CE4_8422_2325
+
+    @inline(__always)
+    private mutating func addToDigest(_ bytes: UnsafeRawBufferPointer) {
+        guard digesting else { return }
+        var hash = digest
+        for byte in bytes { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
+        digest = hash
+    }
 
     package init(framing: BodyFraming, rechunk: Bool) {
         switch framing {
@@ -58,6 +72,7 @@ package struct BodyRelay {
             case .length(let remaining):
                 let count = min(Int(clamping: remaining), source.count, destination.spaceAtEnd)
                 guard count > 0 else { return moved ? .progressed : .blocked }
+                addToDigest(UnsafeRawBufferPointer(rebasing: source.readableBytes[0..<count]))
                 destination.append(UnsafeRawBufferPointer(rebasing: source.readableBytes[0..<count]))
                 source.consume(count)
                 transferred += UInt64(count)
@@ -70,6 +85,7 @@ package struct BodyRelay {
             case .untilClose:
                 let count = min(source.count, destination.spaceAtEnd)
                 guard count > 0 else { return moved ? .progressed : .blocked }
+                addToDigest(UnsafeRawBufferPointer(rebasing: source.readableBytes[0..<count]))
                 destination.append(UnsafeRawBufferPointer(rebasing: source.readableBytes[0..<count]))
                 source.consume(count)
                 transferred += UInt64(count)
@@ -83,6 +99,7 @@ package struct BodyRelay {
                 let (consumed, step) = decoder.decode(window, from: 0)
                 switch step {
                 case .data(let start, let count):
+                    addToDigest(UnsafeRawBufferPointer(rebasing: window[start..<(start + count)]))
                     if rechunk {
                         var writer = ByteWriter(destination.writableBytes)
                         writer.writeHex(UInt64(count))

@@ -59,6 +59,8 @@ package final class LoopMetrics {
     private let apps: AppRegistry
     /// By app, then by pool index (preview listener pools after the main ones).
     private var byApp: [String: [PoolStats?]] = [:]
+    /// Shadow diff figures by app (apps that mirror).
+    private var shadowByApp: [String: ShadowStats] = [:]
     /// Local answers to requests that matched no app or could not be parsed (400, 404, 408…),
     /// by status code.
     var unroutedStatusCodes = [UInt64](repeating: 0, count: 600)
@@ -76,6 +78,14 @@ package final class LoopMetrics {
         let created = PoolStats(app: app, pool: pool, listener: listener, appID: apps.id(for: app))
         entry[slot] = created
         byApp[app] = entry
+        return created
+    }
+
+    /// The shadow figures of `app`, created when the app first mirrors on this loop.
+    package func shadow(app: String) -> ShadowStats {
+        if let existing = shadowByApp[app] { return existing }
+        let created = ShadowStats(app: app)
+        shadowByApp[app] = created
         return created
     }
 
@@ -103,6 +113,11 @@ package final class LoopMetrics {
         }
         for index in unroutedStatusCodes.indices where unroutedStatusCodes[index] != 0 {
             snapshot.unroutedStatusCodes[index] &+= unroutedStatusCodes[index]
+        }
+        for (app, shadow) in shadowByApp {
+            var figures = snapshot.shadow[app] ?? ShadowFigures()
+            shadow.merge(snapshot.window, atSecond: snapshot.second, into: &figures)
+            snapshot.shadow[app] = figures
         }
     }
 }
@@ -153,6 +168,8 @@ public struct MetricsSnapshot: Sendable {
     public var unroutedStatusCodes = [UInt64](repeating: 0, count: 600)
     /// Pinned requests sent to the stable pool because theirs had no routable server, by app.
     public var pinFallbacks: [String: UInt64] = [:]
+    /// Shadow diff figures by app (apps that mirrored on some loop).
+    public var shadow: [String: ShadowFigures] = [:]
     /// Loops that did not answer in time (stopping): their figures are missing.
     public var loopsMissing = 0
 
@@ -188,5 +205,6 @@ public struct MetricsSnapshot: Sendable {
         }
         for index in unroutedStatusCodes.indices { unroutedStatusCodes[index] &+= other.unroutedStatusCodes[index] }
         for (app, count) in other.pinFallbacks { pinFallbacks[app, default: 0] &+= count }
+        for (app, figures) in other.shadow { shadow[app, default: ShadowFigures()].merge(figures) }
     }
 }

@@ -52,6 +52,8 @@ final class ClientConnection: Channel {
     /// A sticky id made for this request (no valid cookie came with it): its response sets the
     /// cookie. (0, 0): none.
     private var newStickyID: (UInt64, UInt64) = (0, 0)
+    /// This request was copied to the candidate: the primary's response is compared with it.
+    private var shadow: ShadowComparison?
 
     /// Room a local response needs in the output buffer.
     private static let localResponseRoom = 512
@@ -318,6 +320,10 @@ final class ClientConnection: Channel {
         }
         upstream.output.end += writer.count
         headLength = Int32(truncatingIfNeeded: writer.count)
+        if listener == .main, routing.apps[appIndex].selectsForMirror(pool) {
+            startMirror(routing.apps[appIndex], head: head, source: source, consumed: consumed, primary: server,
+                        headBytes: UnsafeRawBufferPointer(rebasing: upstream.output.readableBytes[0..<writer.count]))
+        }
         requestBody = BodyRelay(framing: head.framing, rechunk: true)
         responseParser.reset()
         upstream.owner = self
@@ -325,6 +331,80 @@ final class ClientConnection: Channel {
         self.pool = pool
         beginInflight(pool.pool)
         machine.routed()
+    }
+
+    // MARK: Mirroring
+
+    /// Copies this request to a candidate server (and, with noise on, to a second stable
+    /// server) when it qualifies: an allowed method, a body that came whole with the head and
+    /// fits `mirror_max_body` and one buffer, and room under `mirror_max_inflight`. What does
+    /// not qualify is counted, never delayed.
+    private func startMirror(_ app: LocalApp, head: RequestHead, source: UnsafeRawBufferPointer, consumed: Int,
+                             primary: ServerEntry, headBytes: UnsafeRawBufferPointer) {
+        let stats = app.shadowStats
+        let second = loop.nowNs / 1_000_000_000
+        guard app.mirrorsMethod(UnsafeRawBufferPointer(rebasing: source[head.methodName.lowerBound..<head.methodName.upperBound])) else {
+            return stats.count(\.skippedMethod, atSecond: second)
+        }
+        var bodyLength = 0
+        switch head.framing {
+        case .none:
+            break
+        case .contentLength(let length):
+            guard length <= UInt64(app.mirror.maxBody), consumed + Int(length) <= source.count,
+                  headBytes.count + Int(length) + 32 <= worker.settings.bufferSize else {
+                return stats.count(\.skippedBody, atSecond: second)
+            }
+            bodyLength = Int(length)
+        case .chunked, .untilClose:
+            return stats.count(\.skippedBody, atSecond: second)
+        }
+        guard stats.inflight < app.mirror.maxInflight else { return stats.count(\.dropped, atSecond: second) }
+        guard let candidate = app.candidatePool.next() else { return stats.count(\.candidateFailed, atSecond: second) }
+        var noiseServer: ServerEntry? = nil
+        if app.mirror.noise, let other = app.stablePool.next(excluding: primary.id), other.id != primary.id {
+            noiseServer = other
+        }
+        let comparison = ShadowComparison(stats: stats, names: app.shadowNames, ignored: app.mirrorIgnored,
+                                          expectsNoise: noiseServer != nil, startedNs: loop.nowNs)
+        let body = UnsafeRawBufferPointer(rebasing: source[consumed..<(consumed + bodyLength)])
+        stats.count(\.mirrored, atSecond: second)
+        shadow = comparison
+        if !launchCopy(.candidate, to: candidate, pool: app.policy.candidate, comparison: comparison, app: app,
+                       method: head.method, headBytes: headBytes, body: body) {
+            comparison.copyFinished(.candidate, nil, atSecond: second)
+        }
+        if let noiseServer, !launchCopy(.noise, to: noiseServer, pool: app.policy.stable, comparison: comparison, app: app,
+                                        method: head.method, headBytes: headBytes, body: body) {
+            comparison.copyFinished(.noise, nil, atSecond: second)
+        }
+    }
+
+    private func launchCopy(_ role: ShadowComparison.Role, to server: ServerEntry, pool: PoolID, comparison: ShadowComparison,
+                            app: LocalApp, method: HTTPMethod, headBytes: UnsafeRawBufferPointer, body: UnsafeRawBufferPointer) -> Bool {
+        guard let connection = acquireUpstream(server, pool: pool) else { return false }
+        loop.buffers.acquire(into: &connection.output)
+        // The primary's head, with the mark every copy carries before its blank line.
+        connection.output.append(UnsafeRawBufferPointer(rebasing: headBytes[0..<(headBytes.count - 2)]))
+        connection.output.append(UnsafeRawBufferPointer(start: Self.mirrorMark.utf8Start, count: Self.mirrorMark.utf8CodeUnitCount))
+        if !body.isEmpty { connection.output.append(body) }
+        MirrorExchange(worker: worker, comparison: comparison, role: role, upstream: connection, method: method).drive()
+        return true
+    }
+
+    private static let mirrorMark: StaticString = "X-Cutover-Mirror: 1\r\n\r\n"
+
+    /// The primary exchange ended: compared when it finished with a response, else counted as
+    /// not comparable.
+    private func settleShadow(finished: Bool) {
+        guard let comparison = shadow else { return }
+        shadow = nil
+        let now = loop.nowNs
+        var side = finished ? comparison.primaryHead : nil
+        side?.bodyHash = responseBody.digest
+        side?.bodyLength = responseBody.transferred
+        side?.micros = UInt64(max(0, now - comparison.startedNs) / 1_000)
+        comparison.primaryFinished(side, atSecond: now / 1_000_000_000)
     }
 
     private static let rootPathStorage: StaticString = "/"
@@ -492,10 +572,17 @@ final class ClientConnection: Channel {
             return true
         case .forward(let framing, let keepAlive):
             guard writeResponseHead(head, source: source, framing: framing, keepAlive: keepAlive) else { return false }
+            if let shadow {
+                shadow.primaryHead = ShadowSide(status: UInt16(head.status),
+                                                headers: ShadowSide.headers(head, source: source, fields: loop.fields,
+                                                                            ignored: shadow.ignored, names: shadow.names),
+                                                bodyHash: 0, bodyLength: 0, micros: 0)
+            }
             upstream.input.consume(consumed)
             record.responseHead(status: head.status, serverID: upstream.server.id, nowNs: loop.nowNs)
             machine.finalHeadForwarded(keepAlive: keepAlive, upstreamReusable: head.reusable)
             responseBody = BodyRelay(framing: head.framing, rechunk: framing == .chunked)
+            responseBody.digesting = shadow != nil
             if responseBody.isFinished {
                 finishExchange()
             }
@@ -538,6 +625,7 @@ final class ClientConnection: Channel {
     }
 
     private func finishExchange() {
+        settleShadow(finished: true)
         recordExchange()
         endInflight()
         let (mayPark, keepAlive) = machine.responseFinished(requestFinished: requestBody.isFinished, draining: worker.endsKeepAlive)
@@ -620,6 +708,7 @@ final class ClientConnection: Channel {
     /// counts for a request that matched no app. `error` names the upstream failure the client
     /// was answered for or cut off by.
     private func recordExchange(error: WindowedStats.Outcome? = nil) {
+        settleShadow(finished: false)  // any end but a finished response: nothing to compare
         guard !record.recorded else { return }
         record.recorded = true
         let now = loop.nowNs
@@ -762,6 +851,7 @@ final class ClientConnection: Channel {
 
     func close() {
         guard !machine.isClosed else { return }
+        settleShadow(finished: false)
         machine.closed()
         if record.isPending {
             // The connection ended mid-exchange: the client reset it (or the drain deadline, see

@@ -70,6 +70,15 @@ final class LocalApp {
     /// The sticky cookie's or header's name as bytes (lowercase for a header).
     let stickyName: [UInt8]
     private let pins: PinIndex
+    /// Mirroring: the share of the stable pool's requests copied to the candidate, and which
+    /// of them (an exact interleaved share, like the split's).
+    let mirror: MirrorSettings
+    private var mirrorCursor: SpreadSelector
+    /// `mirror_methods` as bytes, and the hashes of `mirror_ignore_headers`.
+    private let mirrorMethods: [[UInt8]]
+    let mirrorIgnored: Set<UInt64>
+    private(set) lazy var shadowStats = metrics.shadow(app: name)
+    let shadowNames: ShadowHeaderNames
 
     init(_ app: AppRoute, metrics: LoopMetrics, previous: LocalApp?) {
         name = app.name
@@ -79,6 +88,11 @@ final class LocalApp {
         let unchanged = previous.map { $0.policy.split == app.split } ?? false
         spread = unchanged ? previous!.spread : SpreadSelector()
         pins = previous.flatMap { $0.policy.pins == app.policy.pins ? $0.pins : nil } ?? PinIndex(app.policy.pins)
+        mirror = app.policy.mirror
+        mirrorCursor = previous.flatMap { $0.mirror == app.policy.mirror ? $0.mirrorCursor : nil } ?? SpreadSelector()
+        mirrorMethods = mirror.methods.map { Array($0.utf8) }
+        mirrorIgnored = Set(mirror.ignoreHeaders.map(ShadowHeaderNames.hashLowercased))
+        shadowNames = previous?.shadowNames ?? ShadowHeaderNames()
         switch app.split.selection {
         case .spread:
             sticky = .none
@@ -99,6 +113,23 @@ final class LocalApp {
     }
 
     private let stickyCookie: (name: [UInt8], maxAge: Int)?
+
+    /// Whether this request (routed to `pool`) is one of the mirrored share: only requests the
+    /// stable pool serves are copied (a copy of a canary request would compare the candidate
+    /// with itself).
+    @inline(__always)
+    func selectsForMirror(_ pool: LocalPool) -> Bool {
+        guard mirror.basisPoints > 0, pool.pool == policy.stable else { return false }
+        return mirrorCursor.nextBucket() < mirror.basisPoints
+    }
+
+    func mirrorsMethod(_ method: UnsafeRawBufferPointer) -> Bool {
+        mirrorMethods.contains { $0.count == method.count && $0.elementsEqual(method) }
+    }
+
+    /// The pool copies go to.
+    var candidatePool: LocalPool { localPool(policy.candidate) }
+    var stablePool: LocalPool { localPool(policy.stable) }
 
     /// The main-listener pool of `pool`, made on first use.
     private func localPool(_ pool: PoolID) -> LocalPool {

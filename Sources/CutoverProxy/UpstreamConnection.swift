@@ -38,6 +38,8 @@ package final class UpstreamConnection: Channel {
     /// Request bytes this connection accepted (retry rules depend on it).
     var bytesSent = 0
     var owner: ClientConnection?
+    /// The copy of a mirrored request this connection carries (no client waits on it).
+    var shadowOwner: MirrorExchange?
     unowned(unsafe) let idlePool: UpstreamIdlePool
     unowned(unsafe) let counters: DataPlaneCounters
     /// The pool that opened this connection (for the per-pool connection count).
@@ -71,7 +73,7 @@ package final class UpstreamConnection: Channel {
             idlePool.remove(self)
             close()
         case .connecting, .open:
-            owner?.drive()
+            if let owner { owner.drive() } else { shadowOwner?.drive() }
         case .closed:
             break
         }
@@ -81,6 +83,8 @@ package final class UpstreamConnection: Channel {
         if phase == .idle {
             idlePool.remove(self)
             close()
+        } else {
+            shadowOwner?.timedOut()
         }
     }
 
@@ -145,6 +149,7 @@ package final class UpstreamConnection: Channel {
         phase = .closed
         counters.add(-1, .upstreamConnections(pool), loop: loop.index)
         owner = nil
+        shadowOwner = nil
         releaseBuffers()
         loop.closeChannel(self)
     }
@@ -198,6 +203,7 @@ package final class UpstreamIdlePool {
         let id = connection.server.id
         while idle.count <= id { idle.append([]) }
         connection.owner = nil
+        connection.shadowOwner = nil
         connection.releaseBuffers()
         guard idle[id].count < maxPerServer, connection.phase == .open else {
             connection.close()

@@ -66,11 +66,14 @@ public struct AppPolicy: Sendable, Equatable {
     public var stable: PoolID
     /// Pins in force (suspended pins are left out).
     public var pins: [PinRule]
+    /// Copies to the candidate and the shadow diff (`basisPoints` 0: off).
+    public var mirror: MirrorSettings
 
-    public init(split: TrafficSplit, stable: PoolID, pins: [PinRule] = []) {
+    public init(split: TrafficSplit, stable: PoolID, pins: [PinRule] = [], mirror: MirrorSettings = MirrorSettings()) {
         self.split = split
         self.stable = stable
         self.pins = pins
+        self.mirror = mirror
     }
 
     /// Every request to `color`, no pins.

@@ -31,6 +31,7 @@ let usage = """
       cutover pin <app|*> header|cookie NAME VALUE[,VALUE…] <blue|green> [--reason TEXT]
       cutover unpin <app|*> [header|cookie NAME [VALUE]] [--reason TEXT]
       cutover pins
+      cutover mirror <percent> [--app NAME] [--reason TEXT]   copy requests to the candidate, compare (0 = off)
       cutover verify <blue|green>
       cutover drain <app> <host:port> | undrain <app> <host:port>
       cutover reload | reopen
@@ -169,7 +170,7 @@ func adminSocket(_ arguments: Arguments) -> String {
 }
 
 let adminCommands: Set<String> = ["status", "health", "history", "switch", "rollback", "verify", "drain", "undrain", "reload",
-                                    "stats", "reopen", "weight", "pin", "unpin", "pins"]
+                                    "stats", "reopen", "weight", "pin", "unpin", "pins", "mirror"]
 
 let words = Array(CommandLine.arguments.dropFirst())
 guard let command = words.first else { fail(usage, code: 2) }
