@@ -310,4 +310,7 @@ alloc_requests=$(awk '/requests in/ {print $1}' "$WORK/wrk-alloc.out")
 echo "$before $after $alloc_requests" > "$WORK/alloc.txt"
 
 python3 Benchmarks/render_report.py "$WORK" "$OUT" "$ROUNDS" "$DURATION" "$CONNS" "$IDLE" "$SWITCHES"
+# The cost of progressive routing (sticky split, 5 % mirroring) against plain routing: its own
+# section of the report, same rounds and duration.
+OUT="$OUT" ROUNDS="$ROUNDS" DURATION="$DURATION" CONNS="$CONNS" Benchmarks/routing-cost.sh
 echo "wrote $OUT" >&2

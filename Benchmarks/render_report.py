@@ -178,13 +178,15 @@ for title, path in (("cutover", "cutover.conf"), ("nginx", "nginx.conf.template"
         .replace("worker_processes 2", "worker_processes 1").replace("nbthread 2", "nbthread 1"))
     add("```")
     add("")
-# Sections other benchmark scripts maintain (Benchmarks/idle-timers.sh) are kept as they are.
+# Sections other benchmark scripts maintain (Benchmarks/idle-timers.sh, Benchmarks/routing-cost.sh)
+# are kept as they are.
 kept = ""
 try:
     previous = open(out).read()
-    begin, end = previous.find("<!-- idle-timers:begin -->"), previous.find("<!-- idle-timers:end -->")
-    if begin >= 0 and end >= 0:
-        kept = "\n" + previous[begin:end + len("<!-- idle-timers:end -->")] + "\n"
+    for marker in ("idle-timers", "routing-cost"):
+        begin, end = previous.find(f"<!-- {marker}:begin -->"), previous.find(f"<!-- {marker}:end -->")
+        if begin >= 0 and end >= 0:
+            kept += "\n" + previous[begin:end + len(f"<!-- {marker}:end -->")] + "\n"
 except FileNotFoundError:
     pass
 open(out, "w").write("\n".join(lines) + "\n" + kept)

@@ -2,12 +2,15 @@
 /// The embedded configuration of `cutover demo`: one app on every host, blue and green demo
 /// upstreams on loopback, the admin socket, state file and audit log of the sample config
 /// (`conf/run/…` when started from the repository, so `cutover status` finds the demo), an
-/// access log and /metrics, and short health windows so the runbook can be followed in seconds.
+/// access log and /metrics, a preview listener, a sticky cookie for canaries, and short health
+/// windows so the runbook can be followed in seconds.
 public enum DemoConfig {
-    public static func text(listen: String, bluePort: UInt16, greenPort: UInt16, metricsListen: String = "127.0.0.1:9108") -> String {
+    public static func text(listen: String, bluePort: UInt16, greenPort: UInt16, metricsListen: String = "127.0.0.1:9108",
+                            previewListen: String? = "127.0.0.1:8081") -> String {
         """
         # cutover demo: embedded configuration
         listen \(listen)
+        \(previewListen.map { "preview_listen \($0)" } ?? "")
         workers auto
         admin_socket run/cutover.sock
         state_file run/cutover.state
@@ -27,12 +30,14 @@ public enum DemoConfig {
             window 1m
             max_5xx_rate 1%
             max_p95_ratio 1.5
+            max_shadow_diff_rate 1%
             min_requests 100
         }
         app demo {
             host *
             health_path /api/system/status
             verify /api/system/status /
+            sticky cookie cutover_id
             blue 127.0.0.1:\(bluePort)
             green 127.0.0.1:\(greenPort)
         }

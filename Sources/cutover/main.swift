@@ -19,9 +19,10 @@ let usage = """
       cutover run   [-c FILE] [--reset-state]   run the proxy (default config: conf/cutover.conf)
       cutover check [-c FILE]                   validate a config: exit 0, or 1 with FILE:LINE: message
       cutover demo  [--listen ADDR] [--blue-port N] [--green-port N] [--metrics-listen ADDR]
-                                                the proxy on its embedded default with built-in blue
+                    [--preview-listen ADDR|off]  the proxy on its embedded default with built-in blue
                                                 (:8091) and green (:8092) upstreams, an admin socket,
-                                                an access log and /metrics on 127.0.0.1:9108
+                                                an access log, /metrics on 127.0.0.1:9108 and the
+                                                preview listener on 127.0.0.1:8081
     Operating a running proxy (over its admin socket):
       cutover status | health | history [n]
       cutover switch <blue|green> [--force] [--reason TEXT]
@@ -204,7 +205,7 @@ do {
         let runtime = makeRuntime(config: config, path: path, logger: logger, resetState: arguments.flags.contains("--reset-state"))
         serve(runtime, logger: logger, signals: signals)
     case "demo":
-        let arguments = try Arguments(rest, valueOptions: ["--listen", "--blue-port", "--green-port", "--metrics-listen"],
+        let arguments = try Arguments(rest, valueOptions: ["--listen", "--blue-port", "--green-port", "--metrics-listen", "--preview-listen"],
                                       flagOptions: ["--reset-state"])
         guard arguments.positional.isEmpty else { throw UsageError(message: "unexpected '\(arguments.positional[0])'") }
         let listen = arguments.value("--listen", default: "127.0.0.1:8080")!
@@ -226,7 +227,8 @@ do {
         // `cutover status` and friends find the demo's admin socket without options.
         let base = FileManager.default.fileExists(atPath: "conf/cutover.conf") ? "conf" : "."
         let text = DemoConfig.text(listen: listen, bluePort: blue.port, greenPort: green.port,
-                                   metricsListen: arguments.value("--metrics-listen", default: "127.0.0.1:9108")!)
+                                   metricsListen: arguments.value("--metrics-listen", default: "127.0.0.1:9108")!,
+                                   previewListen: arguments.value("--preview-listen", default: "127.0.0.1:8081").flatMap { $0 == "off" ? nil : $0 })
         let config: Config
         do {
             config = try ConfigParser.parse(text, path: "<demo>", baseDirectory: base)

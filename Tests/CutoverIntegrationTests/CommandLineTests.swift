@@ -126,7 +126,7 @@ final class CommandLineTests: XCTestCase {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: folder) }
         let demo = try RunningProxy(arguments: ["demo", "--listen", "127.0.0.1:0", "--blue-port", "0", "--green-port", "0",
-                                                "--metrics-listen", "127.0.0.1:0"],
+                                                "--metrics-listen", "127.0.0.1:0", "--preview-listen", "127.0.0.1:0"],
                                     directory: folder)
         let port = try XCTUnwrap(demo.listeningPort(), "demo did not report its port")
         let metricsLog = try XCTUnwrap(demo.waitForLog("/metrics"), "demo did not report its metrics address")

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# What progressive routing costs per request: one cutover worker each for
+#   plain  — every request to the stable color (no sticky rule),
+#   split  — `sticky cookie` at weight 50, every request carrying a cookie (Cookie scan + hash),
+#   mirror — plain plus `mirror 5` (5 % of requests copied to green and compared),
+# loaded in alternating order (plain split mirror, split mirror plain, …) with wrk for DURATION
+# seconds each; the proxy's CPU µs per request (utime + stime from /proc) and requests/s, medians
+# and per-round ratios against plain. Writes them into BENCHMARKS.md between the routing-cost
+# markers. Targets: split ≤ 1.05× and mirror ≤ 1.10× the CPU per request of plain.
+#
+#   Benchmarks/routing-cost.sh                     # ROUNDS=7 DURATION=6
+#   ROUNDS=2 DURATION=3 OUT=/tmp/b.md Benchmarks/routing-cost.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+ROUNDS=${ROUNDS:-7}
+DURATION=${DURATION:-6}
+CONNS=${CONNS:-50}
+OUT=${OUT:-$ROOT/BENCHMARKS.md}
+
+if ! command -v wrk >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+fi
+swift build -c release --product cutover >&2
+swift build -c release --product cutover-bench >&2
+BIN=$ROOT/.build/release
+WORK=$(mktemp -d /tmp/cutover-routing.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    sleep 0.2
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP_BLUE=$(free_port)
+UP_GREEN=$(free_port)
+"$BIN/cutover-bench" upstream --port "$UP_BLUE" --color blue >/dev/null & PIDS+=($!)
+"$BIN/cutover-bench" upstream --port "$UP_GREEN" --color green >/dev/null & PIDS+=($!)
+
+declare -A PORT PID
+for name in plain split mirror; do
+    PORT[$name]=$(free_port)
+    extra=""
+    [ "$name" = split ] && extra="sticky cookie cutover_id"
+    [ "$name" = mirror ] && extra="mirror 5"
+    cat > "$WORK/$name.conf" <<EOF
+listen 127.0.0.1:${PORT[$name]}
+workers 1
+admin_socket $WORK/$name.sock
+access_log off
+health {
+    interval 1s
+}
+app bench {
+    host *
+    $extra
+    blue 127.0.0.1:$UP_BLUE
+    green 127.0.0.1:$UP_GREEN
+}
+EOF
+    "$BIN/cutover" run -c "$WORK/$name.conf" 2>"$WORK/$name.log" & PID[$name]=$!
+    PIDS+=(${PID[$name]})
+done
+sleep 1
+"$BIN/cutover" weight green 50 --force --reason "routing-cost bench" -s "$WORK/split.sock" >&2
+COOKIE="Cookie: theme=dark; cutover_id=0123456789abcdef0123456789abcdef"
+for name in plain split mirror; do wrk -t1 -c"$CONNS" -d1s -H "$COOKIE" "http://127.0.0.1:${PORT[$name]}/" >/dev/null; done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICKS=$(getconf CLK_TCK)
+RESULTS=$WORK/results.txt
+: > "$RESULTS"
+ORDERS=("plain split mirror" "split mirror plain" "mirror plain split")
+for round in $(seq "$ROUNDS"); do
+    for name in ${ORDERS[$(( (round - 1) % 3 ))]}; do
+        before=$(cpu_ticks "${PID[$name]}")
+        wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "$COOKIE" "http://127.0.0.1:${PORT[$name]}/" > "$WORK/wrk.out"
+        after=$(cpu_ticks "${PID[$name]}")
+        requests=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
+        non2xx=$(awk '/Non-2xx/ {print $5}' "$WORK/wrk.out")
+        echo "$round $name $requests $before $after ${non2xx:-0}" >> "$RESULTS"
+        echo "round $round $name: $requests requests, $(( after - before )) ticks" >&2
+    done
+done
+"$BIN/cutover" stats total --json -s "$WORK/mirror.sock" > "$WORK/mirror-stats.json"
+
+python3 - "$RESULTS" "$OUT" "$ROUNDS" "$DURATION" "$CONNS" "$TICKS" "$WORK/mirror-stats.json" <<'PY'
+import json, statistics, sys
+path, out, rounds, duration, conns, ticks, mirror_stats = sys.argv[1:8]
+duration, ticks = float(duration), int(ticks)
+rows = {}
+for line in open(path):
+    rnd, name, requests, before, after, non2xx = line.split()
+    rows.setdefault(name, {})[int(rnd)] = (int(requests), (int(after) - int(before)) / ticks * 1e6 / int(requests), int(non2xx))
+def cpu(name): return [rows[name][r][1] for r in sorted(rows[name])]
+def rps(name): return [rows[name][r][0] / duration for r in sorted(rows[name])]
+shadow = (json.load(open(mirror_stats)).get("shadow") or [{}])[0]
+table = ["| configuration | requests/s (median) | CPU µs per request (median) | CPU ratio to plain (median of per-round ratios) | non-2xx |",
+         "|---|---:|---:|---:|---:|"]
+for name, label in (("plain", "plain: stable color only"), ("split", "split: sticky cookie, weight 50"), ("mirror", "mirror 5 % with the shadow diff")):
+    ratios = [c / p for c, p in zip(cpu(name), cpu("plain"))]
+    table.append(f"| {label} | {statistics.median(rps(name)):,.0f} | {statistics.median(cpu(name)):.2f} | "
+                 f"{statistics.median(ratios):.3f}× (rounds: {', '.join(f'{r:.3f}' for r in ratios)}) | {sum(rows[name][r][2] for r in rows[name])} |")
+section = f"""<!-- routing-cost:begin -->
+## What progressive routing costs
+
+Generated by `Benchmarks/routing-cost.sh` (its last run): one cutover worker per configuration,
+wrk with {conns} connections for {duration:g} s per configuration and round, {rounds} rounds in
+alternating order, every request carrying `Cookie: theme=dark; cutover_id=…`. CPU is the
+proxy's utime + stime per request. Targets: the sticky split at most 1.05×, 5 % mirroring at
+most 1.10× the CPU per request of plain routing.
+
+{chr(10).join(table)}
+
+The mirror run copied {shadow.get('mirrored', 0):,} requests and compared {shadow.get('compared', 0):,}
+(dropped {shadow.get('dropped', 0)}, candidate failures {shadow.get('candidate_failed', 0)}, diff rate {shadow.get('diff_rate', 0)}).
+<!-- routing-cost:end -->
+"""
+try:
+    previous = open(out).read()
+except FileNotFoundError:
+    previous = ""
+begin, end = previous.find("<!-- routing-cost:begin -->"), previous.find("<!-- routing-cost:end -->")
+if begin >= 0 and end >= 0:
+    text = previous[:begin] + section.rstrip("\n") + previous[end + len("<!-- routing-cost:end -->"):]
+else:
+    text = previous.rstrip("\n") + "\n\n" + section
+open(out, "w").write(text)
+print("\n".join(table))
+PY
+echo "wrote $OUT" >&2
