@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # What progressive routing costs per request: one cutover worker each for
 #   plain  — every request to the stable color (no sticky rule),
+#   spread — weight 50 without a sticky rule (exact interleaved shares),
 #   split  — `sticky cookie` at weight 50, every request carrying a cookie (Cookie scan + hash),
 #   mirror — plain plus `mirror 5` (5 % of requests copied to green and compared),
-# loaded in alternating order (plain split mirror, split mirror plain, …) with wrk for DURATION
-# seconds each; the proxy's CPU µs per request (utime + stime from /proc) and requests/s, medians
-# and per-round ratios against plain. Writes them into BENCHMARKS.md between the routing-cost
+# loaded in rotating order (plain spread split mirror, spread split mirror plain, …) by
+# `cutover-bench load` at a fixed RATE (open loop, below saturation, so that every configuration
+# does the same work per second and batching is alike) for DURATION seconds each; the proxy's CPU
+# µs per request (utime + stime from /proc) and the clients' p50/p99, medians and per-round
+# ratios against plain. The proxies run on CPU 0, the load generator and the upstreams on the
+# other CPUs (taskset), so that the proxy's figures are not its neighbours' scheduling noise. Writes them into BENCHMARKS.md between the routing-cost
 # markers. Targets: split ≤ 1.05× and mirror ≤ 1.10× the CPU per request of plain.
 #
 #   Benchmarks/routing-cost.sh                     # ROUNDS=7 DURATION=6
@@ -16,16 +20,17 @@ ROOT=$(pwd)
 ROUNDS=${ROUNDS:-7}
 DURATION=${DURATION:-6}
 CONNS=${CONNS:-50}
+RATE=${RATE:-15000}
 OUT=${OUT:-$ROOT/BENCHMARKS.md}
 
-if ! command -v wrk >/dev/null 2>&1; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
-fi
 swift build -c release --product cutover >&2
 swift build -c release --product cutover-bench >&2
 BIN=$ROOT/.build/release
 WORK=$(mktemp -d /tmp/cutover-routing.XXXXXX)
+CPUS=$(nproc)
+PROXY_CPU="taskset -c 0"
+LOAD_CPU="taskset -c 1-$((CPUS - 1))"
+[ "$CPUS" -lt 2 ] && { PROXY_CPU=""; LOAD_CPU=""; }
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -36,11 +41,12 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP_BLUE=$(free_port)
 UP_GREEN=$(free_port)
-"$BIN/cutover-bench" upstream --port "$UP_BLUE" --color blue >/dev/null & PIDS+=($!)
-"$BIN/cutover-bench" upstream --port "$UP_GREEN" --color green >/dev/null & PIDS+=($!)
+$LOAD_CPU "$BIN/cutover-bench" upstream --port "$UP_BLUE" --color blue >/dev/null & PIDS+=($!)
+$LOAD_CPU "$BIN/cutover-bench" upstream --port "$UP_GREEN" --color green >/dev/null & PIDS+=($!)
 
+NAMES="plain spread split mirror"
 declare -A PORT PID
-for name in plain split mirror; do
+for name in $NAMES; do
     PORT[$name]=$(free_port)
     extra=""
     [ "$name" = split ] && extra="sticky cookie cutover_id"
@@ -60,56 +66,67 @@ app bench {
     green 127.0.0.1:$UP_GREEN
 }
 EOF
-    "$BIN/cutover" run -c "$WORK/$name.conf" 2>"$WORK/$name.log" & PID[$name]=$!
+    $PROXY_CPU "$BIN/cutover" run -c "$WORK/$name.conf" 2>"$WORK/$name.log" & PID[$name]=$!
     PIDS+=(${PID[$name]})
 done
 sleep 1
-"$BIN/cutover" weight green 50 --force --reason "routing-cost bench" -s "$WORK/split.sock" >&2
+for name in spread split; do
+    "$BIN/cutover" weight green 50 --force --reason "routing-cost bench" -s "$WORK/$name.sock" >&2
+done
 COOKIE="Cookie: theme=dark; cutover_id=0123456789abcdef0123456789abcdef"
-for name in plain split mirror; do wrk -t1 -c"$CONNS" -d1s -H "$COOKIE" "http://127.0.0.1:${PORT[$name]}/" >/dev/null; done
+for name in $NAMES; do
+    $LOAD_CPU "$BIN/cutover-bench" load "http://127.0.0.1:${PORT[$name]}/" -c "$CONNS" -d 1s --rate "$RATE" -H "$COOKIE" >/dev/null
+done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
 RESULTS=$WORK/results.txt
 : > "$RESULTS"
-ORDERS=("plain split mirror" "split mirror plain" "mirror plain split")
+ORDERS=("plain spread split mirror" "spread split mirror plain" "split mirror plain spread" "mirror plain spread split")
 for round in $(seq "$ROUNDS"); do
-    for name in ${ORDERS[$(( (round - 1) % 3 ))]}; do
+    for name in ${ORDERS[$(( (round - 1) % 4 ))]}; do
         before=$(cpu_ticks "${PID[$name]}")
-        wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "$COOKIE" "http://127.0.0.1:${PORT[$name]}/" > "$WORK/wrk.out"
+        $LOAD_CPU "$BIN/cutover-bench" load "http://127.0.0.1:${PORT[$name]}/" -c "$CONNS" -d "${DURATION}s" --rate "$RATE" \
+            -H "$COOKIE" --json > "$WORK/load.json"
         after=$(cpu_ticks "${PID[$name]}")
-        requests=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
-        non2xx=$(awk '/Non-2xx/ {print $5}' "$WORK/wrk.out")
-        echo "$round $name $requests $before $after ${non2xx:-0}" >> "$RESULTS"
-        echo "round $round $name: $requests requests, $(( after - before )) ticks" >&2
+        read -r requests p50 p99 errors < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["requests"], r["latency_us"]["p50"], r["latency_us"]["p99"], sum(r["errors"].values()) + r["non_2xx"])' "$WORK/load.json")
+        echo "$round $name $requests $before $after $errors $p50 $p99" >> "$RESULTS"
+        echo "round $round $name: $requests requests, $(( after - before )) ticks, p99 $p99 µs" >&2
     done
 done
 "$BIN/cutover" stats total --json -s "$WORK/mirror.sock" > "$WORK/mirror-stats.json"
 
-python3 - "$RESULTS" "$OUT" "$ROUNDS" "$DURATION" "$CONNS" "$TICKS" "$WORK/mirror-stats.json" <<'PY'
+python3 - "$RESULTS" "$OUT" "$ROUNDS" "$DURATION" "$CONNS" "$TICKS" "$WORK/mirror-stats.json" "$RATE" <<'PY'
 import json, statistics, sys
-path, out, rounds, duration, conns, ticks, mirror_stats = sys.argv[1:8]
+path, out, rounds, duration, conns, ticks, mirror_stats, rate = sys.argv[1:9]
 duration, ticks = float(duration), int(ticks)
 rows = {}
 for line in open(path):
-    rnd, name, requests, before, after, non2xx = line.split()
-    rows.setdefault(name, {})[int(rnd)] = (int(requests), (int(after) - int(before)) / ticks * 1e6 / int(requests), int(non2xx))
+    rnd, name, requests, before, after, errors, p50, p99 = line.split()
+    rows.setdefault(name, {})[int(rnd)] = (int(requests), (int(after) - int(before)) / ticks * 1e6 / int(requests), int(errors),
+                                           int(p50), int(p99))
 def cpu(name): return [rows[name][r][1] for r in sorted(rows[name])]
 def rps(name): return [rows[name][r][0] / duration for r in sorted(rows[name])]
+def lat(name, i): return statistics.median(rows[name][r][i] for r in rows[name])
 shadow = (json.load(open(mirror_stats)).get("shadow") or [{}])[0]
-table = ["| configuration | requests/s (median) | CPU µs per request (median) | CPU ratio to plain (median of per-round ratios) | non-2xx |",
-         "|---|---:|---:|---:|---:|"]
-for name, label in (("plain", "plain: stable color only"), ("split", "split: sticky cookie, weight 50"), ("mirror", "mirror 5 % with the shadow diff")):
+table = ["| configuration | requests/s (median) | CPU µs per request (median) | CPU ratio to plain (median of per-round ratios) | p50 / p99 µs (medians) | errors |",
+         "|---|---:|---:|---:|---:|---:|"]
+for name, label in (("plain", "plain: stable color only"), ("spread", "spread: weight 50, no sticky rule"),
+                    ("split", "split: sticky cookie, weight 50"), ("mirror", "mirror 5 % with the shadow diff")):
     ratios = [c / p for c, p in zip(cpu(name), cpu("plain"))]
     table.append(f"| {label} | {statistics.median(rps(name)):,.0f} | {statistics.median(cpu(name)):.2f} | "
-                 f"{statistics.median(ratios):.3f}× (rounds: {', '.join(f'{r:.3f}' for r in ratios)}) | {sum(rows[name][r][2] for r in rows[name])} |")
+                 f"{statistics.median(ratios):.3f}× (rounds: {', '.join(f'{r:.3f}' for r in ratios)}) | "
+                 f"{lat(name, 3):.0f} / {lat(name, 4):.0f} | {sum(rows[name][r][2] for r in rows[name])} |")
 section = f"""<!-- routing-cost:begin -->
 ## What progressive routing costs
 
-Generated by `Benchmarks/routing-cost.sh` (its last run): one cutover worker per configuration,
-wrk with {conns} connections for {duration:g} s per configuration and round, {rounds} rounds in
-alternating order, every request carrying `Cookie: theme=dark; cutover_id=…`. CPU is the
-proxy's utime + stime per request. Targets: the sticky split at most 1.05×, 5 % mirroring at
+Generated by `Benchmarks/routing-cost.sh` (its last run): one cutover worker per configuration
+on CPU 0 (the load generator and the upstreams on the other CPUs), `cutover-bench load` at
+{int(rate):,} requests/s open loop over {conns} connections for {duration:g} s per configuration
+and round, {rounds} rounds in rotating order, every request carrying
+`Cookie: theme=dark; cutover_id=…`. CPU is the proxy's utime + stime per request.
+`spread` separates what a 50/50 split costs (two upstream pools) from what the sticky cookie
+costs (the Cookie scan and the hash). Targets: the sticky split at most 1.05×, 5 % mirroring at
 most 1.10× the CPU per request of plain routing.
 
 {chr(10).join(table)}

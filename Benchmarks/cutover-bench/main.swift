@@ -7,7 +7,7 @@ import Glibc
 // cutover-bench: a load generator, a fast colored upstream, and the switch benchmark.
 
 let usage = """
-    cutover-bench load URL -c CONNS -d DURATION [-t THREADS] [--rate RPS] [--method M] [--body-size N] [--new-conn] [--json]
+    cutover-bench load URL -c CONNS -d DURATION [-t THREADS] [--rate RPS] [--method M] [--body-size N] [-H 'Name: value'] [--new-conn] [--json]
         closed loop by default; --rate runs open loop at a constant total rate, latency measured
         from each request's intended send time (coordinated omission corrected)
     cutover-bench upstream --port P --color C [--host H] [--delay MS] [--fail-rate F] [--body-size N]
@@ -76,6 +76,10 @@ func loadOptions(url: String, _ options: Options) -> LoadOptions {
     load.method = options.values["--method"] ?? "GET"
     load.bodySize = options.int("--body-size", default: 0)
     load.newConnection = options.flags.contains("--new-conn")
+    if let header = options.values["-H"] {
+        guard header.contains(":"), !header.contains("\r"), !header.contains("\n") else { fail("-H takes one header line: 'Name: value'") }
+        load.headers = [header]
+    }
     return load
 }
 
@@ -85,7 +89,7 @@ let rest = Array(arguments.dropFirst())
 
 switch command {
 case "load":
-    let options = Options(rest, values: ["-c", "-d", "-t", "--rate", "--method", "--body-size"], flags: ["--new-conn", "--json"])
+    let options = Options(rest, values: ["-c", "-d", "-t", "--rate", "--method", "--body-size", "-H"], flags: ["--new-conn", "--json"])
     guard options.positional.count == 1 else { fail("load needs one URL\n\n\(usage)") }
     let load = loadOptions(url: options.positional[0], options)
     do {

@@ -20,6 +20,8 @@ public struct LoadOptions: Sendable {
     public var rate: Double? = nil
     public var method: String = "GET"
     public var bodySize: Int = 0
+    /// Extra request header lines (`Name: value`), sent with every request.
+    public var headers: [String] = []
     /// A new connection for every request (no keep-alive).
     public var newConnection = false
     public var timeoutMs: Int = 10_000
@@ -153,6 +155,7 @@ final class LoadWorker {
         self.endNs = endNs
         self.observer = observer
         var head = "\(options.method) \(options.path) HTTP/1.1\r\nHost: \(options.hostHeader)\r\nUser-Agent: cutover-bench\r\n"
+        for header in options.headers { head += header + "\r\n" }
         if options.newConnection { head += "Connection: close\r\n" }
         if options.bodySize > 0 || options.method == "POST" || options.method == "PUT" {
             head += "Content-Length: \(options.bodySize)\r\n"
