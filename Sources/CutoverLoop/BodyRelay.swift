@@ -20,25 +20,25 @@ package struct BodyRelay {
         case invalid(StaticString)
     }
 
+    // Ordered for packing (every client connection carries two relays): the 8-byte count
+    // first, the one-byte flags after the enum's tag.
+    /// Body bytes moved so far (after decoding), for `max_body` and logs.
+    package var transferred: UInt64 = 0
     var input: Input
     /// Re-chunk decoded chunked data (false: write it raw, the receiver reads until close).
     var rechunk: Bool
-    /// Body bytes moved so far (after decoding), for `max_body` and logs.
-    package var transferred: UInt64 = 0
     private var finalChunkPending = false
-    /// Hash the decoded payload into `digest` (a mirrored exchange's shadow diff).
-    package var digesting = false
-    /// FNV-1a 64 of the decoded payload moved so far, when `digesting`.
-    package private(set) var digest: UInt64 = BodyRelay.digestBasis
-
+    /// The start of a payload digest (FNV-1a 64): see `move(from:to:digest:)`.
     package static let digestBasis: UInt64 = 0xCBF2_9CE4_8422_2325
 
+    /// Hashes decoded payload bytes into `digest` (a mirrored exchange's shadow diff). The
+    /// digest lives with the caller, not here: every connection carries two relays.
     @inline(__always)
-    private mutating func addToDigest(_ bytes: UnsafeRawBufferPointer) {
-        guard digesting else { return }
-        var hash = digest
+    private static func addToDigest(_ bytes: UnsafeRawBufferPointer, _ digest: UnsafeMutablePointer<UInt64>?) {
+        guard let digest else { return }
+        var hash = digest.pointee
         for byte in bytes { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
-        digest = hash
+        digest.pointee = hash
     }
 
     package init(framing: BodyFraming, rechunk: Bool) {
@@ -56,8 +56,10 @@ package struct BodyRelay {
         return false
     }
 
-    /// Moves as much as possible from `source` to `destination`.
-    package mutating func move(from source: inout IOBuffer, to destination: inout IOBuffer) -> Outcome {
+    /// Moves as much as possible from `source` to `destination`, hashing the decoded payload
+    /// into `digest` when one is given.
+    package mutating func move(from source: inout IOBuffer, to destination: inout IOBuffer,
+                               digest: UnsafeMutablePointer<UInt64>? = nil) -> Outcome {
         var moved = false
         while true {
             if finalChunkPending {
@@ -72,7 +74,7 @@ package struct BodyRelay {
             case .length(let remaining):
                 let count = min(Int(clamping: remaining), source.count, destination.spaceAtEnd)
                 guard count > 0 else { return moved ? .progressed : .blocked }
-                addToDigest(UnsafeRawBufferPointer(rebasing: source.readableBytes[0..<count]))
+                Self.addToDigest(UnsafeRawBufferPointer(rebasing: source.readableBytes[0..<count]), digest)
                 destination.append(UnsafeRawBufferPointer(rebasing: source.readableBytes[0..<count]))
                 source.consume(count)
                 transferred += UInt64(count)
@@ -85,7 +87,7 @@ package struct BodyRelay {
             case .untilClose:
                 let count = min(source.count, destination.spaceAtEnd)
                 guard count > 0 else { return moved ? .progressed : .blocked }
-                addToDigest(UnsafeRawBufferPointer(rebasing: source.readableBytes[0..<count]))
+                Self.addToDigest(UnsafeRawBufferPointer(rebasing: source.readableBytes[0..<count]), digest)
                 destination.append(UnsafeRawBufferPointer(rebasing: source.readableBytes[0..<count]))
                 source.consume(count)
                 transferred += UInt64(count)
@@ -99,7 +101,7 @@ package struct BodyRelay {
                 let (consumed, step) = decoder.decode(window, from: 0)
                 switch step {
                 case .data(let start, let count):
-                    addToDigest(UnsafeRawBufferPointer(rebasing: window[start..<(start + count)]))
+                    Self.addToDigest(UnsafeRawBufferPointer(rebasing: window[start..<(start + count)]), digest)
                     if rechunk {
                         var writer = ByteWriter(destination.writableBytes)
                         writer.writeHex(UInt64(count))

@@ -29,6 +29,11 @@ final class ClientConnection: Channel {
     /// When the first byte of the current request head arrived, in loop nanoseconds (0: none
     /// yet), for the request's recorded latency.
     private var headFirstByteNs: Int64 = 0
+    /// A sticky id made for this request (no valid cookie came with it): its response sets the
+    /// cookie. 0: none.
+    private var newStickyID: UInt64 = 0
+    /// This request was copied to the candidate: the primary's response is compared with it.
+    private var shadow: ShadowComparison?
     private var input = IOBuffer()
     private var output = IOBuffer()
     private var parser: RequestHeadParser
@@ -37,23 +42,20 @@ final class ClientConnection: Channel {
     /// Length of the rewritten head at the start of the upstream output, to re-send it on a
     /// retry after a stale keep-alive connection failed.
     private var headLength: Int32 = 0
+    // 46 bytes, then 10 bytes of one-byte-aligned fields fill the relay's tail to the next
+    // 8-byte boundary, and the machine fills the second relay's.
     private var requestBody = BodyRelay(framing: .none, rechunk: false)
-    private var machine = ExchangeMachine()
     private var stream = SocketStream(writable: true)
     /// The client reset the connection: nothing can be delivered any more.
     private var failed = false
     /// The pool this request is counted in flight for (nil: not counted).
     private var inflightPool: PoolID?
-    private var responseBody = BodyRelay(framing: .none, rechunk: false)
-    /// The client's address, for X-Forwarded-For.
-    private let clientAddress: PeerAddress
     /// Preview connections reach the candidate pool only.
     private let listener: ListenerKind
-    /// A sticky id made for this request (no valid cookie came with it): its response sets the
-    /// cookie. (0, 0): none.
-    private var newStickyID: (UInt64, UInt64) = (0, 0)
-    /// This request was copied to the candidate: the primary's response is compared with it.
-    private var shadow: ShadowComparison?
+    private var responseBody = BodyRelay(framing: .none, rechunk: false)
+    private var machine = ExchangeMachine()
+    /// The client's address, for X-Forwarded-For.
+    private let clientAddress: PeerAddress
 
     /// Room a local response needs in the output buffer.
     private static let localResponseRoom = 512
@@ -401,7 +403,7 @@ final class ClientConnection: Channel {
         shadow = nil
         let now = loop.nowNs
         var side = finished ? comparison.primaryHead : nil
-        side?.bodyHash = responseBody.digest
+        side?.bodyHash = comparison.primaryDigest
         side?.bodyLength = responseBody.transferred
         side?.micros = UInt64(max(0, now - comparison.startedNs) / 1_000)
         comparison.primaryFinished(side, atSecond: now / 1_000_000_000)
@@ -497,7 +499,9 @@ final class ClientConnection: Channel {
             guard machine.responseHeadReceived, machine.isProxying, self.upstream === upstream else { return progressed }
         }
         loop.buffers.acquire(into: &output)
-        switch responseBody.move(from: &upstream.input, to: &output) {
+        let moved = shadow.map { responseBody.move(from: &upstream.input, to: &output, digest: &$0.primaryDigest) }
+            ?? responseBody.move(from: &upstream.input, to: &output)
+        switch moved {
         case .progressed:
             progressed = true
         case .finished:
@@ -582,7 +586,6 @@ final class ClientConnection: Channel {
             record.responseHead(status: head.status, serverID: upstream.server.id, nowNs: loop.nowNs)
             machine.finalHeadForwarded(keepAlive: keepAlive, upstreamReusable: head.reusable)
             responseBody = BodyRelay(framing: head.framing, rechunk: framing == .chunked)
-            responseBody.digesting = shadow != nil
             if responseBody.isFinished {
                 finishExchange()
             }
@@ -598,7 +601,7 @@ final class ClientConnection: Channel {
         loop.buffers.acquire(into: &output)
         output.compactIfNeeded(minimumSpace: output.capacity)
         var writer = ByteWriter(output.writableBytes)
-        if newStickyID != (0, 0), !head.isInformational, head.status != 101, let cookie = pool?.stickyCookie {
+        if newStickyID != 0, !head.isInformational, head.status != 101, let cookie = pool?.stickyCookie {
             cookie.name.withUnsafeBytes { name in
                 ResponseHeadWriter.write(head, source: source, fields: loop.fields, framing: framing, keepAlive: keepAlive,
                                          clientVersion: machine.request.version,

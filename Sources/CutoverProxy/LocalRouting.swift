@@ -40,9 +40,7 @@ struct RoutingRequest {
 struct RoutingDecision {
     var pool: LocalPool
     /// Zero: no cookie to set.
-    var newStickyID: (UInt64, UInt64) = (0, 0)
-
-    var setsCookie: Bool { newStickyID != (0, 0) }
+    var newStickyID: UInt64 = 0
 }
 
 /// One app as a loop routes it: the pools of its split, its pins, its preview pool and how a
@@ -143,7 +141,7 @@ final class LocalApp {
     /// Where a request goes. `newID` makes a fresh sticky id (only called when a cookie rule
     /// finds no valid cookie).
     @inline(__always)
-    func choose(_ request: RoutingRequest, newID: () -> (UInt64, UInt64)) -> RoutingDecision {
+    func choose(_ request: RoutingRequest, newID: () -> UInt64) -> RoutingDecision {
         if request.listener == .preview { return RoutingDecision(pool: previewPool) }
         if !pins.isEmpty, let pinned = pinnedPool(request) { return RoutingDecision(pool: pinned) }
         if let sole { return RoutingDecision(pool: sole) }
@@ -178,14 +176,13 @@ final class LocalApp {
     }
 
     /// The bucket of a fresh id exactly as it will be hashed when it comes back as a cookie
-    /// (its 32 hex digits).
-    static func bucket(seed: UInt64, id: (UInt64, UInt64)) -> Int {
-        var text: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+    /// (its 16 hex digits).
+    static func bucket(seed: UInt64, id: UInt64) -> Int {
+        var text: (UInt64, UInt64) = (0, 0)
         return withUnsafeMutableBytes(of: &text) { raw in
             var writer = ByteWriter(raw)
-            writer.writeHex16(id.0)
-            writer.writeHex16(id.1)
-            return StickyHash.bucket(seed: seed, key: UnsafeRawBufferPointer(rebasing: raw[0..<32]))
+            writer.writeHex16(id)
+            return StickyHash.bucket(seed: seed, key: UnsafeRawBufferPointer(rebasing: raw[0..<16]))
         }
     }
 

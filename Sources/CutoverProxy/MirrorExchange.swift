@@ -17,6 +17,7 @@ final class MirrorExchange {
     private let method: HTTPMethod
     private var parser: ResponseHeadParser
     private var body = BodyRelay(framing: .none, rechunk: false)
+    private var digest = BodyRelay.digestBasis
     private var sink = IOBuffer()
     private var side: ShadowSide?
     private var done = false
@@ -68,7 +69,6 @@ final class MirrorExchange {
                                 bodyHash: 0, bodyLength: 0, micros: 0)
                             upstream.input.consume(consumed)
                             body = BodyRelay(framing: head.framing, rechunk: false)
-                            body.digesting = true
                             if !head.reusable { reusable = false }
                             progressed = true
                         }
@@ -77,7 +77,7 @@ final class MirrorExchange {
             }
             if side != nil {
                 worker.loop.buffers.acquire(into: &sink)
-                switch body.move(from: &upstream.input, to: &sink) {
+                switch body.move(from: &upstream.input, to: &sink, digest: &digest) {
                 case .finished:
                     sink.consume(sink.count)
                     return finish()
@@ -108,7 +108,7 @@ final class MirrorExchange {
 
     private func finish() {
         guard var side else { return fail() }
-        side.bodyHash = body.digest
+        side.bodyHash = digest
         side.bodyLength = body.transferred
         side.micros = UInt64(max(0, worker.loop.nowNs - comparison.startedNs) / 1_000)
         end()

@@ -106,10 +106,9 @@ final class ProxyWorker {
     }()
 
     /// A fresh sticky id (never zero: zero means "no cookie to set").
-    func nextStickyID() -> (UInt64, UInt64) {
-        let high = nextStickyRandom()
-        let low = nextStickyRandom()
-        return (high, low == 0 && high == 0 ? 1 : low)
+    func nextStickyID() -> UInt64 {
+        let id = nextStickyRandom()
+        return id == 0 ? 1 : id
     }
 
     private func nextStickyRandom() -> UInt64 {

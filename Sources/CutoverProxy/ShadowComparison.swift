@@ -1,4 +1,5 @@
 import CutoverHTTP
+import CutoverLoop
 import CutoverMetrics
 
 /// One side of a mirrored exchange as the shadow diff compares it: the status, the headers (by
@@ -111,6 +112,8 @@ final class ShadowComparison {
     let startedNs: Int64
     /// The primary's status and headers, kept from its response head until its body ends.
     var primaryHead: ShadowSide?
+    /// The primary's decoded body as it is relayed (FNV-1a 64).
+    var primaryDigest = BodyRelay.digestBasis
     private var primary: ShadowSide?
     private var primaryDone = false
     private var candidate: ShadowSide?

@@ -150,9 +150,9 @@ final class ProgressiveRoutingTests: XCTestCase {
             let color = try XCTUnwrap(response.header("X-Color"))
             XCTAssertEqual(cookies.first, "session=\(color)-s; Path=/", "the upstream's cookie is kept")
             let sticky = try XCTUnwrap(cookies.last)
-            let pattern = #"^cutover_id=[0-9a-f]{32}; Path=/; HttpOnly; SameSite=Lax; Max-Age=7200$"#
+            let pattern = #"^cutover_id=[0-9a-f]{16}; Path=/; HttpOnly; SameSite=Lax; Max-Age=7200$"#
             XCTAssertNotNil(sticky.range(of: pattern, options: .regularExpression), sticky)
-            let id = String(sticky.dropFirst("cutover_id=".count).prefix(32))
+            let id = String(sticky.dropFirst("cutover_id=".count).prefix(16))
             seen[id] = color
         }
         XCTAssertEqual(Set(seen.values), ["blue", "green"], "fresh ids are spread over both colors")

@@ -6,29 +6,27 @@ import XCTest
 /// The guarantee sticky users rest on: a key's bucket is fixed for a release, the candidate
 /// takes the lowest buckets, so a weight change only moves keys in its own direction.
 final class StickyAssignmentTests: XCTestCase {
-    /// 32 hex digits, like the ids the proxy sets as cookies.
+    /// 16 hex digits, like the ids the proxy sets as cookies.
     private func keys(_ count: Int, seed: UInt64) -> [String] {
         var generator = SeededGenerator(state: seed)
         return (0..<count).map { _ in
-            let high = String(generator.next(), radix: 16)
-            let low = String(generator.next(), radix: 16)
-            return String(repeating: "0", count: 16 - high.count) + high + String(repeating: "0", count: 16 - low.count) + low
+            let digits = String(generator.next(), radix: 16)
+            return String(repeating: "0", count: 16 - digits.count) + digits
         }
     }
 
-    /// The buckets of `count` random ids (32 hex digits each), without making strings.
+    /// The buckets of `count` random ids (16 hex digits each, as the proxy makes them), without
+    /// making strings.
     private func buckets(_ count: Int, keySeed: UInt64, hashSeed: UInt64) -> [Int] {
         var generator = SeededGenerator(state: keySeed)
-        var text = [UInt8](repeating: 0, count: 32)
+        var text = [UInt8](repeating: 0, count: 16)
         let digits = Array("0123456789abcdef".utf8)
         var result = [Int]()
         result.reserveCapacity(count)
         for _ in 0..<count {
-            let high = generator.next()
-            let low = generator.next()
+            let id = generator.next()
             for index in 0..<16 {
-                text[index] = digits[Int((high >> (60 - 4 * UInt64(index))) & 0xF)]
-                text[16 + index] = digits[Int((low >> (60 - 4 * UInt64(index))) & 0xF)]
+                text[index] = digits[Int((id >> (60 - 4 * UInt64(index))) & 0xF)]
             }
             result.append(text.withUnsafeBytes { StickyHash.bucket(seed: hashSeed, key: $0) })
         }
