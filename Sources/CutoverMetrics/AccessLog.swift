@@ -52,6 +52,14 @@ package struct AccessRecord {
     var serverID: Int64 = -1
     var appID: Int32 = -1
     var status: UInt16 = 0
+    /// A mirror line: the primary's status (0: the primary failed).
+    var primaryStatus: UInt16 = 0
+    /// What the line is about: a request, or the comparison of a mirrored copy.
+    var kind: AccessRecordKind = .request
+    /// The listener a request came in on.
+    var listener: ListenerKind = .main
+    /// A mirror line's differences: `ShadowDifference` bits.
+    var differences: UInt8 = 0
     /// Pool index + 1 (0: none).
     var pool: UInt8 = 0
     /// Upstream failure kind + 1 (0: none).
@@ -62,6 +70,20 @@ package struct AccessRecord {
     var requestID = RecordText<128>()
     var host = RecordText<128>()
     var path = RecordText<512>()
+}
+
+package enum AccessRecordKind: UInt8 {
+    case request
+    case mirror
+}
+
+/// What a mirror line reports as different, as bits.
+package enum ShadowDifference {
+    package static let status: UInt8 = 1
+    package static let headers: UInt8 = 2
+    package static let body: UInt8 = 4
+    package static let candidateFailed: UInt8 = 8
+    package static let primaryFailed: UInt8 = 16
 }
 
 /// Why an exchange ended short of its full response, apart from an upstream failure: the
@@ -184,6 +206,35 @@ extension AccessLogRing {
         record.pointee.client.set(client)
         record.pointee.path.set(target)
         record.pointee.generatedID = generatedID
+        record.pointee.kind = .request
+        record.pointee.listener = .main
+    }
+
+    /// Marks a filled record as a preview listener's request.
+    package func markPreview(_ slot: Int32) {
+        record(slot).pointee.listener = .preview
+    }
+
+    /// Finishes a mirror line (loop thread): the copy's server, pool, status and latency next
+    /// to the primary's, and what differed.
+    package func finishMirror(_ slot: Int32, endNs: Int64, appID: Int32, pool: PoolID, serverID: Int, status: UInt16,
+                              primaryStatus: UInt16, differences: UInt8, candidateMicros: Int64, primaryMicros: Int64) {
+        let record = record(slot)
+        record.pointee.kind = .mirror
+        record.pointee.endNs = endNs
+        record.pointee.durationMicros = candidateMicros
+        record.pointee.upstreamMicros = primaryMicros
+        record.pointee.bytesIn = 0
+        record.pointee.bytesOut = 0
+        record.pointee.serverID = Int64(serverID)
+        record.pointee.appID = appID
+        record.pointee.status = status
+        record.pointee.primaryStatus = primaryStatus
+        record.pointee.pool = pool.index + 1
+        record.pointee.differences = differences
+        record.pointee.error = 0
+        record.pointee.termination = .none
+        publish(slot)
     }
 
     /// A record for a request whose head could not be parsed: no request fields.
@@ -195,6 +246,8 @@ extension AccessLogRing {
         record.pointee.path.clear()
         record.pointee.generatedID = (0, 0)
         record.pointee.client.set(client)
+        record.pointee.kind = .request
+        record.pointee.listener = .main
     }
 
     /// Fills the outcome and hands the record to the writer (loop thread).
@@ -370,6 +423,7 @@ struct AccessLogFormatter {
     mutating func format(_ record: UnsafeMutablePointer<AccessRecord>, wallOffset: Int64, servers: [String], apps: [String]) {
         append("{\"time\":\"")
         appendTime(record.pointee.endNs + wallOffset)
+        append(record.pointee.kind == .mirror ? "\",\"type\":\"mirror" : "\",\"type\":\"request")
         append("\",\"request_id\":")
         let generated = record.pointee.generatedID
         if record.pointee.requestID.count > 0 {
@@ -398,7 +452,14 @@ struct AccessLogFormatter {
             record.pointee.path.withBytes { appendString($0, truncated: truncated) }
         }
         append(",\"status\":")
-        appendNumber(Int64(record.pointee.status))
+        if record.pointee.kind == .mirror && record.pointee.differences & ShadowDifference.candidateFailed != 0 {
+            append("null")
+        } else {
+            appendNumber(Int64(record.pointee.status))
+        }
+        if record.pointee.kind == .request {
+            append(record.pointee.listener == .preview ? ",\"listener\":\"preview\"" : ",\"listener\":\"main\"")
+        }
         let appID = Int(record.pointee.appID)
         append(",\"app\":")
         if appID >= 0 && appID < apps.count { appendString(apps[appID]) } else { append("null") }
@@ -409,6 +470,10 @@ struct AccessLogFormatter {
         append(",\"server\":")
         let serverID = Int(record.pointee.serverID)
         if serverID >= 0 && serverID < servers.count { appendString(servers[serverID]) } else { append("null") }
+        if record.pointee.kind == .mirror {
+            formatMirrorTail(record)
+            return
+        }
         append(",\"bytes_in\":")
         appendNumber(Int64(bitPattern: record.pointee.bytesIn))
         append(",\"bytes_out\":")
@@ -426,6 +491,35 @@ struct AccessLogFormatter {
             line.append(0x22)
             append(record.pointee.termination.label)
             line.append(0x22)
+        } else {
+            append("null")
+        }
+        append("}\n")
+    }
+
+    /// A mirror line after `server`: the primary's status, what differed, both latencies.
+    private mutating func formatMirrorTail(_ record: UnsafeMutablePointer<AccessRecord>) {
+        let differences = record.pointee.differences
+        append(",\"primary_status\":")
+        if differences & ShadowDifference.primaryFailed != 0 { append("null") } else { appendNumber(Int64(record.pointee.primaryStatus)) }
+        append(",\"diff\":[")
+        var first = true
+        for (bit, name) in [(ShadowDifference.status, "\"status\"" as StaticString), (ShadowDifference.headers, "\"headers\""),
+                            (ShadowDifference.body, "\"body\"")] where differences & bit != 0 {
+            if !first { line.append(0x2C) }
+            append(name)
+            first = false
+        }
+        append("],\"duration_us\":")
+        appendNumber(record.pointee.durationMicros)
+        append(",\"primary_us\":")
+        let primary = record.pointee.upstreamMicros
+        if primary >= 0 { appendNumber(primary) } else { append("null") }
+        append(",\"error\":")
+        if differences & ShadowDifference.candidateFailed != 0 {
+            append("\"candidate_failed\"")
+        } else if differences & ShadowDifference.primaryFailed != 0 {
+            append("\"primary_failed\"")
         } else {
             append("null")
         }

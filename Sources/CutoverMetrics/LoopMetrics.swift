@@ -84,7 +84,7 @@ package final class LoopMetrics {
     /// The shadow figures of `app`, created when the app first mirrors on this loop.
     package func shadow(app: String) -> ShadowStats {
         if let existing = shadowByApp[app] { return existing }
-        let created = ShadowStats(app: app)
+        let created = ShadowStats(app: app, appID: apps.id(for: app))
         shadowByApp[app] = created
         return created
     }

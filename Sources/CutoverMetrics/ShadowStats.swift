@@ -19,6 +19,8 @@ package struct ShadowVerdict {
 /// total only (they decide which headers are noise).
 package final class ShadowStats {
     package let app: String
+    /// The app's number in the `AppRegistry` (names it in access-log mirror lines).
+    package let appID: Int32
 
     /// Per-second slots of the windowed counters.
     private static let slotCount = 300
@@ -32,8 +34,9 @@ package final class ShadowStats {
     /// Copies in flight on this loop (against `mirror_max_inflight`).
     package var inflight = 0
 
-    package init(app: String) {
+    package init(app: String, appID: Int32 = -1) {
         self.app = app
+        self.appID = appID
     }
 
     private func slot(_ second: Int64) -> Int {

@@ -323,7 +323,7 @@ final class ClientConnection: Channel {
         upstream.output.end += writer.count
         headLength = Int32(truncatingIfNeeded: writer.count)
         if listener == .main, routing.apps[appIndex].selectsForMirror(pool) {
-            startMirror(routing.apps[appIndex], head: head, source: source, consumed: consumed, primary: server,
+            startMirror(routing.apps[appIndex], head: head, source: source, consumed: consumed, primary: server, requestID: id,
                         headBytes: UnsafeRawBufferPointer(rebasing: upstream.output.readableBytes[0..<writer.count]))
         }
         requestBody = BodyRelay(framing: head.framing, rechunk: true)
@@ -342,7 +342,7 @@ final class ClientConnection: Channel {
     /// fits `mirror_max_body` and one buffer, and room under `mirror_max_inflight`. What does
     /// not qualify is counted, never delayed.
     private func startMirror(_ app: LocalApp, head: RequestHead, source: UnsafeRawBufferPointer, consumed: Int,
-                             primary: ServerEntry, headBytes: UnsafeRawBufferPointer) {
+                             primary: ServerEntry, requestID: (UInt64, UInt64), headBytes: UnsafeRawBufferPointer) {
         let stats = app.shadowStats
         let second = loop.nowNs / 1_000_000_000
         guard app.mirrorsMethod(UnsafeRawBufferPointer(rebasing: source[head.methodName.lowerBound..<head.methodName.upperBound])) else {
@@ -372,13 +372,27 @@ final class ClientConnection: Channel {
         let body = UnsafeRawBufferPointer(rebasing: source[consumed..<(consumed + bodyLength)])
         stats.count(\.mirrored, atSecond: second)
         shadow = comparison
+        comparison.candidateServer = (candidate.id, app.policy.candidate)
+        if let log = worker.accessLog {
+            let slot = log.claim()
+            if slot >= 0 {
+                func bytes(_ range: ByteRange) -> UnsafeRawBufferPointer {
+                    UnsafeRawBufferPointer(rebasing: source[range.lowerBound..<range.upperBound])
+                }
+                clientAddress.withText { client in
+                    log.fillRequest(slot, method: bytes(head.methodName), host: bytes(head.authority), target: bytes(head.target),
+                                    requestID: bytes(head.requestID), generatedID: requestID, client: client)
+                }
+                comparison.log = (log, slot, stats.appID)
+            }
+        }
         if !launchCopy(.candidate, to: candidate, pool: app.policy.candidate, comparison: comparison, app: app,
                        method: head.method, headBytes: headBytes, body: body) {
-            comparison.copyFinished(.candidate, nil, atSecond: second)
+            comparison.copyFinished(.candidate, nil, atNanoseconds: loop.nowNs)
         }
         if let noiseServer, !launchCopy(.noise, to: noiseServer, pool: app.policy.stable, comparison: comparison, app: app,
                                         method: head.method, headBytes: headBytes, body: body) {
-            comparison.copyFinished(.noise, nil, atSecond: second)
+            comparison.copyFinished(.noise, nil, atNanoseconds: loop.nowNs)
         }
     }
 
@@ -406,7 +420,7 @@ final class ClientConnection: Channel {
         side?.bodyHash = comparison.primaryDigest
         side?.bodyLength = responseBody.transferred
         side?.micros = UInt64(max(0, now - comparison.startedNs) / 1_000)
-        comparison.primaryFinished(side, atSecond: now / 1_000_000_000)
+        comparison.primaryFinished(side, atNanoseconds: now)
     }
 
     private static let rootPathStorage: StaticString = "/"
@@ -738,6 +752,7 @@ final class ClientConnection: Channel {
             log.fillRequest(slot, method: bytes(head.methodName), host: authority, target: bytes(head.target),
                             requestID: bytes(head.requestID), generatedID: id, client: client)
         }
+        if listener == .preview { log.markPreview(slot) }
     }
 
     private func finishAccessRecord(_ log: AccessLogRing, sample: RequestSample, error: WindowedStats.Outcome?, now: Int64) {

@@ -118,14 +118,14 @@ final class MirrorExchange {
         } else {
             upstream.close()
         }
-        comparison.copyFinished(role, side, atSecond: worker.loop.nowNs / 1_000_000_000)
+        comparison.copyFinished(role, side, atNanoseconds: worker.loop.nowNs)
     }
 
     private func fail() {
         guard !done else { return }
         end()
         upstream.close()
-        comparison.copyFinished(role, nil, atSecond: worker.loop.nowNs / 1_000_000_000)
+        comparison.copyFinished(role, nil, atNanoseconds: worker.loop.nowNs)
     }
 
     private func end() {

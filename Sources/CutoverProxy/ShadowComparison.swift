@@ -1,6 +1,7 @@
 import CutoverHTTP
 import CutoverLoop
 import CutoverMetrics
+import CutoverRouting
 
 /// One side of a mirrored exchange as the shadow diff compares it: the status, the headers (by
 /// name and value hash, framing and ignored names left out), the decoded body's hash and
@@ -121,6 +122,10 @@ final class ShadowComparison {
     private var noise: ShadowSide?
     private var noiseDone: Bool
     private var settled = false
+    /// The access log's mirror line for this copy (slot -1: none).
+    var log: (ring: AccessLogRing, slot: Int32, appID: Int32)?
+    /// Where the candidate copy went, for the mirror line.
+    var candidateServer: (id: Int, pool: PoolID) = (-1, .green)
 
     init(stats: ShadowStats, names: ShadowHeaderNames, ignored: Set<UInt64>, expectsNoise: Bool, startedNs: Int64) {
         self.stats = stats
@@ -130,36 +135,47 @@ final class ShadowComparison {
         noiseDone = !expectsNoise
     }
 
-    func primaryFinished(_ side: ShadowSide?, atSecond second: Int64) {
+    func primaryFinished(_ side: ShadowSide?, atNanoseconds now: Int64) {
         guard !primaryDone else { return }
         primaryDone = true
         primary = side
-        settle(atSecond: second)
+        settle(atNanoseconds: now)
     }
 
-    func copyFinished(_ role: Role, _ side: ShadowSide?, atSecond second: Int64) {
+    func copyFinished(_ role: Role, _ side: ShadowSide?, atNanoseconds now: Int64) {
         switch role {
         case .candidate:
             candidateDone = true
             candidate = side
-            if side == nil { stats.count(\.candidateFailed, atSecond: second) }
+            if side == nil { stats.count(\.candidateFailed, atSecond: now / 1_000_000_000) }
         case .noise:
             noiseDone = true
             noise = side
         }
-        settle(atSecond: second)
+        settle(atNanoseconds: now)
     }
 
-    private func settle(atSecond second: Int64) {
+    private func settle(atNanoseconds now: Int64) {
+        let second = now / 1_000_000_000
         guard !settled, primaryDone, candidateDone, noiseDone else { return }
         settled = true
-        guard let primary else {
-            stats.count(\.primaryFailed, atSecond: second)
-            return
+        var differences: UInt8 = 0
+        if primary == nil { differences |= ShadowDifference.primaryFailed }
+        if candidate == nil { differences |= ShadowDifference.candidateFailed }
+        if primary == nil { stats.count(\.primaryFailed, atSecond: second) }
+        if let primary, let candidate {
+            let verdict = primary.verdict(against: candidate, names: names)
+            stats.compared(candidate: verdict, noise: noise.map { primary.verdict(against: $0, names: names) },
+                           candidateMicros: candidate.micros, primaryMicros: primary.micros, atSecond: second)
+            if verdict.statusDiffers { differences |= ShadowDifference.status }
+            if verdict.headersDiffering.contains(where: { !stats.isNoisy($0) }) { differences |= ShadowDifference.headers }
+            if verdict.bodyDiffers { differences |= ShadowDifference.body }
         }
-        guard let candidate else { return }
-        stats.compared(candidate: primary.verdict(against: candidate, names: names),
-                       noise: noise.map { primary.verdict(against: $0, names: names) },
-                       candidateMicros: candidate.micros, primaryMicros: primary.micros, atSecond: second)
+        if let log {
+            log.ring.finishMirror(log.slot, endNs: now, appID: log.appID, pool: candidateServer.pool,
+                                  serverID: candidateServer.id, status: candidate?.status ?? 0, primaryStatus: primary?.status ?? 0,
+                                  differences: differences, candidateMicros: Int64(candidate?.micros ?? 0),
+                                  primaryMicros: primary.map { Int64($0.micros) } ?? -1)
+        }
     }
 }

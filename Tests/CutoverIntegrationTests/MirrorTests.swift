@@ -33,6 +33,7 @@ final class MirrorTests: XCTestCase {
         try """
             listen 127.0.0.1:0
             workers 2
+            access_log access.log
             health {
                 interval 100ms
                 rise 1
@@ -169,6 +170,22 @@ final class MirrorTests: XCTestCase {
         XCTAssertEqual(row["mismatches"]?["status"], 0)
         XCTAssertEqual(row["mismatches"]?["headers"], 0)
         XCTAssertEqual(row["diff_rates"]?["body"], .double(0.1))
+        // One mirror line per copy in the access log, beside the request lines.
+        runtime.server.accessLog?.flush()
+        let lines = try String(contentsOfFile: folder.appendingPathComponent("access.log").path, encoding: .utf8)
+            .split(separator: "\n").map { try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]) }
+        let mirrorLines = lines.filter { $0["type"] as? String == "mirror" }
+        XCTAssertEqual(mirrorLines.count, 400)
+        XCTAssertEqual(mirrorLines.filter { ($0["diff"] as? [String]) == ["body"] }.count, 40)
+        let sample = try XCTUnwrap(mirrorLines.first { ($0["path"] as? String) == "/item/10" })
+        XCTAssertEqual(sample["color"] as? String, "green")
+        XCTAssertEqual(sample["server"] as? String, "127.0.0.1:\(green.port)")
+        XCTAssertEqual(sample["status"] as? Int, 200)
+        XCTAssertEqual(sample["primary_status"] as? Int, 200)
+        XCTAssertNotNil(sample["primary_us"] as? Int)
+        let primaryLine = try XCTUnwrap(lines.first { $0["type"] as? String == "request" && ($0["path"] as? String) == "/item/10" })
+        XCTAssertEqual(primaryLine["request_id"] as? String, sample["request_id"] as? String, "the line names its primary's request")
+        XCTAssertEqual(primaryLine["listener"] as? String, "main")
         waitUntilGreenIsReady()
         let gated = runtime.controlPlane.execute("weight green 10", actor: deployer)
         XCTAssertEqual(gated["ok"], false)

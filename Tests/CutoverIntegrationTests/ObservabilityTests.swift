@@ -127,7 +127,7 @@ final class ObservabilityTests: XCTestCase {
         let logPath = folder.appendingPathComponent("run/access.log").path
         let lines = try accessLines(runtime, logPath)
         XCTAssertEqual(lines.count, 27)
-        let fields = ["time", "request_id", "client", "method", "host", "path", "status", "app", "color", "server",
+        let fields = ["time", "type", "request_id", "client", "method", "host", "path", "status", "listener", "app", "color", "server",
                       "bytes_in", "bytes_out", "duration_us", "upstream_us", "error"]
         for line in lines { XCTAssertEqual(Set(line.keys), Set(fields), "\(line)") }
         let proxied = lines.filter { ($0["status"] as? Int) == 200 }
