@@ -96,9 +96,37 @@ for round in $(seq "$ROUNDS"); do
 done
 "$BIN/cutover" stats total --json -s "$WORK/mirror.sock" > "$WORK/mirror-stats.json"
 
-python3 - "$RESULTS" "$OUT" "$ROUNDS" "$DURATION" "$CONNS" "$TICKS" "$WORK/mirror-stats.json" "$RATE" <<'PY'
+# Heap allocations per request in steady state, each configuration in a fresh process under the
+# malloc_count shim: the split must add none; mirroring allocates per copy (its exchange object
+# and comparison), so about 5 % of requests pay a few.
+cc -O2 -shared -fPIC -o "$WORK/malloc_count.so" Benchmarks/malloc-count/malloc_count.c -ldl -lpthread
+: > "$WORK/alloc.txt"
+for name in plain split mirror; do
+    for pid in "${PID[$name]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    LD_PRELOAD="$WORK/malloc_count.so" MALLOC_COUNT_FILE="$WORK/mallocs-$name" $PROXY_CPU "$BIN/cutover" run -c "$WORK/$name.conf" \
+        2>>"$WORK/$name.log" & PID[$name]=$!
+    PIDS+=(${PID[$name]})
+    sleep 1
+    [ "$name" = split ] && "$BIN/cutover" weight green 50 --force -s "$WORK/split.sock" >/dev/null
+    $LOAD_CPU "$BIN/cutover-bench" load "http://127.0.0.1:${PORT[$name]}/" -c "$CONNS" -d 2s --rate "$RATE" -H "$COOKIE" >/dev/null
+    sleep 0.3
+    before=$(cat "$WORK/mallocs-$name")
+    $LOAD_CPU "$BIN/cutover-bench" load "http://127.0.0.1:${PORT[$name]}/" -c "$CONNS" -d "${DURATION}s" --rate "$RATE" \
+        -H "$COOKIE" --json > "$WORK/alloc-load.json"
+    sleep 0.3
+    after=$(cat "$WORK/mallocs-$name")
+    requests=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["requests"])' "$WORK/alloc-load.json")
+    echo "$name $before $after $requests" >> "$WORK/alloc.txt"
+    echo "allocations $name: $(( after - before )) over $requests requests" >&2
+done
+
+python3 - "$RESULTS" "$OUT" "$ROUNDS" "$DURATION" "$CONNS" "$TICKS" "$WORK/mirror-stats.json" "$RATE" "$WORK/alloc.txt" <<'PY'
 import json, statistics, sys
-path, out, rounds, duration, conns, ticks, mirror_stats, rate = sys.argv[1:9]
+path, out, rounds, duration, conns, ticks, mirror_stats, rate, alloc_path = sys.argv[1:10]
+allocations = {}
+for line in open(alloc_path):
+    name, before, after, requests = line.split()
+    allocations[name] = (int(after) - int(before)) / max(1, int(requests))
 duration, ticks = float(duration), int(ticks)
 rows = {}
 for line in open(path):
@@ -109,14 +137,15 @@ def cpu(name): return [rows[name][r][1] for r in sorted(rows[name])]
 def rps(name): return [rows[name][r][0] / duration for r in sorted(rows[name])]
 def lat(name, i): return statistics.median(rows[name][r][i] for r in rows[name])
 shadow = (json.load(open(mirror_stats)).get("shadow") or [{}])[0]
-table = ["| configuration | requests/s (median) | CPU µs per request (median) | CPU ratio to plain (median of per-round ratios) | p50 / p99 µs (medians) | errors |",
-         "|---|---:|---:|---:|---:|---:|"]
+table = ["| configuration | requests/s (median) | CPU µs per request (median) | CPU ratio to plain (median of per-round ratios) | p50 / p99 µs (medians) | errors | heap allocations per request |",
+         "|---|---:|---:|---:|---:|---:|---:|"]
 for name, label in (("plain", "plain: stable color only"), ("spread", "spread: weight 50, no sticky rule"),
                     ("split", "split: sticky cookie, weight 50"), ("mirror", "mirror 5 % with the shadow diff")):
     ratios = [c / p for c, p in zip(cpu(name), cpu("plain"))]
     table.append(f"| {label} | {statistics.median(rps(name)):,.0f} | {statistics.median(cpu(name)):.2f} | "
                  f"{statistics.median(ratios):.3f}× (rounds: {', '.join(f'{r:.3f}' for r in ratios)}) | "
-                 f"{lat(name, 3):.0f} / {lat(name, 4):.0f} | {sum(rows[name][r][2] for r in rows[name])} |")
+                 f"{lat(name, 3):.0f} / {lat(name, 4):.0f} | {sum(rows[name][r][2] for r in rows[name])} | "
+                 + (f"{allocations[name]:.4f}" if name in allocations else "—") + " |")
 section = f"""<!-- routing-cost:begin -->
 ## What progressive routing costs
 
