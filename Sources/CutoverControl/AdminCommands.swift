@@ -227,11 +227,12 @@ extension ControlPlane {
         case .switchColor(let color, let force, let reason):
             return AdminReplies.json(changeColor(to: color, rollback: false, force: force, reason: reason, actor: actor))
         case .rollback(let force, let reason):
-            if persistentState.canaryInProgress {
+            let current = persistentState
+            if current.canaryInProgress || hasPins(to: current.active.other, in: current) && !current.suspendedPins.contains(current.active.other) {
                 return AdminReplies.json(rollbackCanary(force: force, reason: reason, actor: actor))
             }
-            guard let previous = persistentState.previous else {
-                return ["ok": false, "error": "no previous color to roll back to (no switch has happened yet)"]
+            guard let previous = current.previous else {
+                return ["ok": false, "error": .string("no previous color to roll back to (no switch since the last release began; every request is on \(current.active.rawValue))")]
             }
             return AdminReplies.json(changeColor(to: previous, rollback: true, force: force, reason: reason, actor: actor))
         case .drain(let app, let server):

@@ -127,7 +127,8 @@ extension ControlPlane {
                           "headers": .int(Int64(counts.noiseHeaderMismatches)), "body": .int(Int64(counts.noiseBodyMismatches))],
                 "diff_rate": .double(rounded(figures.diffRate, 6)),
                 "diff_rates": ["status": .double(rounded(figures.statusDiffRate, 6)), "headers": .double(rounded(figures.headerDiffRate, 6)),
-                               "body": .double(rounded(figures.bodyDiffRate, 6))],
+                               "body": .double(rounded(figures.bodyDiffRate, 6)),
+                               "candidate_failed": .double(rounded(figures.candidateFailureRate, 6))],
                 "headers": .array(headers),
                 "latency_us": ["candidate_p50": .int(Int64(figures.candidateLatency.percentile(50))),
                                "candidate_p95": .int(Int64(figures.candidateLatency.percentile(95))),
@@ -164,11 +165,13 @@ extension ControlPlane {
         let over = "over the last \(gate.window.rawValue)"
         if let limit = gate.maxShadowDiffRate {
             for app in control.apps {
-                guard let shadow = snapshot.shadow[app], shadow.counts.compared >= UInt64(gate.minRequests) else { continue }
+                guard let shadow = snapshot.shadow[app], shadow.judged >= UInt64(gate.minRequests) else { continue }
                 if shadow.diffRate > limit {
+                    let failures = shadow.counts.candidateFailed > 0
+                        ? ", \(Self.percent(shadow.candidateFailureRate)) of copies failed on the candidate" : ""
                     problems.append("app \(app): shadow diff rate \(Self.percent(shadow.diffRate)) \(over) "
                                     + "(status \(Self.percent(shadow.statusDiffRate)), headers \(Self.percent(shadow.headerDiffRate)), "
-                                    + "body \(Self.percent(shadow.bodyDiffRate)) beyond noise, \(shadow.counts.compared) compared) "
+                                    + "body \(Self.percent(shadow.bodyDiffRate)) beyond noise\(failures), \(shadow.counts.compared) compared) "
                                     + "exceeds max_shadow_diff_rate \(Self.percent(limit))")
                 }
             }

@@ -117,14 +117,17 @@ extension ControlPlane {
             }
             var next = current
             for name in targets {
-                if share == 0 {
-                    next.releases[name] = nil
-                } else {
-                    let salt = current.releases[name]?.salt ?? UInt64.random(in: 1...UInt64.max)
-                    next.releases[name] = AppRelease(candidateBasisPoints: share, salt: salt)
-                }
+                // Back to 0 keeps the salt: a paused canary resumes with the same users.
+                if share == 0 && current.releases[name] == nil { continue }
+                let salt = current.releases[name]?.salt ?? UInt64.random(in: 1...UInt64.max)
+                next.releases[name] = AppRelease(candidateBasisPoints: share, salt: salt)
             }
-            if share > 0 { next.suspendedPins.remove(candidate) }
+            if share > 0 {
+                next.suspendedPins.remove(candidate)
+                // The candidate's slot now holds the next release: a rollback must never return
+                // to it (what it held before is gone).
+                if next.previous == candidate { next.previous = nil }
+            }
             next.generation = current.generation + 1
             let record = AuditRecord(event: "weight", from: stable, to: candidate, reason: reason, forced: force, actor: actor,
                                      generation: next.generation,
@@ -164,6 +167,7 @@ extension ControlPlane {
                 let before = current.mirrors[target.name] ?? target.mirror.basisPoints
                 guard before != basisPoints else { continue }
                 next.mirrors[target.name] = basisPoints == target.mirror.basisPoints ? nil : basisPoints
+                if basisPoints > 0 && next.previous == current.active.other { next.previous = nil }
                 changes.append((target.name, "mirror \(Self.percentText(before)) → \(Self.percentText(basisPoints))"))
             }
             if changes.isEmpty { return .unchanged("the mirror share already is \(Self.percentText(basisPoints))") }
@@ -192,7 +196,7 @@ extension ControlPlane {
             let (current, problems) = lock.withLock { (state, force ? [] : canaryRollbackNotReady(state.active, at: clock())) }
             let stable = current.active
             let candidate = stable.other
-            guard current.canaryInProgress else {
+            guard current.canaryInProgress || hasPins(to: candidate, in: current) else {
                 return .unchanged("no canary is under way")
             }
             if !problems.isEmpty {
@@ -203,11 +207,13 @@ extension ControlPlane {
                                         details: ["gate": reasons.map(\.description).joined(separator: "; "), "command": "rollback"]))
                 return .refused(.init(command: "rollback", target: stable, reasons: reasons, verify: []))
             }
-            let changes = current.releases.sorted { $0.key < $1.key }.map {
+            var changes = current.releases.filter { $0.value.candidateBasisPoints > 0 }.sorted { $0.key < $1.key }.map {
                 (app: $0.key, change: "\(candidate.rawValue) \(Self.percentText($0.value.candidateBasisPoints)) → 0%")
             }
+            if changes.isEmpty { changes = [(app: "*", change: "pins to \(candidate.rawValue) suspended")] }
             var next = current
             next.releases = [:]
+            if next.previous == candidate { next.previous = nil }
             next.generation = current.generation + 1
             var details = ["weight": changes.map { "\($0.app): \($0.change)" }.joined(separator: "; ")]
             if hasPins(to: candidate, in: current) {
@@ -270,7 +276,12 @@ extension ControlPlane {
                     runtime.append(PinRule(source: source, name: key, values: added, color: color))
                 }
                 next.pins[target.name] = runtime
-                changes.append((target.name, "pinned \(source.rawValue) \(key) \(added.joined(separator: ",")) → \(color.rawValue)"))
+                let suspended = current.suspendedPins.contains(color)
+                    ? " (suspended: pins to \(color.rawValue) resume with a weight above 0 or a switch)" : ""
+                changes.append((target.name, "pinned \(source.rawValue) \(key) \(added.joined(separator: ",")) → \(color.rawValue)\(suspended)"))
+                if color == current.active.other && !current.suspendedPins.contains(color) && next.previous == color {
+                    next.previous = nil  // a pilot on the candidate: the candidate's slot holds the new release
+                }
             }
             if changes.isEmpty { return .unchanged("every value is already pinned to \(color.rawValue)") }
             return commitPins(next, current: current, command: "pin", changes: changes, reason: reason, actor: actor)

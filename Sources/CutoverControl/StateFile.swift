@@ -37,7 +37,8 @@ public struct PersistentState: Equatable, Sendable {
     public var generation: UInt64
     /// Drained servers as `"app host:port"` entries, sorted.
     public var drained: [String]
-    /// Apps whose candidate (the color that is not `active`) takes a share, by app name.
+    /// Apps whose candidate (the color that is not `active`) takes a share — or took one in
+    /// this release (share 0, salt kept) — by app name.
     public var releases: [String: AppRelease] = [:]
     /// Pins added at run time, by app name.
     public var pins: [String: [PinRule]] = [:]
@@ -61,10 +62,11 @@ public struct PersistentState: Equatable, Sendable {
 }
 
 /// An app's canary: the candidate's share and the salt sticky keys are hashed with. The salt
-/// is drawn when the share leaves 0 and kept until it returns there (or a switch), so a user
-/// stays on one color for the whole release, across restarts.
+/// is drawn when the share first leaves 0 and kept until the release ends (a switch or a
+/// rollback), so a user stays on one color for the whole release — a pause at 0 % included —
+/// across restarts.
 public struct AppRelease: Equatable, Sendable {
-    /// 1…10,000 (1/100 %).
+    /// 0…10,000 (1/100 %).
     public var candidateBasisPoints: Int
     public var salt: UInt64
 
@@ -126,7 +128,7 @@ public enum StateFile {
             text += "drained \(entry)\n"
         }
         for (app, release) in state.releases.sorted(by: { $0.key < $1.key }) {
-            guard appNameIsValid(app), (1...10_000).contains(release.candidateBasisPoints) else {
+            guard appNameIsValid(app), (0...10_000).contains(release.candidateBasisPoints) else {
                 throw StateFileError(path: path, message: "cannot save state: invalid weight for app '\(app)'")
             }
             text += "weight \(app) \(release.candidateBasisPoints) \(hex16(release.salt))\n"
@@ -223,9 +225,9 @@ public enum StateFile {
             case "weight":
                 let words = value.split(separator: " ")
                 guard words.count == 3, StateFile.appNameIsValid(String(words[0])),
-                      let basisPoints = StateFile.decimal(String(words[1])), (1...10_000).contains(basisPoints),
+                      let basisPoints = StateFile.decimal(String(words[1])), basisPoints <= 10_000,
                       words[2].utf8.count == 16, let salt = UInt64(words[2], radix: 16)
-                else { return "bad weight entry '\(value)' (expected 'app basis-points salt', 1..10000 and 16 hex digits)" }
+                else { return "bad weight entry '\(value)' (expected 'app basis-points salt', 0..10000 and 16 hex digits)" }
                 guard releases[String(words[0])] == nil else { return "duplicate weight for app '\(words[0])'" }
                 releases[String(words[0])] = AppRelease(candidateBasisPoints: Int(basisPoints), salt: salt)
             case "pin":

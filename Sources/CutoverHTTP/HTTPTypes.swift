@@ -57,6 +57,8 @@ public enum HeaderKind: UInt8, Sendable {
     case xRequestID
     /// Read for sticky ids and pins; forwarded unchanged.
     case cookie
+    /// The mark of a mirrored copy: only the proxy sets it, a client's is removed.
+    case xCutoverMirror
 
     /// Fields the proxy always removes before forwarding (RFC 9110 §7.6.1) or replaces with
     /// values of its own (framing, X-Forwarded-*, X-Request-Id).

@@ -31,6 +31,7 @@ extension HeaderKind {
         case 16:
             if matches("proxy-connection") { return .proxyConnection }
             if matches("x-forwarded-host") { return .xForwardedHost }
+            if matches("x-cutover-mirror") { return .xCutoverMirror }
             return .other
         case 17:
             if matches("transfer-encoding") { return .transferEncoding }

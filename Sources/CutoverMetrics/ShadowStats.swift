@@ -174,8 +174,16 @@ public struct ShadowFigures: Sendable {
         max(0, Self.rate(counts.bodyMismatches, counts.compared) - Self.rate(counts.noiseBodyMismatches, counts.noiseCompared))
     }
 
-    /// What the gate judges: the worst field's mismatch rate beyond the noise.
-    public var diffRate: Double { max(statusDiffRate, headerDiffRate, bodyDiffRate) }
+    /// Copies the candidate failed (reset, timeout, invalid response, too large) among those
+    /// that settled: a candidate that fails every copy must not look clean.
+    public var candidateFailureRate: Double { Self.rate(counts.candidateFailed, counts.compared &+ counts.candidateFailed) }
+
+    /// What the gate judges: the worst field's mismatch rate beyond the noise, or the rate of
+    /// failed copies when it is higher.
+    public var diffRate: Double { max(statusDiffRate, headerDiffRate, bodyDiffRate, candidateFailureRate) }
+
+    /// Copies that settled on the candidate's side (compared or failed): the gate's evidence.
+    public var judged: UInt64 { counts.compared &+ counts.candidateFailed }
 
     mutating func merge(_ other: ShadowFigures) {
         counts.add(other.counts)

@@ -345,7 +345,9 @@ final class ClientConnection: Channel {
                              primary: ServerEntry, requestID: (UInt64, UInt64), headBytes: UnsafeRawBufferPointer) {
         let stats = app.shadowStats
         let second = loop.nowNs / 1_000_000_000
-        guard app.mirrorsMethod(UnsafeRawBufferPointer(rebasing: source[head.methodName.lowerBound..<head.methodName.upperBound])) else {
+        // A protocol upgrade is not copied: the candidate would open a real session.
+        guard head.upgrade.isEmpty,
+              app.mirrorsMethod(UnsafeRawBufferPointer(rebasing: source[head.methodName.lowerBound..<head.methodName.upperBound])) else {
             return stats.count(\.skippedMethod, atSecond: second)
         }
         var bodyLength = 0
@@ -353,12 +355,16 @@ final class ClientConnection: Channel {
         case .none:
             break
         case .contentLength(let length):
-            guard length <= UInt64(app.mirror.maxBody), consumed + Int(length) <= source.count,
-                  headBytes.count + Int(length) + 32 <= worker.settings.bufferSize else {
+            guard length <= UInt64(app.mirror.maxBody), consumed + Int(length) <= source.count else {
                 return stats.count(\.skippedBody, atSecond: second)
             }
             bodyLength = Int(length)
         case .chunked, .untilClose:
+            return stats.count(\.skippedBody, atSecond: second)
+        }
+        // The copy is the head, the mark and the body in one buffer; a head that nearly fills
+        // its own buffer leaves no room for the mark (every framing, bodiless ones too).
+        guard headBytes.count + Self.mirrorMark.utf8CodeUnitCount + bodyLength <= worker.settings.bufferSize else {
             return stats.count(\.skippedBody, atSecond: second)
         }
         guard stats.inflight < app.mirror.maxInflight else { return stats.count(\.dropped, atSecond: second) }
@@ -398,8 +404,12 @@ final class ClientConnection: Channel {
 
     private func launchCopy(_ role: ShadowComparison.Role, to server: ServerEntry, pool: PoolID, comparison: ShadowComparison,
                             app: LocalApp, method: HTTPMethod, headBytes: UnsafeRawBufferPointer, body: UnsafeRawBufferPointer) -> Bool {
-        guard let connection = acquireUpstream(server, pool: pool) else { return false }
+        guard let connection = acquireUpstream(server, pool: pool, forCopy: true) else { return false }
         loop.buffers.acquire(into: &connection.output)
+        guard connection.output.spaceAtEnd >= headBytes.count - 2 + Self.mirrorMark.utf8CodeUnitCount + body.count else {
+            connection.close()  // checked by the caller; never write past a buffer
+            return false
+        }
         // The primary's head, with the mark every copy carries before its blank line.
         connection.output.append(UnsafeRawBufferPointer(rebasing: headBytes[0..<(headBytes.count - 2)]))
         connection.output.append(UnsafeRawBufferPointer(start: Self.mirrorMark.utf8Start, count: Self.mirrorMark.utf8CodeUnitCount))
@@ -428,14 +438,17 @@ final class ClientConnection: Channel {
         UnsafeRawBufferPointer(start: rootPathStorage.utf8Start, count: 1)
     }
 
-    private func acquireUpstream(_ server: ServerEntry, pool: PoolID) -> UpstreamConnection? {
+    /// An idle connection to `server`, or a new one. A failed connect counts against the
+    /// server's passive health only for live requests (`forCopy` false): a mirrored copy never
+    /// marks a server down.
+    private func acquireUpstream(_ server: ServerEntry, pool: PoolID, forCopy: Bool = false) -> UpstreamConnection? {
         if let idle = worker.upstreamPool.take(serverID: server.id) { return idle }
         do {
             return try UpstreamConnection.connect(
                 to: server, pool: pool, loop: loop, idlePool: worker.upstreamPool, counters: worker.counters)
         } catch {
             worker.log(.warning, "connect to \(server.name) failed: \(error)")
-            worker.counters.connectFailed(serverID: server.id)
+            if !forCopy { worker.counters.connectFailed(serverID: server.id) }
             return nil
         }
     }
@@ -615,7 +628,8 @@ final class ClientConnection: Channel {
         loop.buffers.acquire(into: &output)
         output.compactIfNeeded(minimumSpace: output.capacity)
         var writer = ByteWriter(output.writableBytes)
-        if newStickyID != 0, !head.isInformational, head.status != 101, let cookie = pool?.stickyCookie {
+        // Not on a 304: a shared cache would hand the stored response's id to everyone.
+        if newStickyID != 0, !head.isInformational, head.status != 101, head.status != 304, let cookie = pool?.stickyCookie {
             cookie.name.withUnsafeBytes { name in
                 ResponseHeadWriter.write(head, source: source, fields: loop.fields, framing: framing, keepAlive: keepAlive,
                                          clientVersion: machine.request.version,

@@ -8,7 +8,9 @@ import CutoverSystem
 /// writes the copy, reads and decodes the response, hashes it, and reports to its
 /// `ShadowComparison`. It never touches the client connection: the client only ever sees the
 /// primary's response, and a dead, hung or slow copy costs it nothing. Bounded by the loop's
-/// `mirror_max_inflight` and by one deadline (`upstream_header`) for the whole copy.
+/// `mirror_max_inflight`, by one deadline (`upstream_header`) for the whole copy, and by
+/// `maxResponseBytes` (a candidate streaming without end fails the copy instead of keeping the
+/// loop hashing).
 final class MirrorExchange {
     private unowned(unsafe) let worker: ProxyWorker
     private let comparison: ShadowComparison
@@ -21,6 +23,8 @@ final class MirrorExchange {
     private var sink = IOBuffer()
     private var side: ShadowSide?
     private var done = false
+    /// Largest response body a copy reads before it counts as failed.
+    static let maxResponseBytes: UInt64 = 8 << 20
 
     /// Starts a copy on `upstream` whose output already holds the request bytes.
     init(worker: ProxyWorker, comparison: ShadowComparison, role: ShadowComparison.Role, upstream: UpstreamConnection,
@@ -89,6 +93,7 @@ final class MirrorExchange {
                     return fail()
                 }
                 sink.consume(sink.count)
+                if body.transferred > Self.maxResponseBytes { return fail() }
                 if upstream.input.isEmpty && (upstream.peerClosed || upstream.failed) {
                     if !upstream.failed && body.sourceEnded() { return finish() }
                     return fail()

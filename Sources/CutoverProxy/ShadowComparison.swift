@@ -68,15 +68,17 @@ struct ShadowSide {
 }
 
 /// Header names by hash, per loop and app: a name becomes a String once, the first time it is
-/// seen, never per request.
+/// seen, never per request. At most `limit` names (an upstream inventing header names must not
+/// grow memory): later ones are reported together as `(other)`.
 final class ShadowHeaderNames {
+    static let limit = 256
     private var names: [UInt64: String] = [:]
 
     func register(_ hash: UInt64, _ bytes: UnsafeRawBufferPointer) {
-        if names[hash] == nil { names[hash] = String(decoding: bytes, as: UTF8.self).lowercased() }
+        if names[hash] == nil && names.count < Self.limit { names[hash] = String(decoding: bytes, as: UTF8.self).lowercased() }
     }
 
-    func name(_ hash: UInt64) -> String { names[hash] ?? "#\(hash)" }
+    func name(_ hash: UInt64) -> String { names[hash] ?? "(other)" }
 
     static func hash(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
         var hash: UInt64 = 0xCBF2_9CE4_8422_2325

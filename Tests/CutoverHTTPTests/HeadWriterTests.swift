@@ -209,6 +209,14 @@ final class HeadWriterTests: XCTestCase {
         }
     }
 
+    /// Only the proxy marks a mirrored copy: a client's `X-Cutover-Mirror` never reaches an
+    /// upstream (an app skipping side effects for copies would skip them for a real request).
+    func testAClientsMirrorMarkIsRemoved() {
+        let forwarded = forward("GET / HTTP/1.1\r\nHost: a.example\r\nX-Cutover-Mirror: 1\r\nx-cutover-mirror: 0\r\nAccept: */*\r\n\r\n")
+        XCTAssertFalse(forwarded.lowercased().contains("x-cutover-mirror"), forwarded)
+        XCTAssertTrue(forwarded.contains("Accept: */*\r\n"))
+    }
+
     // MARK: Responses
 
     func respond(_ raw: String, method: HTTPMethod = .get, framing: ClientFraming, keepAlive: Bool = true,

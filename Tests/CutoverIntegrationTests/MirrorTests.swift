@@ -103,14 +103,25 @@ final class MirrorTests: XCTestCase {
             XCTAssertEqual(response.bodyString, "item /item/\(index)\n")
         }
         XCTAssertEqual(try client.request("POST", "/order", host: "shop.example", body: Array("{}".utf8)).status, 200)
-        let row = try XCTUnwrap(shadowWhenSettled(expected: 50))
-        XCTAssertEqual(row["mirrored"], 50)
-        XCTAssertEqual(row["compared"], 50)
-        XCTAssertEqual(row["skipped"]?["method"], 1, "POST is not in mirror_methods")
+        // An upgrade is never copied (the candidate would open a real session), and a client's
+        // own mark never reaches an upstream.
+        XCTAssertEqual(try client.request("GET", "/socket", host: "shop.example",
+                                          headers: [("Connection", "upgrade"), ("Upgrade", "websocket")]).status, 200)
+        XCTAssertEqual(try RawHTTPClient(port: runtime.server.listenAddresses[0].port)
+            .request("GET", "/item/forged", host: "shop.example", headers: [("X-Cutover-Mirror", "0")]).status, 200)
+        let row = try XCTUnwrap(shadowWhenSettled(expected: 51))
+        XCTAssertEqual(row["mirrored"], 51)
+        XCTAssertEqual(row["compared"], 51)
+        XCTAssertEqual(row["skipped"]?["method"], 2, "POST is not in mirror_methods; the upgrade is not copied")
+        let forged = try XCTUnwrap(green.requests.first { $0.target == "/item/forged" })
+        XCTAssertEqual(forged.headers.filter { $0.name.lowercased() == "x-cutover-mirror" }.map(\.value), ["1"],
+                       "the copy carries the proxy's mark only")
+        XCTAssertNil(blue.requests.first { $0.target == "/item/forged" }?.header("X-Cutover-Mirror"),
+                     "the primary never carries a client's mark")
         XCTAssertEqual(row["diff_rate"], .double(0), "same bodies, Date ignored by default")
         // Health checks ask for /; every request for an item is a copy, marked.
         let copies = green.requests.filter { $0.target.hasPrefix("/item/") }
-        XCTAssertEqual(copies.count, 50)
+        XCTAssertEqual(copies.count, 51)
         XCTAssertTrue(copies.allSatisfy { $0.header("X-Cutover-Mirror") == "1" })
         let primaries = blue.requests.filter { $0.target.hasPrefix("/item/") }
         XCTAssertTrue(primaries.allSatisfy { $0.header("X-Cutover-Mirror") == nil })
@@ -143,7 +154,13 @@ final class MirrorTests: XCTestCase {
             XCTAssertLessThan(Date().timeIntervalSince(started), 5, "\(label): the client waited for the copies")
             let row = admin("stats total")["shadow"]?.arrayValue?.first
             switch label {
-            case "dead": XCTAssertEqual(shadowWhenSettled(expected: 60)?["candidate_failed"], 60)
+            case "dead":
+                let settled = shadowWhenSettled(expected: 60)
+                XCTAssertEqual(settled?["candidate_failed"], 60)
+                XCTAssertEqual(settled?["diff_rate"], .double(1), "a candidate that fails every copy does not look clean")
+                let blueUp = runtime.controlPlane.execute("health", actor: deployer)["servers"]?.arrayValue?
+                    .first { $0["color"] == "blue" }?["health"]
+                XCTAssertNotEqual(blueUp, "down", "failed copies never count against a server")
             case "hung": XCTAssertGreaterThan(row?["dropped"]?.intValue ?? 0, 0, "over mirror_max_inflight, copies are dropped")
             default: XCTAssertGreaterThan(row?["mirrored"]?.intValue ?? 0, 0)
             }
@@ -216,6 +233,33 @@ final class MirrorTests: XCTestCase {
         XCTAssertEqual(row["mismatches"]?["body"], 0)
         waitUntilGreenIsReady()
         XCTAssertEqual(runtime.controlPlane.execute("weight green 10", actor: deployer)["ok"], true, "the gate passes a Date-only change")
+    }
+
+    /// Heads that (rewritten) nearly fill a buffer: the copy must not be written past its
+    /// buffer — it is skipped, counted, and the primary is served or refused as without mirroring.
+    func testAHeadThatNearlyFillsABufferIsNotCopied() throws {
+        let blue = try upstream("blue") { _ in "ok\n" }
+        let green = try upstream("green") { _ in "ok\n" }
+        let runtime = try start(blue: [blue.port], green: [green.port], appLines: "mirror 100")
+        let port = runtime.server.listenAddresses[0].port
+        var served = 0
+        var refused = 0
+        // The authority after the colon is not matched but is written twice (Host and
+        // X-Forwarded-Host): sweep padding sizes across the last few hundred bytes of the buffer.
+        // With an 8,000-byte authority the rewritten head is about 8,100 bytes longer than the
+        // client's: client heads of 12.2–12.6 KB (under max_header_bytes 16k) come out near the
+        // 20 KB buffer.
+        let host = "shop.example:" + String(repeating: "9", count: 8_000)
+        for padding in stride(from: 4_000, through: 4_600, by: 2) {
+            let client = try RawHTTPClient(port: port)
+            let response = try client.request("GET", "/", headers: [("Host", host), ("X-Pad", String(repeating: "p", count: padding))])
+            if response.status == 200 { served += 1 } else { refused += 1 }
+        }
+        XCTAssertGreaterThan(served, 0)
+        let row = try XCTUnwrap(shadowWhenSettled(expected: 0))
+        XCTAssertGreaterThan(row["skipped"]?["body"]?.intValue ?? 0, 0, "heads too large to copy are skipped")
+        XCTAssertEqual(try RawHTTPClient(port: port).request(host: "shop.example").status, 200, "the proxy still serves")
+        _ = refused
     }
 
     private func waitUntilGreenIsReady(file: StaticString = #filePath, line: UInt = #line) {

@@ -106,9 +106,9 @@ final class ReleaseControlTests: XCTestCase {
         XCTAssertEqual(reply["ok"], true, "\(reply)")
         XCTAssertEqual(policy(control, "api").split.share(of: .green), 500)
 
-        // Back to 0 drops the salt: the next canary reshuffles.
+        // Back to 0 keeps the salt (a paused canary resumes with the same users).
         XCTAssertEqual(control.execute("weight green 0 app api", actor: deployer)["ok"], true)
-        XCTAssertNil(try StateFile.load(path: statePath)?.releases["api"])
+        XCTAssertEqual(try StateFile.load(path: statePath)?.releases["api"], AppRelease(candidateBasisPoints: 0, salt: salt))
         XCTAssertEqual(policy(control, "api").split.soleTarget, .blue)
 
         let events = control.execute("history 20", actor: deployer)["records"]?.arrayValue?.compactMap { $0["event"]?.stringValue }
@@ -204,6 +204,50 @@ final class ReleaseControlTests: XCTestCase {
         XCTAssertEqual(control.execute("unpin *", actor: deployer)["ok"], true)
         XCTAssertEqual(try StateFile.load(path: statePath)?.pins, [:])
         XCTAssertEqual(policy(control, "api").pins.count, 1, "the config's pin stays")
+    }
+
+    /// After a switch to green (previous blue), a canary of a new release on blue clears
+    /// `previous`: a rollback cancels the canary, and a second rollback says there is nothing to
+    /// return to instead of sending everyone to the new release.
+    func testASecondRollbackNeverSendsEveryoneToTheNewRelease() throws {
+        let clock = ManualClock()
+        let control = try makeControlPlane(clock: clock)
+        makeGreenReady(control, clock)
+        XCTAssertEqual(control.execute("switch green force", actor: deployer)["ok"], true)
+        XCTAssertEqual(control.persistentState.previous, .blue)
+        XCTAssertEqual(control.execute("weight blue 10 force reason next release on blue", actor: deployer)["ok"], true)
+        XCTAssertNil(control.persistentState.previous, "blue's slot holds the next release now")
+        XCTAssertEqual(control.execute("rollback", actor: deployer)["command"], "rollback")
+        XCTAssertEqual(control.activeColor, .green)
+        let second = control.execute("rollback", actor: deployer)
+        XCTAssertEqual(second["ok"], false)
+        XCTAssertEqual(second["error"]?.stringValue,
+                       "no previous color to roll back to (no switch since the last release began; every request is on green)")
+        XCTAssertEqual(control.activeColor, .green)
+
+        // Paused at 0 %, a canary keeps its salt: the same users come back at the same weight.
+        XCTAssertEqual(control.execute("weight blue 20 app web force", actor: deployer)["ok"], true)
+        let salt = control.persistentState.releases["web"]?.salt
+        XCTAssertEqual(control.execute("weight blue 0 app web", actor: deployer)["ok"], true)
+        XCTAssertEqual(control.persistentState.releases["web"], AppRelease(candidateBasisPoints: 0, salt: salt!))
+        XCTAssertEqual(control.execute("weight blue 20 app web force", actor: deployer)["ok"], true)
+        XCTAssertEqual(control.persistentState.releases["web"]?.salt, salt)
+        XCTAssertEqual(try StateFile.load(path: statePath)?.releases["web"]?.salt, salt)
+    }
+
+    /// A pilot by pins alone (no weight) is a canary too: rollback suspends the pins.
+    func testRollbackOfAPinsOnlyPilotSuspendsThePins() throws {
+        let clock = ManualClock()
+        let control = try makeControlPlane(clock: clock)
+        makeGreenReady(control, clock)
+        XCTAssertEqual(control.execute("switch green force", actor: deployer)["ok"], true)
+        XCTAssertEqual(control.execute("pin web header X-Tenant pilot-1 blue", actor: deployer)["ok"], true)
+        let reply = control.execute("rollback", actor: deployer)
+        XCTAssertEqual(reply["ok"], true, "\(reply)")
+        XCTAssertEqual(reply["command"], "rollback")
+        XCTAssertEqual(control.activeColor, .green, "the pilot ended; nobody was switched")
+        XCTAssertEqual(policy(control, "web").pins, [])
+        XCTAssertEqual(control.persistentState.suspendedPins, [.blue])
     }
 
     /// A restart with the state file brings back the canary exactly: weights, salt, pins.
