@@ -126,7 +126,7 @@ final class StateFileTests: XCTestCase {
             ("active green\ndrained api 127.0.0.1\n", "line 2: bad drained entry"),
             ("active green\ndrained api 127.0.0.1:70000\n", "line 2: bad drained entry"),
             ("active green\ndrained api 127.0.0.1:80 extra\n", "line 2: bad drained entry"),
-            ("active blue\nweight api 0 0123456789abcdef\n", "line 2: bad weight entry"),
+            ("active blue\nweight api -1 0123456789abcdef\n", "line 2: bad weight entry"),
             ("active blue\nweight api 10001 0123456789abcdef\n", "line 2: bad weight entry"),
             ("active blue\nweight api 1000 0123\n", "line 2: bad weight entry"),
             ("active blue\nweight api 1000\n", "line 2: bad weight entry"),
