@@ -4,6 +4,9 @@
 #   spread — weight 50 without a sticky rule (exact interleaved shares),
 #   split  — `sticky cookie` at weight 50, every request carrying a cookie (Cookie scan + hash),
 #   mirror — plain plus `mirror 5` (5 % of requests copied to green and compared),
+#   mirror-dead / mirror-hung / mirror-slow — the same copies to a candidate that refuses
+#            connections, accepts and never answers, or answers after 200 ms: the clients'
+#            success and p99 must stay those of plain routing,
 # loaded in rotating order (plain spread split mirror, spread split mirror plain, …) by
 # `cutover-bench load` at a fixed RATE (open loop, below saturation, so that every configuration
 # does the same work per second and batching is alike) for DURATION seconds each; the proxy's CPU
@@ -41,16 +44,32 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP_BLUE=$(free_port)
 UP_GREEN=$(free_port)
+UP_HUNG=$(free_port)
+UP_SLOW=$(free_port)
+UP_DEAD=$(free_port)  # nothing listens there: connections are refused
 $LOAD_CPU "$BIN/cutover-bench" upstream --port "$UP_BLUE" --color blue >/dev/null & PIDS+=($!)
 $LOAD_CPU "$BIN/cutover-bench" upstream --port "$UP_GREEN" --color green >/dev/null & PIDS+=($!)
+$LOAD_CPU "$BIN/cutover-bench" upstream --port "$UP_SLOW" --color green --delay 200 >/dev/null & PIDS+=($!)
+# Accepts and reads, never answers.
+$LOAD_CPU python3 -c '
+import socket, sys, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1024)
+held = []
+while True:
+    c, _ = s.accept(); held.append(c)
+' "$UP_HUNG" & PIDS+=($!)
 
-NAMES="plain spread split mirror"
+NAMES="plain spread split mirror mirror-dead mirror-hung mirror-slow"
 declare -A PORT PID
 for name in $NAMES; do
     PORT[$name]=$(free_port)
     extra=""
+    green=$UP_GREEN
     [ "$name" = split ] && extra="sticky cookie cutover_id"
     [ "$name" = mirror ] && extra="mirror 5"
+    [ "$name" = mirror-dead ] && { extra="mirror 5"; green=$UP_DEAD; }
+    [ "$name" = mirror-hung ] && { extra="mirror 5"; green=$UP_HUNG; }
+    [ "$name" = mirror-slow ] && { extra="mirror 5"; green=$UP_SLOW; }
     cat > "$WORK/$name.conf" <<EOF
 listen 127.0.0.1:${PORT[$name]}
 workers 1
@@ -63,7 +82,7 @@ app bench {
     host *
     $extra
     blue 127.0.0.1:$UP_BLUE
-    green 127.0.0.1:$UP_GREEN
+    green 127.0.0.1:$green
 }
 EOF
     $PROXY_CPU "$BIN/cutover" run -c "$WORK/$name.conf" 2>"$WORK/$name.log" & PID[$name]=$!
@@ -82,9 +101,12 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
 RESULTS=$WORK/results.txt
 : > "$RESULTS"
-ORDERS=("plain spread split mirror" "spread split mirror plain" "split mirror plain spread" "mirror plain spread split")
+read -r -a ALL <<< "$NAMES"
 for round in $(seq "$ROUNDS"); do
-    for name in ${ORDERS[$(( (round - 1) % 4 ))]}; do
+    # Rotate the order every round: each configuration takes every position in turn.
+    shift_by=$(( (round - 1) % ${#ALL[@]} ))
+    order=("${ALL[@]:$shift_by}" "${ALL[@]:0:$shift_by}")
+    for name in "${order[@]}"; do
         before=$(cpu_ticks "${PID[$name]}")
         $LOAD_CPU "$BIN/cutover-bench" load "http://127.0.0.1:${PORT[$name]}/" -c "$CONNS" -d "${DURATION}s" --rate "$RATE" \
             -H "$COOKIE" --json > "$WORK/load.json"
@@ -140,7 +162,10 @@ shadow = (json.load(open(mirror_stats)).get("shadow") or [{}])[0]
 table = ["| configuration | requests/s (median) | CPU µs per request (median) | CPU ratio to plain (median of per-round ratios) | p50 / p99 µs (medians) | errors | heap allocations per request |",
          "|---|---:|---:|---:|---:|---:|---:|"]
 for name, label in (("plain", "plain: stable color only"), ("spread", "spread: weight 50, no sticky rule"),
-                    ("split", "split: sticky cookie, weight 50"), ("mirror", "mirror 5 % with the shadow diff")):
+                    ("split", "split: sticky cookie, weight 50"), ("mirror", "mirror 5 % with the shadow diff"),
+                    ("mirror-dead", "mirror 5 % to a candidate refusing connections"),
+                    ("mirror-hung", "mirror 5 % to a candidate that never answers"),
+                    ("mirror-slow", "mirror 5 % to a candidate answering after 200 ms")):
     ratios = [c / p for c, p in zip(cpu(name), cpu("plain"))]
     table.append(f"| {label} | {statistics.median(rps(name)):,.0f} | {statistics.median(cpu(name)):.2f} | "
                  f"{statistics.median(ratios):.3f}× (rounds: {', '.join(f'{r:.3f}' for r in ratios)}) | "
@@ -156,7 +181,8 @@ and round, {rounds} rounds in rotating order, every request carrying
 `Cookie: theme=dark; cutover_id=…`. CPU is the proxy's utime + stime per request.
 `spread` separates what a 50/50 split costs (two upstream pools) from what the sticky cookie
 costs (the Cookie scan and the hash). Targets: the sticky split at most 1.05×, 5 % mirroring at
-most 1.10× the CPU per request of plain routing.
+most 1.10× the CPU per request of plain routing; with a dead, hung or slow candidate, no client
+error and the clients' p99 as with plain routing (within the rounds' noise).
 
 {chr(10).join(table)}
 
