@@ -53,19 +53,26 @@ extension ControlPlane {
         publisher.update { $0.with(policies: { name, current in policies[name] ?? current }) }
     }
 
-    /// State file durable → publish → audit, for a routing change decided under `switchLock`.
-    /// Returns the audit error (the change happened) or throws the state-file error (it did not).
-    func commitRoutingChange(_ next: PersistentState, command: String, record: AuditRecord) -> Result<String?, StateFileError> {
-        if let path = config.stateFile {
-            do {
-                try StateFile.save(next, path: path)
-            } catch let error where error.newStateInPlace {
-                logger.log(.warning, "\(command): \(error.description)")
-            } catch {
-                logger.log(.error, "\(command) aborted: \(error.description)")
-                return .failure(error)
-            }
+    /// Makes `next` durable before a change takes effect. A save whose new file is in place but
+    /// whose folder could not be synced counts as made (refusing then would let a restart apply
+    /// the change silently); any other failure means nothing changed.
+    func saveStateDurably(_ next: PersistentState, command: String) -> StateFileError? {
+        guard let path = config.stateFile else { return nil }
+        do {
+            try StateFile.save(next, path: path)
+        } catch let error where error.newStateInPlace {
+            logger.log(.warning, "\(command): \(error.description)")
+        } catch {
+            logger.log(.error, "\(command) aborted: \(error.description)")
+            return error
         }
+        return nil
+    }
+
+    /// State file durable → publish → audit, for a routing change decided under `switchLock`.
+    /// Returns the audit error (the change happened) or the state-file error (it did not).
+    func commitRoutingChange(_ next: PersistentState, command: String, record: AuditRecord) -> Result<String?, StateFileError> {
+        if let error = saveStateDurably(next, command: command) { return .failure(error) }
         lock.withLock {
             state = next
             publishPoliciesLocked()

@@ -123,18 +123,9 @@ extension ControlPlane {
         next.releases = [:]
         next.suspendedPins.remove(target)
         if rollback && hasPins(to: current.active, in: current) { next.suspendedPins.insert(current.active) }
-        if let path = config.stateFile {
-            do {
-                try StateFile.save(next, path: path)
-            } catch let error where error.newStateInPlace {
-                // The file already names the new color: refusing now would make a restart switch
-                // silently. Go ahead, and say the durability is in doubt.
-                logger.log(.warning, "\(command) to \(target.rawValue): \(error.description)")
-            } catch {
-                logger.log(.error, "\(command) to \(target.rawValue) aborted: \(error.description)")
-                countSwitch(command, "failed")
-                return .failed("\(command) aborted, the state file could not be written: \(error.description)")
-            }
+        if let error = saveStateDurably(next, command: "\(command) to \(target.rawValue)") {
+            countSwitch(command, "failed")
+            return .failed("\(command) aborted, the state file could not be written: \(error.description)")
         }
         let started = DispatchTime.now().uptimeNanoseconds
         lock.withLock {
