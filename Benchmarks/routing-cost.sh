@@ -187,7 +187,8 @@ error and the clients' p99 as with plain routing (within the rounds' noise).
 {chr(10).join(table)}
 
 The mirror run copied {shadow.get('mirrored', 0):,} requests and compared {shadow.get('compared', 0):,}
-(dropped {shadow.get('dropped', 0)}, candidate failures {shadow.get('candidate_failed', 0)}, diff rate {shadow.get('diff_rate', 0)}).
+(dropped {shadow.get('dropped', 0)}, candidate failures {shadow.get('candidate_failed', 0)}, diff rate {shadow.get('diff_rate', 0)}: the
+bench's upstreams answer their own color's name, so every compared body differs — the diff is expected to say 1.0).
 <!-- routing-cost:end -->
 """
 try:
