@@ -204,6 +204,8 @@ public struct Config: Sendable, Equatable {
     /// Traffic thresholds of the switch gate; nil: the gate looks at health and verify only.
     public var gate: GateThresholds?
     public var apps: [AppConfig]
+    /// Release plans, from `plan` blocks here and in the files `plans` names.
+    public var plans: [PlanConfig] = []
 
     /// The admin socket mode used when `admin_mode` is absent.
     public static let defaultAdminMode: UInt32 = 0o600

@@ -53,6 +53,9 @@ public enum ConfigParser {
         return basisPoints <= 10_000 ? basisPoints : nil
     }
 
+    /// The longest duration a plan accepts (a year), so that time arithmetic never overflows.
+    public static let maxDurationMs = 365 * 86_400_000
+
     /// Bytes for `512`, `16k`, `1m`, `2g` (powers of 1024); `nil` otherwise.
     public static func parseSize(_ s: Substring) -> Int? {
         let digits = s.prefix(while: \.isASCIIDigit)
@@ -243,16 +246,17 @@ private struct Reader {
         throw open.error("unclosed block '\(label)' (missing '}')")
     }
 
-    private static let blockNames: Set<Substring> = ["timeouts", "limits", "health", "gate", "app"]
+    private static let blockNames: Set<Substring> = ["timeouts", "limits", "health", "gate", "app", "plan"]
 
     private mutating func readTopLevel(_ d: Directive) throws(ConfigError) {
         if Self.blockNames.contains(d.name) {
             throw d.error("\(d.name): expected '{' at the end of the line")
         }
-        if d.name != "listen" && d.name != "preview_listen" { try once.check(d) }
+        if d.name != "listen" && d.name != "preview_listen" && d.name != "plans" { try once.check(d) }
         switch d.name {
         case "listen": try addListen(d)
         case "preview_listen": try addPreviewListen(d)
+        case "plans": try addPlanFiles(d)
         case "workers": config.workers = try d.workers()
         case "admin_socket": config.adminSocket = try d.optionalPath(baseDirectory)
         case "admin_mode": config.adminMode = try d.fileMode()
@@ -274,6 +278,39 @@ private struct Reader {
         config.listen.append(endpoint)
     }
 
+    /// `plans PATH`: a file of `plan` blocks, or a folder whose `*.conf` files are (in name
+    /// order). Errors point at the plan file's own lines.
+    private mutating func addPlanFiles(_ d: Directive) throws(ConfigError) {
+        let value = try d.oneValue()
+        let path = value.hasPrefix("/") ? String(value) : ConfigParser.join(baseDirectory, String(value))
+        let files: [String]
+        if let entries = FileIO.folderEntries(path) {
+            files = entries.filter { $0.hasSuffix(".conf") }.map { ConfigParser.join(path, $0) }
+        } else {
+            files = [path]
+        }
+        for planFile in files {
+            let text: String
+            do {
+                text = try ConfigParser.readText(path: planFile)
+            } catch {
+                throw d.error("plans: \(error.message)")
+            }
+            let directives = ConfigParser.tokenize(text, file: planFile)
+            var index = 0
+            while index < directives.count {
+                let plan = directives[index]
+                if let problem = plan.problem { throw plan.error(problem) }
+                guard plan.name == "plan", plan.opensBlock else {
+                    throw plan.error("only 'plan NAME {' blocks belong in a plan file (found '\(plan.name)')")
+                }
+                let body = try blockBody(directives, opener: index)
+                try addPlan(plan, body)
+                index += body.count + 2
+            }
+        }
+    }
+
     private mutating func addPreviewListen(_ d: Directive) throws(ConfigError) {
         let endpoint = try d.endpoint(try d.oneValue(), wildcard: true, portZero: true)
         let all = config.listen + config.previewListen
@@ -285,10 +322,14 @@ private struct Reader {
 
     private mutating func readBlock(_ d: Directive, _ body: ArraySlice<Directive>) throws(ConfigError) {
         guard Self.blockNames.contains(d.name) else {
-            throw d.error("'\(d.name)' is not a block (blocks are timeouts, limits, health, gate and app)")
+            throw d.error("'\(d.name)' is not a block (blocks are timeouts, limits, health, gate, app and plan)")
         }
         if d.name == "app" {
             try addApp(d, body)
+            return
+        }
+        if d.name == "plan" {
+            try addPlan(d, body)
             return
         }
         try once.check(d)
@@ -708,10 +749,10 @@ private extension Directive {
         return basisPoints
     }
 
-    func appName() throws(ConfigError) -> String {
+    func appName(what: String = "app") throws(ConfigError) -> String {
         let value = try oneValue()
         let allowed = value.allSatisfy { $0.isASCIILetter || $0.isASCIIDigit || "-_.".contains($0) }
-        guard allowed else { throw error("app: bad name '\(value)' (use letters, digits, '-', '_' and '.')") }
+        guard allowed else { throw error("\(what): bad name '\(value)' (use letters, digits, '-', '_' and '.')") }
         return String(value)
     }
 
@@ -791,4 +832,192 @@ private enum HostSyntax {
 private extension Character {
     var isASCIIDigit: Bool { ("0"..."9").contains(self) }
     var isASCIILetter: Bool { ("a"..."z").contains(self) || ("A"..."Z").contains(self) }
+}
+
+// MARK: - Plans
+
+extension Reader {
+    /// `plan NAME { step …; pause_if …; rollback_if …; min_requests N; false_alarm X; watch D }`
+    mutating func addPlan(_ d: Directive, _ body: ArraySlice<Directive>) throws(ConfigError) {
+        let name = try d.appName(what: "plan")
+        if let first = config.plans.first(where: { $0.name == name }) {
+            throw d.error("duplicate plan '\(name)' (first at \(first.file):\(first.line))")
+        }
+        var plan = PlanConfig(name: name, file: d.file, line: d.line)
+        var once = OnceTracker()
+        var weight = 0
+        for line in body {
+            switch line.name {
+            case "step":
+                let step = try line.planStep()
+                if let next = step.weight {
+                    guard next >= weight else {
+                        throw line.error("step: weight \(Double(next) / 100)% is below the previous step's \(Double(weight) / 100)% (a plan only moves forward; rollback is its own decision)")
+                    }
+                    weight = next
+                }
+                plan.steps.append(step)
+            case "pause_if": plan.pauseIf.append(try line.planCondition())
+            case "rollback_if": plan.rollbackIf.append(try line.planCondition())
+            case "min_requests":
+                try once.check(line)
+                plan.minRequests = try line.integer(1...1_000_000_000)
+            case "false_alarm":
+                try once.check(line)
+                let rate = try line.rate()
+                guard rate > 0 && rate <= 0.1 else { throw line.error("false_alarm: must be above 0 and at most 10%") }
+                plan.falseAlarm = rate
+            case "watch":
+                try once.check(line)
+                plan.watchMs = try line.duration(allowZero: true)
+            default:
+                throw line.error("unknown directive '\(line.name)' in plan '\(name)' (step, pause_if, rollback_if, min_requests, false_alarm, watch)")
+            }
+        }
+        guard !plan.steps.isEmpty else { throw d.error("plan '\(name)': no 'step'") }
+        guard weight == TrafficShare.full else {
+            throw d.error("plan '\(name)': the last step must reach weight 100 (it reaches \(Double(weight) / 100)%)")
+        }
+        config.plans.append(plan)
+    }
+}
+
+/// 100 % in basis points.
+private enum TrafficShare {
+    static let full = 10_000
+}
+
+private extension Directive {
+    /// `step [weight P] [pin header|cookie NAME V1,V2] [mirror P] [hold D]`, each at most once.
+    func planStep() throws(ConfigError) -> PlanStep {
+        var step = PlanStep(line: line)
+        var seen: Set<Substring> = []
+        var index = 0
+        func value(_ key: Substring) throws(ConfigError) -> Substring {
+            guard index + 1 < args.count else { throw error("step: '\(key)' needs a value") }
+            index += 1
+            return args[index]
+        }
+        while index < args.count {
+            let key = args[index]
+            guard seen.insert(key).inserted else { throw error("step: '\(key)' is given twice") }
+            switch key {
+            case "weight":
+                let text = try value(key)
+                guard let basisPoints = ConfigParser.percentBasisPoints(text.hasSuffix("%") ? text.dropLast() : text) else {
+                    throw error("step: weight '\(text)' is not a percentage from 0 to 100 with at most two decimals")
+                }
+                step.weight = basisPoints
+            case "mirror":
+                let text = try value(key)
+                guard let basisPoints = ConfigParser.percentBasisPoints(text.hasSuffix("%") ? text.dropLast() : text) else {
+                    throw error("step: mirror '\(text)' is not a percentage from 0 to 100 with at most two decimals")
+                }
+                step.mirror = basisPoints
+            case "hold":
+                let text = try value(key)
+                guard let ms = ConfigParser.parseDuration(text), ms <= ConfigParser.maxDurationMs else {
+                    throw error("step: hold '\(text)' is not a duration (a number with ms, s, m or h, e.g. 15m)")
+                }
+                step.holdMs = ms
+            case "pin":
+                guard index + 3 < args.count, let source = PinSource(rawValue: String(args[index + 1])) else {
+                    throw error("step: expected 'pin header|cookie NAME VALUE[,VALUE…]'")
+                }
+                let name = args[index + 2]
+                guard PinRule.isToken(name) else { throw error("step: '\(name)' is not a valid \(source.rawValue) name") }
+                let values = args[index + 3].split(separator: ",", omittingEmptySubsequences: false)
+                for value in values where !PinRule.isValidValue(value) {
+                    throw error("step: bad pin value '\(value)' (1 to \(PinRule.maxValueBytes) visible characters, no ',', ';', '\"' or '\\')")
+                }
+                // The color is the release's candidate, known when the plan starts.
+                step.pins.append(PinRule(source: source, name: String(name), values: values.map(String.init), color: .green, line: line))
+                index += 3
+            default:
+                throw error("step: unknown '\(key)' (weight, pin, mirror, hold)")
+            }
+            index += 1
+        }
+        guard step.weight != nil || !step.pins.isEmpty || step.mirror != nil else {
+            throw error("step: sets nothing (give weight, pin or mirror)")
+        }
+        return step
+    }
+
+    /// The condition of a `pause_if` or `rollback_if` line.
+    func planCondition() throws(ConfigError) -> PlanCondition {
+        guard let kind = args.first else { throw error("\(name): missing condition") }
+        let rest = Array(args.dropFirst())
+        func comparison(_ what: String) throws(ConfigError) -> Substring {
+            guard rest.count >= 2, rest[0] == ">" else { throw error("\(name): expected '\(kind) > \(what)'") }
+            return rest[1]
+        }
+        func rate(_ text: Substring) throws(ConfigError) -> Double {
+            let isPercent = text.hasSuffix("%")
+            guard let number = Double(isPercent ? text.dropLast() : text), number.isFinite, number > 0 else {
+                throw error("\(name): '\(text)' is not a rate above 0 (a percentage such as 1% or a fraction such as 0.01)")
+            }
+            let fraction = isPercent ? number / 100 : number
+            guard fraction < 1 else { throw error("\(name): '\(text)' must be below 100%") }
+            return fraction
+        }
+        func noMore(_ count: Int) throws(ConfigError) {
+            if rest.count > count { throw error("\(name): unexpected '\(rest[count])'") }
+        }
+        switch kind {
+        case "error_rate":
+            let limit = try rate(try comparison("1%"))
+            try noMore(2)
+            return .errorRate(above: limit)
+        case "shadow_diff_rate":
+            let limit = try rate(try comparison("1%"))
+            try noMore(2)
+            return .shadowDiffRate(above: limit)
+        case "p95":
+            let text = try comparison("500ms")
+            guard let ms = ConfigParser.parseDuration(text), ms > 0, ms <= ConfigParser.maxDurationMs else {
+                throw error("\(name): '\(text)' is not a duration above 0 (e.g. 500ms)")
+            }
+            try noMore(2)
+            return .p95(aboveMs: ms)
+        case "error_regression":
+            try noMore(0)
+            return .errorRegression
+        case "health_failed":
+            try noMore(0)
+            return .healthFailed
+        case "p95_regression":
+            guard let first = rest.first, let ratio = Double(first), ratio.isFinite, ratio >= 1 else {
+                throw error("\(name): expected 'p95_regression RATIO [slack DURATION]' with a ratio of 1 or more (e.g. 1.2)")
+            }
+            var slack = 0
+            if rest.count > 1 {
+                guard rest[1] == "slack", rest.count == 3, let ms = ConfigParser.parseDuration(rest[2]), ms <= ConfigParser.maxDurationMs else {
+                    throw error("\(name): expected 'p95_regression RATIO [slack DURATION]'")
+                }
+                slack = ms
+            }
+            return .p95Regression(ratio: ratio, slackMs: slack)
+        case "burn_rate":
+            // burn_rate > 14.4 budget 0.1% window 1h [min_errors 5]
+            guard rest.count >= 6, rest[0] == ">", let burn = Double(rest[1]), burn.isFinite, burn > 0,
+                  rest[2] == "budget", rest[4] == "window" else {
+                throw error("\(name): expected 'burn_rate > RATE budget PERCENT window DURATION [min_errors N]'")
+            }
+            let budget = try rate(rest[3])
+            guard let window = ConfigParser.parseDuration(rest[5]), window >= 12_000, window <= ConfigParser.maxDurationMs else {
+                throw error("\(name): window '\(rest[5])' must be a duration of at least 12s (its short window is 1/12 of it)")
+            }
+            var minErrors = 5
+            if rest.count > 6 {
+                guard rest.count == 8, rest[6] == "min_errors", let count = Int(rest[7]), count >= 1 else {
+                    throw error("\(name): expected 'min_errors N' (N ≥ 1) after the window")
+                }
+                minErrors = count
+            }
+            return .burnRate(rate: burn, budget: budget, windowMs: window, minErrors: minErrors)
+        default:
+            throw error("\(name): unknown condition '\(kind)' (error_rate, error_regression, p95, p95_regression, burn_rate, health_failed, shadow_diff_rate)")
+        }
+    }
 }

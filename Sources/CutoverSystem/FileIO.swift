@@ -272,6 +272,20 @@ public enum FileIO {
         return existing.st_mode & S_IFMT == S_IFSOCK ? .socket : .other
     }
 
+    /// The names in a folder (no `.` and `..`), sorted; nil when `path` is not a readable folder.
+    public static func folderEntries(_ path: String) -> [String]? {
+        guard let folder = opendir(path) else { return nil }
+        defer { closedir(folder) }
+        var names: [String] = []
+        while let entry = readdir(folder) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+
     /// unlink(2), ignoring a missing file.
     public static func remove(_ path: String) {
         _ = unlink(path)

@@ -287,7 +287,7 @@ final class ConfigParserTests: XCTestCase {
             (m + "timeouts\n{\n}\n", "t.conf:7: timeouts: expected '{' at the end of the line"),
             (m + "{\n", "t.conf:7: '{' must follow a block name on the same line"),
             (m + "limits\n", "t.conf:7: limits: expected '{' at the end of the line"),
-            (m + "workers 4 {\n}\n", "t.conf:7: 'workers' is not a block (blocks are timeouts, limits, health, gate and app)"),
+            (m + "workers 4 {\n}\n", "t.conf:7: 'workers' is not a block (blocks are timeouts, limits, health, gate, app and plan)"),
             (m + "timeouts extra {\n}\n", "t.conf:7: timeouts: unexpected extra value 'extra'"),
             // Unknown directives.
             (m + "worker 4\n", "t.conf:7: unknown directive 'worker'"),
@@ -497,5 +497,78 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertThrowsError(try ConfigParser.parse(tooMany, path: "t.conf")) { error in
             XCTAssertEqual("\(error)", "t.conf:7: pin: app 'a' pins more than 10000 values")
         }
+    }
+
+    // MARK: Plans
+
+    func testThePlansShippedInConfParse() throws {
+        let config = try ConfigParser.load(path: Self.repositoryRoot + "/conf/cutover.conf")
+        XCTAssertEqual(config.plans.map(\.name), ["canary-by-tenant", "canary-to-full", "gate-then-switch"])
+        let tenant = try XCTUnwrap(config.plans.first)
+        XCTAssertTrue(tenant.file.hasSuffix("conf/plans/canary-by-tenant.conf"), tenant.file)
+        XCTAssertEqual(tenant.steps.map(\.weight), [1_000, 5_000, 10_000])
+        XCTAssertEqual(tenant.steps.map(\.holdMs), [900_000, 1_800_000, 1_800_000])
+        XCTAssertEqual(tenant.steps[1].pins.first?.values, ["pilot-1", "pilot-2", "pilot-3", "pilot-4", "pilot-5"])
+        XCTAssertEqual(tenant.steps[1].pins.first?.name, "x-tenant")
+        XCTAssertEqual(tenant.pauseIf, [.errorRate(above: 0.01), .p95(aboveMs: 500)])
+        XCTAssertEqual(tenant.rollbackIf, [.errorRate(above: 0.02), .errorRegression, .healthFailed, .shadowDiffRate(above: 0.01)])
+        XCTAssertEqual(tenant.minRequests, 200)
+        let gate = try XCTUnwrap(config.plans.last)
+        XCTAssertEqual(gate.watchMs, 900_000)
+        XCTAssertTrue(gate.rollbackIf.contains(.burnRate(rate: 14.4, budget: 0.001, windowMs: 3_600_000, minErrors: 5)))
+        XCTAssertTrue(gate.rollbackIf.contains(.p95Regression(ratio: 1.2, slackMs: 25)))
+    }
+
+    func testBadPlansNameTheirFileAndLine() throws {
+        let m = "listen 127.0.0.1:8080\napp a {\n host *\n blue 127.0.0.1:1\n green 127.0.0.1:2\n}\n"  // lines 1-6
+        let cases: [(String, String)] = [
+            (m + "plan p {\n}\n", "t.conf:7: plan 'p': no 'step'"),
+            (m + "plan p {\n step weight 10 hold 1m\n}\n", "t.conf:7: plan 'p': the last step must reach weight 100 (it reaches 10.0%)"),
+            (m + "plan p {\n step weight 50\n step weight 10\n step weight 100\n}\n",
+             "t.conf:9: step: weight 10.0% is below the previous step's 50.0% (a plan only moves forward; rollback is its own decision)"),
+            (m + "plan p {\n step hold 1m\n}\n", "t.conf:8: step: sets nothing (give weight, pin or mirror)"),
+            (m + "plan p {\n step weight 101\n}\n", "t.conf:8: step: weight '101' is not a percentage from 0 to 100 with at most two decimals"),
+            (m + "plan p {\n step weight 10 weight 20\n}\n", "t.conf:8: step: 'weight' is given twice"),
+            (m + "plan p {\n step weight 100 hold soon\n}\n", "t.conf:8: step: hold 'soon' is not a duration (a number with ms, s, m or h, e.g. 15m)"),
+            (m + "plan p {\n step weight 100 speed 3\n}\n", "t.conf:8: step: unknown 'speed' (weight, pin, mirror, hold)"),
+            (m + "plan p {\n step pin header X-Tenant a,,b weight 100\n}\n",
+             "t.conf:8: step: bad pin value '' (1 to 256 visible characters, no ',', ';', '\"' or '\\')"),
+            (m + "plan p {\n step weight 100\n rollback_if error_rate 2%\n}\n", "t.conf:9: rollback_if: expected 'error_rate > 1%'"),
+            (m + "plan p {\n step weight 100\n rollback_if error_rate > 100%\n}\n", "t.conf:9: rollback_if: '100%' must be below 100%"),
+            (m + "plan p {\n step weight 100\n pause_if latency > 1s\n}\n",
+             "t.conf:9: pause_if: unknown condition 'latency' (error_rate, error_regression, p95, p95_regression, burn_rate, health_failed, shadow_diff_rate)"),
+            (m + "plan p {\n step weight 100\n rollback_if burn_rate > 14.4 budget 0.1% window 10s\n}\n",
+             "t.conf:9: rollback_if: window '10s' must be a duration of at least 12s (its short window is 1/12 of it)"),
+            (m + "plan p {\n step weight 100\n false_alarm 20%\n}\n", "t.conf:9: false_alarm: must be above 0 and at most 10%"),
+            (m + "plan p {\n step weight 100\n}\nplan p {\n step weight 100\n}\n", "t.conf:10: duplicate plan 'p' (first at t.conf:7)"),
+            (m + "plan p {\n step weight 100\n hold 5m\n}\n",
+             "t.conf:9: unknown directive 'hold' in plan 'p' (step, pause_if, rollback_if, min_requests, false_alarm, watch)"),
+        ]
+        for (text, expected) in cases {
+            XCTAssertThrowsError(try ConfigParser.parse(text, path: "t.conf"), expected) { error in
+                XCTAssertEqual("\(error)", expected)
+            }
+        }
+        // A plan file holds plan blocks only; its errors name its own lines.
+        let folder = NSTemporaryDirectory() + "cutover-plans-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: folder + "/plans", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try "# a comment\nplan ok {\n step weight 100\n}\n".write(toFile: folder + "/plans/a.conf", atomically: true, encoding: .utf8)
+        try "plan bad {\n step weight 100\n rollback_if sometimes\n}\n".write(toFile: folder + "/plans/b.conf", atomically: true, encoding: .utf8)
+        try "listen 127.0.0.1:1\nplans plans\napp a {\n host *\n blue 127.0.0.1:2\n green 127.0.0.1:3\n}\n"
+            .write(toFile: folder + "/cutover.conf", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try ConfigParser.load(path: folder + "/cutover.conf")) { error in
+            XCTAssertEqual("\(error)", folder + "/plans/b.conf:3: rollback_if: unknown condition 'sometimes' (error_rate, error_regression, p95, p95_regression, burn_rate, health_failed, shadow_diff_rate)")
+        }
+        try "listen 127.0.0.1:1\n".write(toFile: folder + "/plans/b.conf", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try ConfigParser.load(path: folder + "/cutover.conf")) { error in
+            XCTAssertEqual("\(error)", folder + "/plans/b.conf:1: only 'plan NAME {' blocks belong in a plan file (found 'listen')")
+        }
+        try FileManager.default.removeItem(atPath: folder + "/plans/b.conf")
+        XCTAssertEqual(try ConfigParser.load(path: folder + "/cutover.conf").plans.map(\.name), ["ok"])
+    }
+
+    private static var repositoryRoot: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
     }
 }
