@@ -55,6 +55,8 @@ let package = Package(
             dependencies: ["CutoverLoop", "CutoverRouting", "CutoverMetrics", "CutoverConfig", "CutoverSystem", "CutoverHTTP"]
         ),
         // Wiring: starts both planes from a config and links them.
+        // Release plans as values: the sequential tests and the plan's state machine, no I/O.
+        .target(name: "CutoverRelease", dependencies: ["CutoverConfig"]),
         .target(name: "CutoverRuntime", dependencies: ["CutoverProxy", "CutoverControl", "CutoverConfig", "CutoverSystem"]),
         // Tools beside the product.
         .target(
@@ -81,6 +83,7 @@ let package = Package(
         .testTarget(name: "CutoverRoutingTests", dependencies: ["CutoverRouting", "CutoverConfig", "CutoverSystem", "CutoverTestSupport"]),
         .testTarget(name: "CutoverProxyTests", dependencies: ["CutoverProxy", "CutoverHTTP", "CutoverMetrics"]),
         .testTarget(name: "CutoverConfigTests", dependencies: ["CutoverConfig"]),
+        .testTarget(name: "CutoverReleaseTests", dependencies: ["CutoverRelease", "CutoverConfig", "CutoverTestSupport"]),
         .testTarget(name: "CutoverMetricsTests", dependencies: ["CutoverMetrics", "CutoverTestSupport"]),
         .testTarget(name: "CutoverControlTests", dependencies: ["CutoverControl", "CutoverConfig", "CutoverSystem"]),
         // Loopback tests: real sockets on 127.0.0.1, real upstreams, the built binaries.

@@ -981,8 +981,14 @@ private extension Directive {
             try noMore(2)
             return .p95(aboveMs: ms)
         case "error_regression":
-            try noMore(0)
-            return .errorRegression
+            var excess = PlanConfig.defaultMinExcess
+            if !rest.isEmpty {
+                guard rest.count == 2, rest[0] == "min_excess" else {
+                    throw error("\(name): expected 'error_regression [min_excess PERCENT]'")
+                }
+                excess = try rate(rest[1])
+            }
+            return .errorRegression(minExcess: excess)
         case "health_failed":
             try noMore(0)
             return .healthFailed

@@ -28,8 +28,11 @@ public enum PlanCondition: Sendable, Equatable, CustomStringConvertible {
     /// The candidate's error rate (5xx and upstream failures) is above the limit, by a
     /// sequential test (valid when checked continuously).
     case errorRate(above: Double)
-    /// The candidate's error rate is higher than the stable color's, by a sequential test.
-    case errorRegression
+    /// The candidate's error rate is higher than the stable color's, by a sequential test, and
+    /// higher by at least `minExcess` (a fraction: 0.005 is half a percentage point). The
+    /// excess keeps chance clusters of a healthy release from tripping an automatic rollback;
+    /// the test keeps the decision honest however often it is checked.
+    case errorRegression(minExcess: Double)
     /// The candidate's p95 is above the limit (milliseconds), with `min_requests` samples.
     case p95(aboveMs: Int)
     /// The candidate's p95 is above `max(ratio × stable p95, stable p95 + slack)`.
@@ -49,7 +52,7 @@ public enum PlanCondition: Sendable, Equatable, CustomStringConvertible {
         }
         switch self {
         case .errorRate(let limit): return "error_rate > \(percent(limit))"
-        case .errorRegression: return "error_regression"
+        case .errorRegression(let excess): return excess > 0 ? "error_regression min_excess \(percent(excess))" : "error_regression"
         case .p95(let ms): return "p95 > \(ms)ms"
         case .p95Regression(let ratio, let slack): return "p95_regression \(ratio) slack \(slack)ms"
         case .burnRate(let rate, let budget, let window, let minErrors):
@@ -71,8 +74,13 @@ public struct PlanConfig: Sendable, Equatable {
     public var rollbackIf: [PlanCondition] = []
     /// Candidate requests a step needs before its hold can end, and before p95 conditions judge.
     public var minRequests: Int = 100
-    /// The false-alarm probability of each sequential test, per step.
-    public var falseAlarm: Double = 0.01
+    /// The false-alarm probability of each sequential test, per step (0.2 %: a healthy release
+    /// of four waves is stopped by chance at most once in 125).
+    public var falseAlarm: Double = 0.002
+    /// What `error_regression` needs beyond the test by default: nothing (any regression the
+    /// test is sure of). `min_excess 0.5%` ignores regressions smaller than half a point.
+    public static let defaultMinExcess = 0.0
+
     /// After the last step (100 %), how long the previous color's figures are watched.
     public var watchMs: Int = 0
 

@@ -511,7 +511,7 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertEqual(tenant.steps[1].pins.first?.values, ["pilot-1", "pilot-2", "pilot-3", "pilot-4", "pilot-5"])
         XCTAssertEqual(tenant.steps[1].pins.first?.name, "x-tenant")
         XCTAssertEqual(tenant.pauseIf, [.errorRate(above: 0.01), .p95(aboveMs: 500)])
-        XCTAssertEqual(tenant.rollbackIf, [.errorRate(above: 0.02), .errorRegression, .healthFailed, .shadowDiffRate(above: 0.01)])
+        XCTAssertEqual(tenant.rollbackIf, [.errorRate(above: 0.02), .errorRegression(minExcess: 0), .healthFailed, .shadowDiffRate(above: 0.01)])
         XCTAssertEqual(tenant.minRequests, 200)
         let gate = try XCTUnwrap(config.plans.last)
         XCTAssertEqual(gate.watchMs, 900_000)

@@ -1,0 +1,110 @@
+import Foundation
+
+// Tests that stay honest when they are checked after every batch of requests.
+//
+// A fixed-sample test (a z-test on two error rates, a confidence interval) checked again and
+// again until it says "worse" turns a 1 % false-alarm rate into tens of percent (Johari,
+// Pekelis, Walsh, "Always valid inference", arXiv:1512.04922). The tests here are test
+// martingales instead: a likelihood ratio against the "nothing is wrong" hypothesis, mixed over
+// the alternatives, whose expected value under that hypothesis stays 1 however long it runs.
+// By Ville's inequality the chance it *ever* reaches 1/α is at most α — so it may be checked
+// after every request, and a release may run for hours, with the false-alarm rate α per step.
+//
+// Below the threshold the honest answer is "not enough evidence": the tests never say "pass".
+
+/// Is the candidate's error rate higher than the stable color's, at the same time?
+///
+/// Conditioned on the requests each color served, each error is a coin flip "did it come from
+/// the candidate?" with probability `n_c / (n_c + n_s)` when both rates are equal (the
+/// candidate's share of the traffic), and `k·n_c / (k·n_c + n_s)` when the candidate's rate is
+/// `k` times the stable one (the classical conditional test of two Poisson rates). The test
+/// multiplies the likelihood ratio of each error's color under every `k` in `relativeRisks`
+/// and mixes them with `mixtureWeights` (a mixture SPRT: no single effect size has to be
+/// guessed). Requests without errors carry no evidence here, so a quiet candidate costs nothing
+/// and a single stray 5xx moves the ratio by at most `1/share`.
+///
+/// The weights lean towards large effects, the ones a release must stop in seconds: at weight
+/// 10 with a clean stable color, three candidate errors reach 1/0.2 % (two never do), while a
+/// tenfold rise of a 0.1 % rate is still found after a couple of thousand candidate requests.
+public struct ErrorRegressionTest: Sendable, Equatable {
+    /// Relative risks mixed over (the candidate's error rate as a multiple of the stable one).
+    public static let relativeRisks: [Double] = [1.5, 2, 3, 5, 10, 30, 100, 1_000]
+    /// Their weights (summing to 1).
+    public static let mixtureWeights: [Double] = [0.025, 0.025, 0.05, 0.05, 0.1, 0.1, 0.25, 0.4]
+
+    /// ln of each component's likelihood ratio.
+    private var logRatios = [Double](repeating: 0, count: ErrorRegressionTest.relativeRisks.count)
+    public private(set) var candidateErrors: UInt64 = 0
+    public private(set) var stableErrors: UInt64 = 0
+
+    public init() {}
+
+    /// Adds one batch: requests and errors of each color over the same interval.
+    public mutating func add(candidateRequests: UInt64, candidateErrors: UInt64, stableRequests: UInt64, stableErrors: UInt64) {
+        self.candidateErrors &+= candidateErrors
+        self.stableErrors &+= stableErrors
+        guard candidateErrors + stableErrors > 0, candidateRequests > 0 || stableRequests > 0 else { return }
+        let nc = Double(max(candidateRequests, candidateErrors))
+        let ns = Double(max(stableRequests, stableErrors))
+        let share = nc / (nc + ns)
+        guard share > 0 && share < 1 else { return }  // one color alone: no comparison in this batch
+        for (index, k) in Self.relativeRisks.enumerated() {
+            let p1 = k * nc / (k * nc + ns)
+            logRatios[index] += Double(candidateErrors) * log(p1 / share) + Double(stableErrors) * log((1 - p1) / (1 - share))
+        }
+    }
+
+    /// The mixture likelihood ratio (the e-value): evidence against "the candidate is no worse".
+    public var likelihoodRatio: Double {
+        let largest = logRatios.max() ?? 0
+        var sum = 0.0
+        for (logRatio, weight) in zip(logRatios, Self.mixtureWeights) { sum += weight * exp(logRatio - largest) }
+        return exp(largest) * sum
+    }
+
+    /// True once the candidate is worse with false-alarm probability at most `falseAlarm`.
+    public func rejects(falseAlarm: Double) -> Bool { likelihoodRatio >= 1 / falseAlarm }
+}
+
+/// Is the candidate's error rate above an absolute limit (`rollback_if error_rate > 2%`)?
+///
+/// A one-sample mixture SPRT on Bernoulli outcomes: against `rate ≤ limit`, mixed over the
+/// alternatives `rate = m · limit` for `m` in `multiples` (capped below 1). Valid under
+/// continuous checking for the same reason as `ErrorRegressionTest`.
+public struct ErrorRateLimitTest: Sendable, Equatable {
+    public static let multiples: [Double] = [1.25, 1.5, 2, 3, 5, 10, 30]
+
+    public let limit: Double
+    private var logRatios: [Double]
+    public private(set) var requests: UInt64 = 0
+    public private(set) var errors: UInt64 = 0
+
+    public init(limit: Double) {
+        self.limit = limit
+        logRatios = [Double](repeating: 0, count: Self.multiples.count)
+    }
+
+    public mutating func add(requests: UInt64, errors: UInt64) {
+        guard requests > 0 else { return }
+        let errors = min(errors, requests)
+        self.requests &+= requests
+        self.errors &+= errors
+        let p0 = min(max(limit, 1e-9), 1 - 1e-9)
+        for (index, multiple) in Self.multiples.enumerated() {
+            let p1 = min(p0 * multiple, 1 - 1e-9)
+            guard p1 > p0 else { continue }
+            logRatios[index] += Double(errors) * log(p1 / p0) + Double(requests - errors) * log((1 - p1) / (1 - p0))
+        }
+    }
+
+    public var likelihoodRatio: Double {
+        let largest = logRatios.max() ?? 0
+        let sum = logRatios.reduce(0) { $0 + exp($1 - largest) }
+        return exp(largest) * sum / Double(logRatios.count)
+    }
+
+    public func rejects(falseAlarm: Double) -> Bool { likelihoodRatio >= 1 / falseAlarm }
+
+    /// The observed rate so far.
+    public var rate: Double { requests == 0 ? 0 : Double(errors) / Double(requests) }
+}
