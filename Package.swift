@@ -52,7 +52,8 @@ let package = Package(
         // The control plane.
         .target(
             name: "CutoverControl",
-            dependencies: ["CutoverLoop", "CutoverRouting", "CutoverMetrics", "CutoverConfig", "CutoverSystem", "CutoverHTTP"]
+            dependencies: ["CutoverLoop", "CutoverRouting", "CutoverMetrics", "CutoverConfig", "CutoverSystem", "CutoverHTTP",
+                           "CutoverRelease"]
         ),
         // Wiring: starts both planes from a config and links them.
         // Release plans as values: the sequential tests and the plan's state machine, no I/O.

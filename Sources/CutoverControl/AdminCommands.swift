@@ -27,11 +27,13 @@ public enum AdminCommand: Equatable, Sendable {
     case pins
     /// Basis points of the stable pool's requests copied to the candidate; nil app: every app.
     case mirror(basisPoints: Int, app: String?, reason: String?)
+    case release(ReleaseCommand)
 
     /// Commands that change state are recorded with the caller's identity.
     public var changesState: Bool {
         switch self {
         case .switchColor, .rollback, .drain, .undrain, .reload, .weight, .pin, .unpin, .mirror: return true
+        case .release(let command): if case .status = command { return false } else { return true }
         case .help, .status, .health, .verify, .history, .stats, .reopen, .pins: return false
         }
     }
@@ -122,6 +124,35 @@ public enum AdminCommands {
             }
             guard let (force, reason) = forceAndReason(rest), !force else { return nil }
             return .mirror(basisPoints: basisPoints, app: app, reason: reason)
+        },
+        AdminCommandSpec(name: "release",
+                         usage: "release start <plan> [to <blue|green>] [force] [reason <text…>] | status | pause [reason <text…>] | resume | promote [reason <text…>] | abort [reason <text…>]",
+                         summary: "run a release plan: waves, holds, and automatic pause or rollback on the evidence") { words in
+            guard let verb = words.first else { return nil }
+            let rest = words.dropFirst()
+            switch verb {
+            case "start":
+                guard let plan = rest.first else { return nil }
+                var more = rest.dropFirst()
+                var color: Color? = nil
+                if more.first == "to" {
+                    guard more.count >= 2, let target = Color(rawValue: String(more[more.startIndex + 1])) else { return nil }
+                    color = target
+                    more = more.dropFirst(2)
+                }
+                guard let (force, reason) = forceAndReason(more) else { return nil }
+                return .release(.start(plan: String(plan), to: color, force: force, reason: reason))
+            case "status": return rest.isEmpty ? .release(.status) : nil
+            case "resume": return rest.isEmpty ? .release(.resume) : nil
+            case "pause", "promote", "abort":
+                guard let (force, reason) = forceAndReason(rest), !force else { return nil }
+                switch verb {
+                case "pause": return .release(.pause(reason: reason))
+                case "promote": return .release(.promote(reason: reason))
+                default: return .release(.abort(reason: reason))
+                }
+            default: return nil
+            }
         },
         AdminCommandSpec(name: "pins", usage: "pins", summary: "every pin (config and run time), its color and whether a rollback suspended it") {
             $0.isEmpty ? .pins : nil
@@ -225,8 +256,12 @@ extension ControlPlane {
         case .health:
             return healthReport()
         case .switchColor(let color, let force, let reason):
-            return AdminReplies.json(changeColor(to: color, rollback: false, force: force, reason: reason, actor: actor))
+            return noteManualChange("switch", actor: actor,
+                                    AdminReplies.json(changeColor(to: color, rollback: false, force: force, reason: reason, actor: actor)))
         case .rollback(let force, let reason):
+            if lock.withLock({ release?.machine.stepIndex != nil }) {
+                return abortRelease(reason: reason ?? "rollback by an operator", actor: actor)
+            }
             let current = persistentState
             if current.canaryInProgress || hasPins(to: current.active.other, in: current) && !current.suspendedPins.contains(current.active.other) {
                 return AdminReplies.json(rollbackCanary(force: force, reason: reason, actor: actor))
@@ -264,20 +299,54 @@ extension ControlPlane {
         case .stats(let window):
             return statsReport(window)
         case .weight(let color, let basisPoints, let app, let force, let reason):
-            return AdminReplies.json(setWeight(color, basisPoints: basisPoints, app: app, force: force, reason: reason, actor: actor))
+            return noteManualChange("weight", actor: actor,
+                                    AdminReplies.json(setWeight(color, basisPoints: basisPoints, app: app, force: force, reason: reason, actor: actor)))
         case .pin(let app, let source, let name, let values, let color, let reason):
-            return AdminReplies.json(addPin(app: app, source: source, name: name, values: values, color: color, reason: reason, actor: actor))
+            return noteManualChange("pin", actor: actor,
+                                    AdminReplies.json(addPin(app: app, source: source, name: name, values: values, color: color, reason: reason, actor: actor)))
         case .unpin(let app, let source, let name, let value, let reason):
-            return AdminReplies.json(removePins(app: app, source: source, name: name, value: value, reason: reason, actor: actor))
+            return noteManualChange("unpin", actor: actor,
+                                    AdminReplies.json(removePins(app: app, source: source, name: name, value: value, reason: reason, actor: actor)))
         case .pins:
             return pinsReport()
         case .mirror(let basisPoints, let app, let reason):
-            return AdminReplies.json(setMirror(basisPoints: basisPoints, app: app, reason: reason, actor: actor))
+            return noteManualChange("mirror", actor: actor,
+                                    AdminReplies.json(setMirror(basisPoints: basisPoints, app: app, reason: reason, actor: actor)))
+        case .release(let command):
+            switch command {
+            case .start(let plan, let color, let force, let reason):
+                return startRelease(plan: plan, to: color, force: force, reason: reason, actor: actor)
+            case .status: return releaseStatus()
+            case .pause(let reason): return pauseRelease(reason: reason ?? "paused by an operator", actor: actor)
+            case .resume: return resumeRelease(actor: actor)
+            case .promote(let reason): return promoteRelease(reason: reason, actor: actor)
+            case .abort(let reason): return abortRelease(reason: reason, actor: actor)
+            }
         case .reopen:
             guard let link = attachedDataPlane.source else { return ["ok": false, "error": "the data plane is not running"] }
             if let problem = link.reopenAccessLog() { return ["ok": false, "error": .string(problem)] }
             return ["ok": true]
         }
+    }
+}
+
+/// `release …`: running a plan.
+public enum ReleaseCommand: Equatable, Sendable {
+    case start(plan: String, to: Color?, force: Bool, reason: String?)
+    case status
+    case pause(reason: String?)
+    case resume
+    case promote(reason: String?)
+    case abort(reason: String?)
+}
+
+extension ControlPlane {
+    /// A routing change by hand that took effect pauses a running release; the reply says so.
+    func noteManualChange(_ command: String, actor: AuditActor, _ reply: JSON) -> JSON {
+        guard reply["ok"]?.boolValue == true, let note = pauseReleaseForManualChange(command, actor: actor) else { return reply }
+        guard case .object(var pairs) = reply else { return reply }
+        pairs.append(("release", .string(note)))
+        return .object(pairs)
     }
 }
 

@@ -47,6 +47,7 @@ extension ControlPlane {
                 for key in keys { record(.failure(reason: "passive: connection to the server failed"), for: key) }
             }
         }
+        scheduleReleaseEvaluation()
         let now = clock()
         lock.withLock {
             if var last = lastSwitch, last.drainedAt == nil, counters.inflight(last.from) == 0 {

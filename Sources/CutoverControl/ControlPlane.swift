@@ -72,6 +72,8 @@ public final class ControlPlane: @unchecked Sendable {
     /// Switch and rollback outcomes by command and result, for `cutover_switches_total`.
     var switchOutcomes: [SwitchResultKey: UInt64] = [:]
     var checkerGeneration = 0
+    /// The release plan running, if one is (`release start`).
+    var release: ReleaseRun? = nil
     var stopped = false
     let wallAtStart = Date()
     let monoAtStart: Int64

@@ -185,7 +185,7 @@ public struct ShadowFigures: Sendable {
     /// Copies that settled on the candidate's side (compared or failed): the gate's evidence.
     public var judged: UInt64 { counts.compared &+ counts.candidateFailed }
 
-    mutating func merge(_ other: ShadowFigures) {
+    public mutating func merge(_ other: ShadowFigures) {
         counts.add(other.counts)
         candidateLatency.merge(other.candidateLatency)
         primaryLatency.merge(other.primaryLatency)

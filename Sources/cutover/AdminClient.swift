@@ -62,6 +62,16 @@ enum Pretty {
                          + "published in \(text(reply["publish_us"])) µs\(reply["forced"]?.boolValue == true ? ", forced" : ""))"]
             lines += verifyLines(reply["verify"])
             return lines.joined(separator: "\n")
+        case "release":
+            guard let release = reply["release"], case .object = release else { return "no release is running" }
+            var lines = ["release \(text(release["plan"])) to \(text(release["candidate"])): \(text(release["phase"])), "
+                         + "step \(text(release["step"])) of \(text(release["steps"])), started \(text(release["started"]))",
+                         "waiting for: \(text(release["waiting_for"]))"]
+            if case .object(let evidence) = release["evidence"] ?? .null {
+                lines.append("evidence: " + evidence.map { "\($0.0) \(text($0.1))" }.joined(separator: ", "))
+            }
+            if let note = reply["release"]?.stringValue { lines.append(note) }
+            return lines.joined(separator: "\n")
         case "pins":
             let pins = reply["pins"]?.arrayValue ?? []
             if pins.isEmpty { return "no pins" }

@@ -32,6 +32,8 @@ let usage = """
       cutover pin <app|*> header|cookie NAME VALUE[,VALUE…] <blue|green> [--reason TEXT]
       cutover unpin <app|*> [header|cookie NAME [VALUE]] [--reason TEXT]
       cutover pins
+      cutover release start <plan> [--force] [--reason TEXT] | status | pause | resume | promote | abort [--reason TEXT]
+                                                run a release plan (conf/plans): waves, holds, automatic rollback
       cutover mirror <percent> [--app NAME] [--reason TEXT]   copy requests to the candidate, compare (0 = off)
       cutover verify <blue|green>
       cutover drain <app> <host:port> | undrain <app> <host:port>
@@ -171,7 +173,7 @@ func adminSocket(_ arguments: Arguments) -> String {
 }
 
 let adminCommands: Set<String> = ["status", "health", "history", "switch", "rollback", "verify", "drain", "undrain", "reload",
-                                    "stats", "reopen", "weight", "pin", "unpin", "pins", "mirror"]
+                                    "stats", "reopen", "weight", "pin", "unpin", "pins", "mirror", "release"]
 
 let words = Array(CommandLine.arguments.dropFirst())
 guard let command = words.first else { fail(usage, code: 2) }

@@ -1,0 +1,179 @@
+import CutoverConfig
+import CutoverControl
+import CutoverRuntime
+import CutoverSystem
+import Foundation
+import Synchronization
+import XCTest
+
+/// A release plan end to end: real upstreams, a real proxy, live traffic, holds of a second.
+final class ReleasePlanTests: XCTestCase {
+    private let deployer = AuditActor(uid: 1000, user: "deployer", pid: 1)
+    private var folder: URL!
+    private var upstreams: [TestUpstream] = []
+    private var runtime: CutoverRuntime?
+    private final class Flag: Sendable {
+        let raised = Atomic<Bool>(false)
+    }
+    private let stopLoad = Flag()
+    private var loadThread: Thread?
+    private let loadDone = DispatchSemaphore(value: 0)
+
+    override func setUpWithError() throws {
+        folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-plan-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        if loadThread != nil {
+            stopLoad.raised.store(true, ordering: .relaxed)
+            loadDone.wait()
+        }
+        runtime?.stop()
+        for upstream in upstreams { upstream.stop() }
+        try? FileManager.default.removeItem(at: folder)
+    }
+
+    /// Green answers 503 to every request but its health check (`/`) when `greenFails`; the load
+    /// asks for `/shop`.
+    private func start(greenFails: Bool) throws -> CutoverRuntime {
+        let blue = try TestUpstream.named("blue")
+        let green = try TestUpstream(name: "green") { request, connection in
+            if greenFails && request.target != "/" {
+                connection.respond(status: 503, reason: "Service Unavailable", headers: [("X-Color", "green")], body: Array("broken\n".utf8))
+            } else {
+                connection.respond(headers: [("X-Color", "green")], body: Array("green\n".utf8))
+            }
+        }
+        upstreams = [blue, green]
+        let path = folder.appendingPathComponent("cutover.conf").path
+        try """
+            listen 127.0.0.1:0
+            workers 2
+            state_file run/state
+            audit_log run/audit.log
+            health {
+                interval 100ms
+                rise 1
+                fall 3
+                ready_after 0s
+            }
+            app web {
+                host *
+                blue 127.0.0.1:\(blue.port)
+                green 127.0.0.1:\(green.port)
+            }
+            plan quick {
+                step weight 10 pin header X-Tenant pilot-1 hold 1s
+                step weight 50 hold 1s
+                step weight 100 hold 1s
+                rollback_if error_regression
+                rollback_if error_rate > 20%
+                min_requests 20
+            }
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        let runtime = try CutoverRuntime(config: try ConfigParser.load(path: path), configPath: path, logger: Logger(minimumLevel: .error))
+        try runtime.start()
+        self.runtime = runtime
+        let port = runtime.server.listenAddresses[0].port
+        let stop = stopLoad
+        let done = loadDone
+        loadThread = Thread {
+            while !stop.raised.load(ordering: .relaxed) {
+                guard let client = try? RawHTTPClient(port: port, timeout: 5) else { continue }
+                for _ in 0..<100 where !stop.raised.load(ordering: .relaxed) {
+                    guard (try? client.request("GET", "/shop", host: "shop.example")) != nil else { break }
+                }
+            }
+            done.signal()
+        }
+        loadThread?.start()
+        return runtime
+    }
+
+    private func admin(_ line: String) -> JSON { runtime!.controlPlane.execute(line, actor: deployer) }
+
+    private func waitFor(_ phase: String, timeout: TimeInterval = 30, file: StaticString = #filePath, line: UInt = #line) -> JSON? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let status = admin("release status")
+            if status["release"]?["phase"]?.stringValue == phase { return status }
+            usleep(50_000)
+        }
+        XCTFail("the release never reached \(phase): \(admin("release status"))", file: file, line: line)
+        return nil
+    }
+
+    private func waitUntilGreenIsReady() {
+        let deadline = Date().addingTimeInterval(10)
+        while admin("status")["colors"]?["green"]?["ready"] != true && Date() < deadline { usleep(20_000) }
+    }
+
+    private func auditEvents() throws -> [[String: Any]] {
+        let text = try String(contentsOfFile: folder.appendingPathComponent("run/audit.log").path, encoding: .utf8)
+        return try text.split(separator: "\n").map { try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]) }
+    }
+
+    func testAHealthyGreenCompletesThePlanAndBecomesStable() throws {
+        let runtime = try start(greenFails: false)
+        waitUntilGreenIsReady()
+        let started = admin("release start quick reason release 1.4.0")
+        XCTAssertEqual(started["ok"], true, "\(started)")
+        XCTAssertEqual(started["release"]?["step"], 1)
+        // Step 1: the pilot tenant reaches green; most users stay on blue.
+        let port = runtime.server.listenAddresses[0].port
+        XCTAssertEqual(try RawHTTPClient(port: port).request(headers: [("X-Tenant", "pilot-1")]).bodyString, "green\n")
+        XCTAssertEqual(admin("release start quick")["ok"], false, "one release at a time")
+        _ = waitFor("completed")
+        XCTAssertEqual(runtime.controlPlane.activeColor, .green)
+        XCTAssertEqual(try RawHTTPClient(port: port).request().bodyString, "green\n")
+        let events = try auditEvents().compactMap { $0["event"] as? String }
+        XCTAssertEqual(events.filter { $0.hasPrefix("release_") }, ["release_started", "release_step", "release_step", "release_step", "release_completed"])
+        XCTAssertEqual(events.last, "release", "then the switch the completion made, recorded as the release's")
+        XCTAssertFalse(events.contains("auto_rollback"))
+        let step = try XCTUnwrap(try auditEvents().last { ($0["event"] as? String) == "release_step" })
+        let details = try XCTUnwrap(step["details"] as? [String: String])
+        XCTAssertEqual(details["plan"], "quick")
+        XCTAssertNotNil(details["plan_hash"])
+        XCTAssertNotNil(details["candidate_requests"], "each wave's record carries its evidence")
+    }
+
+    func testAFailingGreenIsRolledBackAutomaticallyWithItsEvidence() throws {
+        let runtime = try start(greenFails: true)
+        waitUntilGreenIsReady()
+        XCTAssertEqual(admin("release start quick force")["ok"], true)
+        let status = try XCTUnwrap(waitFor("rolled_back", timeout: 20))
+        XCTAssertTrue(status["release"]?["waiting_for"]?.stringValue?.contains("rolled back (rollback_if") == true, "\(status)")
+        XCTAssertEqual(runtime.controlPlane.activeColor, .blue)
+        XCTAssertEqual(runtime.controlPlane.persistentState.releases.values.filter { $0.candidateBasisPoints > 0 }.count, 0)
+        let port = runtime.server.listenAddresses[0].port
+        XCTAssertEqual(try RawHTTPClient(port: port).request(headers: [("X-Tenant", "pilot-1")]).bodyString, "blue\n",
+                       "the plan's pins to green are suspended")
+        let records = try auditEvents()
+        let automatic = try XCTUnwrap(records.first { ($0["event"] as? String) == "auto_rollback" })
+        let details = try XCTUnwrap(automatic["details"] as? [String: String])
+        XCTAssertNotNil(details["statistic"], "\(details)")
+        XCTAssertNotNil(details["threshold"])
+        XCTAssertEqual(details["plan"], "quick")
+        // The record comes before the change it announces.
+        let order = records.compactMap { $0["event"] as? String }
+        XCTAssertLessThan(try XCTUnwrap(order.firstIndex(of: "auto_rollback")), try XCTUnwrap(order.lastIndex(of: "rollback")))
+    }
+
+    func testAManualWeightPausesTheReleaseAndAbortEndsIt() throws {
+        _ = try start(greenFails: false)
+        waitUntilGreenIsReady()
+        XCTAssertEqual(admin("release start quick")["ok"], true)
+        let manual = admin("weight green 30 force")
+        XCTAssertEqual(manual["ok"], true)
+        XCTAssertEqual(manual["release"]?.stringValue,
+                       "the running release was paused: an operator changed the routing by hand (`release resume` continues it)")
+        XCTAssertEqual(admin("release status")["release"]?["phase"], "paused")
+        XCTAssertEqual(admin("release resume")["release"]?["phase"], "running")
+        let aborted = admin("release abort reason customer escalation")
+        XCTAssertEqual(aborted["release"]?["phase"], "rolled_back")
+        XCTAssertEqual(runtime?.controlPlane.persistentState.releases.values.filter { $0.candidateBasisPoints > 0 }.count, 0)
+        XCTAssertEqual(admin("release pause")["ok"], false)
+        XCTAssertEqual(admin("release start nope")["error"]?.stringValue, "unknown plan 'nope' (plans: quick)")
+    }
+}
