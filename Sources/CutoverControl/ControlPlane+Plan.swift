@@ -26,6 +26,24 @@ final class ReleaseRun {
 }
 
 extension ControlPlane {
+    /// A release the state file says was running when the process stopped: back at the step it
+    /// had reached, paused, saying why (a restart never advances a step). Called at start.
+    func restoreRelease() {
+        lock.withLock {
+            guard let saved = state.releasePlan else { return }
+            guard let plan = config.plans.first(where: { $0.name == saved.name }) else {
+                logger.log(.warning, "the state file names release plan '\(saved.name)', which the config no longer has; it is not resumed")
+                state.releasePlan = nil
+                return
+            }
+            let now = clock()
+            let reason = "cutover restarted during step \(saved.step); the release resumes paused (`release resume` continues, `release abort` rolls back)"
+            release = ReleaseRun(machine: ReleaseMachine(plan: plan, nowMs: now, restoredAt: saved.step - 1, reason: reason),
+                                 candidate: state.active.other, startedAt: now, totals: (ArmCounts(), ArmCounts()), reason: nil)
+            logger.log(.warning, "release \(plan.name): \(reason)")
+        }
+    }
+
     // MARK: Commands
 
     /// `release start PLAN [to COLOR]`: gated like a weight above 0 (readiness and thresholds of
@@ -226,7 +244,8 @@ extension ControlPlane {
             case .applyStep(let index, let step, let decision):
                 appendAudit(AuditRecord(event: "release_step", to: run.candidate, reason: decision.reason, actor: actor,
                                         details: decision.evidence.merging(planDetails(run.machine.plan, step: index + 1)) { $1 }))
-                applyStep(step, candidate: run.candidate, reason: "release \(run.machine.plan.name) step \(index + 1)", actor: actor)
+                applyStep(step, index: index, plan: run.machine.plan.name, candidate: run.candidate,
+                          reason: "release \(run.machine.plan.name) step \(index + 1)", actor: actor)
             case .pause(let decision):
                 appendAudit(AuditRecord(event: "release_paused", to: run.candidate, reason: decision.reason, actor: actor,
                                         details: decision.evidence.merging(planDetails(run.machine.plan, step: nil)) { $1 }))
@@ -253,7 +272,7 @@ extension ControlPlane {
 
     /// A step's weight, pins (to the candidate, on every app) and mirror share, made durable and
     /// published as one change. The plan decided; no gate runs here.
-    private func applyStep(_ step: PlanStep, candidate: Color, reason: String, actor: AuditActor) {
+    private func applyStep(_ step: PlanStep, index: Int, plan: String, candidate: Color, reason: String, actor: AuditActor) {
         switchLock.withLock {
             let (current, apps) = lock.withLock { (state, config.apps) }
             var next = current
@@ -276,6 +295,7 @@ extension ControlPlane {
             }
             next.suspendedPins.remove(candidate)
             if next.previous == candidate { next.previous = nil }
+            next.releasePlan = (plan, index + 1)
             next.generation = current.generation + 1
             if let error = saveStateDurably(next, command: reason) {
                 logger.log(.error, "\(reason): \(error.description)")

@@ -220,6 +220,7 @@ extension ControlPlane {
             if changes.isEmpty { changes = [(app: "*", change: "pins to \(candidate.rawValue) suspended")] }
             var next = current
             next.releases = [:]
+            next.releasePlan = nil  // a rollback ends any release
             if next.previous == candidate { next.previous = nil }
             next.generation = current.generation + 1
             var details = ["weight": changes.map { "\($0.app): \($0.change)" }.joined(separator: "; ")]

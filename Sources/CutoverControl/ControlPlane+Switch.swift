@@ -121,6 +121,7 @@ extension ControlPlane {
         // from 0 with a new salt. Pins to the color switched to are in force again; a rollback
         // suspends the pins to the color it leaves.
         next.releases = [:]
+        if command == "release" { next.releasePlan = nil }
         next.suspendedPins.remove(target)
         if rollback && hasPins(to: current.active, in: current) { next.suspendedPins.insert(current.active) }
         if let error = saveStateDurably(next, command: "\(command) to \(target.rawValue)") {

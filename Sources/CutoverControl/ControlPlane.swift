@@ -101,8 +101,10 @@ public final class ControlPlane: @unchecked Sendable {
         monoAtStart = clock()
         let table = try RoutingTable(config: config, activeColor: state.active, registry: registry)
         publisher = RoutingPublisher(table)
-        // Weights, salts and pins of a release under way come back from the state file.
+        // Weights, salts and pins of a release under way come back from the state file, and the
+        // plan that was running, paused.
         lock.withLock { publishPoliciesLocked() }
+        restoreRelease()
         rebuildTargets(from: table)
         publishRoutability()
     }

@@ -17,11 +17,14 @@ import Foundation
 //     pin api header x-tenant green pilot-1,pilot-2
 //     pins_suspended green
 //     mirror api 500
+//     release canary-by-tenant step 2
 //
 // `weight APP BASISPOINTS SALT` is an app's candidate share (1/100 %) during a canary and the
 // salt its sticky users are hashed with; `pin` lines are pins added at run time (the config's
 // own pins stay in the config); `pins_suspended` names a color whose pins a rollback suspended;
-// `mirror APP BASISPOINTS` is a mirror share set at run time (it wins over the config's).
+// `mirror APP BASISPOINTS` is a mirror share set at run time (it wins over the config's);
+// `release PLAN step N` is the plan running and the wave it reached (after a restart it
+// resumes there, paused).
 //
 // Parsing is strict: a state file that cutover does not fully understand must stop the
 // start-up instead of sending traffic to a guessed color. Saving is atomic (temp file,
@@ -46,6 +49,14 @@ public struct PersistentState: Equatable, Sendable {
     public var suspendedPins: Set<Color> = []
     /// Mirror shares set at run time (basis points), overriding the config's, by app name.
     public var mirrors: [String: Int] = [:]
+    /// The release plan running: its name and the step it reached (1-based).
+    public var releasePlan: (name: String, step: Int)? = nil
+
+    public static func == (lhs: PersistentState, rhs: PersistentState) -> Bool {
+        lhs.active == rhs.active && lhs.previous == rhs.previous && lhs.generation == rhs.generation && lhs.drained == rhs.drained
+            && lhs.releases == rhs.releases && lhs.pins == rhs.pins && lhs.suspendedPins == rhs.suspendedPins && lhs.mirrors == rhs.mirrors
+            && lhs.releasePlan?.name == rhs.releasePlan?.name && lhs.releasePlan?.step == rhs.releasePlan?.step
+    }
 
     public init(active: Color, previous: Color? = nil, generation: UInt64 = 0, drained: [String] = []) {
         self.active = active
@@ -147,6 +158,12 @@ public enum StateFile {
             }
             text += "mirror \(app) \(basisPoints)\n"
         }
+        if let plan = state.releasePlan {
+            guard appNameIsValid(plan.name), plan.step >= 1 else {
+                throw StateFileError(path: path, message: "cannot save state: invalid release plan '\(plan.name)'")
+            }
+            text += "release \(plan.name) step \(plan.step)\n"
+        }
         for color in Color.allCases where state.suspendedPins.contains(color) {
             text += "pins_suspended \(color.rawValue)\n"
         }
@@ -183,6 +200,7 @@ public enum StateFile {
         state.pins = fields.pins
         state.suspendedPins = fields.suspendedPins
         state.mirrors = fields.mirrors
+        state.releasePlan = fields.releasePlan
         return state
     }
 
@@ -197,6 +215,7 @@ public enum StateFile {
         var pins: [String: [PinRule]] = [:]
         var suspendedPins: Set<Color> = []
         var mirrors: [String: Int] = [:]
+        var releasePlan: (name: String, step: Int)?
         private var seen: Set<String> = []
         private static let repeatable: Set<String> = ["drained", "weight", "pin", "pins_suspended", "mirror"]
 
@@ -245,6 +264,12 @@ public enum StateFile {
                 else { return "bad mirror entry '\(value)' (expected 'app basis-points', 0..10000)" }
                 guard mirrors[String(words[0])] == nil else { return "duplicate mirror for app '\(words[0])'" }
                 mirrors[String(words[0])] = Int(basisPoints)
+            case "release":
+                let words = value.split(separator: " ")
+                guard words.count == 3, StateFile.appNameIsValid(String(words[0])), words[1] == "step",
+                      let step = StateFile.decimal(String(words[2])), step >= 1, step <= 1_000
+                else { return "bad release entry '\(value)' (expected 'plan step N')" }
+                releasePlan = (String(words[0]), Int(step))
             case "pins_suspended":
                 guard let color = Color(rawValue: value) else { return "bad color '\(value)' for 'pins_suspended'" }
                 suspendedPins.insert(color)

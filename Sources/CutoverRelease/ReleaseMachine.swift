@@ -104,6 +104,13 @@ public struct ReleaseMachine: Sendable {
         }
     }
 
+    /// A release found in the state file after a restart: at the step it had reached, paused
+    /// (a restart never advances a step; the evidence of the interrupted wave is gone).
+    public init(plan: PlanConfig, nowMs: Int64, restoredAt step: Int, reason: String) {
+        self.init(plan: plan, nowMs: nowMs)
+        phase = .paused(step: min(max(0, step), plan.steps.count - 1), reason: reason)
+    }
+
     public var stepIndex: Int? {
         switch phase {
         case .running(let step), .paused(let step, _): return step

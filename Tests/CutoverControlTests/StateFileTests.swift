@@ -52,12 +52,14 @@ final class StateFileTests: XCTestCase {
         state.pins = ["api": [PinRule(source: .header, name: "X-Tenant", values: ["pilot-1", "pilot-2"], color: .green),
                               PinRule(source: .cookie, name: "Beta", values: ["yes"], color: .blue)]]
         state.suspendedPins = [.green]
+        state.mirrors = ["api": 500]
+        state.releasePlan = ("canary-by-tenant", 2)
         try StateFile.save(state, path: path)
         XCTAssertEqual(try StateFile.load(path: path), state)
         let text = try String(contentsOfFile: path, encoding: .utf8)
         XCTAssertTrue(text.contains("\nweight api 10000 0000000000000001\nweight web 1050 00abcdef01234567\n"), text)
         XCTAssertTrue(text.contains("\npin api header x-tenant green pilot-1,pilot-2\npin api cookie Beta blue yes\n"), text)
-        XCTAssertTrue(text.hasSuffix("\npins_suspended green\n"), text)
+        XCTAssertTrue(text.hasSuffix("\nmirror api 500\nrelease canary-by-tenant step 2\npins_suspended green\n"), text)
     }
 
     func testFileIsHumanReadable() throws {

@@ -376,6 +376,57 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(history.contains("pin") && history.contains("pilot first"), history)
         XCTAssertEqual(proxy.terminate(), 0)
     }
+
+    /// kill -9 in the middle of a release: the restarted proxy has the same weights and pins and
+    /// the plan at the same step, paused, saying why; it never advances a step on its own.
+    func testAReleaseInterruptedByKillNineResumesPaused() throws {
+        let blue = try TestUpstream.named("blue")
+        let green = try TestUpstream.named("green")
+        defer { blue.stop(); green.stop() }
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-plan-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let config = folder.appendingPathComponent("cutover.conf").path
+        try """
+            listen 127.0.0.1:0
+            workers 1
+            admin_socket run/cutover.sock
+            state_file run/cutover.state
+            audit_log run/audit.log
+            app web {
+                host *
+                blue 127.0.0.1:\(blue.port)
+                green 127.0.0.1:\(green.port)
+            }
+            plan slow {
+                step weight 10 pin header X-Tenant pilot-1 hold 1h
+                step weight 100 hold 1h
+                rollback_if error_regression
+            }
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        func cli(_ words: String...) throws -> Outcome { try run(words + ["-c", config]) }
+        var proxy = try RunningProxy(arguments: ["run", "-c", config])
+        var port = try XCTUnwrap(proxy.listeningPort())
+        let started = try cli("release", "start", "slow", "--force", "--reason", "1.5.0")
+        XCTAssertEqual(started.status, 0, started.stdout + started.stderr)
+        XCTAssertTrue(started.stdout.contains("release slow to green: running, step 1 of 2"), started.stdout)
+        XCTAssertEqual(try RawHTTPClient(port: port).request(headers: [("X-Tenant", "pilot-1")]).bodyString, "green\n")
+
+        kill(proxy.process.processIdentifier, SIGKILL)
+        proxy.process.waitUntilExit()
+        proxy = try RunningProxy(arguments: ["run", "-c", config])
+        port = try XCTUnwrap(proxy.listeningPort())
+        let status = try cli("release", "status").stdout
+        XCTAssertTrue(status.contains("release slow to green: paused, step 1 of 2"), status)
+        XCTAssertTrue(status.contains("cutover restarted during step 1; the release resumes paused"), status)
+        XCTAssertEqual(try RawHTTPClient(port: port).request(headers: [("X-Tenant", "pilot-1")]).bodyString, "green\n",
+                       "the plan's pins and weights are back")
+        XCTAssertTrue(try cli("status").stdout.contains("split: blue 90.0% / green 10.0%"))
+        XCTAssertTrue(try cli("release", "resume").stdout.contains("running, step 1 of 2"))
+        XCTAssertEqual(try cli("release", "abort", "--reason", "done testing").status, 0)
+        XCTAssertTrue(try cli("status").stdout.contains("split: blue 100.0% / green 0.0%"))
+        XCTAssertEqual(proxy.terminate(), 0)
+    }
 }
 
 /// Health checking costs descriptors and timer entries, not threads: a process checking 200
