@@ -206,6 +206,8 @@ public struct Config: Sendable, Equatable {
     public var apps: [AppConfig]
     /// Release plans, from `plan` blocks here and in the files `plans` names.
     public var plans: [PlanConfig] = []
+    /// Where release, watch, switch and rollback events are delivered.
+    public var notify: [NotifyTarget] = []
 
     /// The admin socket mode used when `admin_mode` is absent.
     public static let defaultAdminMode: UInt32 = 0o600

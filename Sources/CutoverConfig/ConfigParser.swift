@@ -252,11 +252,12 @@ private struct Reader {
         if Self.blockNames.contains(d.name) {
             throw d.error("\(d.name): expected '{' at the end of the line")
         }
-        if d.name != "listen" && d.name != "preview_listen" && d.name != "plans" { try once.check(d) }
+        if !["listen", "preview_listen", "plans", "notify"].contains(d.name) { try once.check(d) }
         switch d.name {
         case "listen": try addListen(d)
         case "preview_listen": try addPreviewListen(d)
         case "plans": try addPlanFiles(d)
+        case "notify": config.notify.append(try d.notifyTarget(baseDirectory))
         case "workers": config.workers = try d.workers()
         case "admin_socket": config.adminSocket = try d.optionalPath(baseDirectory)
         case "admin_mode": config.adminMode = try d.fileMode()
@@ -728,6 +729,30 @@ private extension Directive {
         guard Set(values).count == values.count else { throw error("pin: a value is listed twice") }
         guard let color = Color(rawValue: String(args[3])) else { throw error("pin: expected blue or green, got '\(args[3])'") }
         return PinRule(source: source, name: String(args[1]), values: values.map(String.init), color: color, line: line)
+    }
+
+    /// `notify exec PATH` or `notify webhook http://HOST:PORT/PATH`.
+    func notifyTarget(_ base: String) throws(ConfigError) -> NotifyTarget {
+        guard args.count == 2 else { throw error("notify: expected 'notify exec PATH' or 'notify webhook http://HOST:PORT/PATH'") }
+        switch args[0] {
+        case "exec":
+            let path = args[1]
+            return .exec(path: path.hasPrefix("/") ? String(path) : ConfigParser.join(base, String(path)))
+        case "webhook":
+            let url = args[1]
+            guard url.hasPrefix("http://") else {
+                throw error("notify: webhook '\(url)' must be an http:// URL (http://HOST:PORT/PATH)")
+            }
+            let rest = url.dropFirst("http://".count)
+            let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+            let authority = rest[..<slash]
+            let path = slash == rest.endIndex ? "/" : String(rest[slash...])
+            let endpoint = try self.endpoint(authority, wildcard: false, portZero: false)
+            guard path.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { throw error("notify: webhook path '\(path)' is not a valid path") }
+            return .webhook(host: endpoint.host, port: endpoint.port, path: path)
+        default:
+            throw error("notify: '\(args[0])' is not exec or webhook")
+        }
     }
 
     /// `on` or `off`.

@@ -63,6 +63,22 @@ public enum PlanCondition: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// Where release and switch events are delivered (`notify exec PATH`,
+/// `notify webhook http://HOST:PORT/PATH`).
+public enum NotifyTarget: Sendable, Equatable, CustomStringConvertible {
+    /// A program run with the event's JSON on its standard input.
+    case exec(path: String)
+    /// An HTTP/1.1 POST of the event's JSON.
+    case webhook(host: String, port: UInt16, path: String)
+
+    public var description: String {
+        switch self {
+        case .exec(let path): return "exec \(path)"
+        case .webhook(let host, let port, let path): return "webhook http://\(host.contains(":") ? "[\(host)]" : host):\(port)\(path)"
+        }
+    }
+}
+
 /// A release plan.
 public struct PlanConfig: Sendable, Equatable {
     public var name: String

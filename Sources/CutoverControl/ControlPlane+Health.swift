@@ -28,6 +28,7 @@ extension ControlPlane {
     public func stop() {
         lock.withLock { stopped = true }
         checker.stop()
+        notifier.stop()
     }
 
     /// Runs ten times a second for the life of the process, so it allocates nothing unless

@@ -321,6 +321,15 @@ extension ControlPlane {
         for (app, figures) in shadows { out.sample("cutover_shadow_diff_rate", [("app", app)], figures.diffRate) }
         out.family("cutover_mirror_percent", .gauge, "Share of the stable color's requests copied to the candidate, in percent.")
         for share in control.mirrorShares { out.sample("cutover_mirror_percent", [("app", share.app)], Double(share.basisPoints) / 100) }
+        let notifications = notifier.figures
+        if !notifications.targets.isEmpty {
+            out.family("cutover_notify_delivered_total", .counter, "Events delivered to a notify target.")
+            for target in notifications.targets { out.sample("cutover_notify_delivered_total", [("target", target.target)], Double(target.delivered)) }
+            out.family("cutover_notify_failures_total", .counter, "Events a notify target did not take after every attempt.")
+            for target in notifications.targets { out.sample("cutover_notify_failures_total", [("target", target.target)], Double(target.failed)) }
+            out.family("cutover_notify_dropped_total", .counter, "Events dropped because the notification queue was full.")
+            out.sample("cutover_notify_dropped_total", [], Double(notifications.dropped))
+        }
         out.family("cutover_active_color", .gauge, "1 for the color that receives traffic.")
         for color in Color.allCases { out.sample("cutover_active_color", [("color", color.rawValue)], color == control.active ? 1 : 0) }
         out.family("cutover_color_ready", .gauge, "1 when the color passes the switch gate's readiness (min_healthy for ready_after).")

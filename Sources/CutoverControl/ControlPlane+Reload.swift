@@ -17,6 +17,7 @@ public struct ReloadPlan: Sendable, Equatable {
         var changed: [String] = []
         if next.listen != running.listen { changed.append("listen") }
         if next.previewListen != running.previewListen { changed.append("preview_listen") }
+        if next.notify != running.notify { changed.append("notify") }
         if next.workers != running.workers { changed.append("workers") }
         if next.timeouts != running.timeouts { changed.append("timeouts") }
         if next.limits != running.limits { changed.append("limits") }

@@ -40,6 +40,8 @@ public final class ControlPlane: @unchecked Sendable {
     public let registry: ServerRegistry
     let logger: Logger
     let audit: AuditLog?
+    /// Delivers release, switch and rollback events to the `notify` targets.
+    let notifier: Notifier
     let clock: @Sendable () -> Int64
     /// Runs every health check, verify request and admin client on one thread, whatever the
     /// number of servers.
@@ -91,6 +93,7 @@ public final class ControlPlane: @unchecked Sendable {
         self.registry = registry
         self.logger = logger
         self.audit = audit
+        notifier = Notifier(targets: config.notify, logger: logger)
         self.clock = clock
         injectedProbe = probe
         do {
@@ -107,6 +110,7 @@ public final class ControlPlane: @unchecked Sendable {
         restoreRelease()
         rebuildTargets(from: table)
         publishRoutability()
+        notifier.start()
     }
 
     /// Connects the data plane's counters (passive checks, in-flight figures).
@@ -241,6 +245,7 @@ public final class ControlPlane: @unchecked Sendable {
     /// of the command says so: the change happened, its record did not).
     @discardableResult
     package func appendAudit(_ record: AuditRecord) -> String? {
+        notifier.send(record)
         guard let audit else { return nil }
         do {
             _ = try audit.append(record)

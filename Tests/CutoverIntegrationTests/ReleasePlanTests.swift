@@ -45,13 +45,19 @@ final class ReleasePlanTests: XCTestCase {
                 connection.respond(headers: [("X-Color", "green")], body: Array("green\n".utf8))
             }
         }
-        upstreams = [blue, green]
+        let receiver = try TestUpstream(name: "receiver") { _, connection in connection.respond(status: 204, reason: "No Content") }
+        upstreams = [blue, green, receiver]
+        let script = folder.appendingPathComponent("notify.sh").path
+        try "#!/bin/sh\ncat >> \(folder.appendingPathComponent("notified.jsonl").path)\n".write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
         let path = folder.appendingPathComponent("cutover.conf").path
         try """
             listen 127.0.0.1:0
             workers 2
             state_file run/state
             audit_log run/audit.log
+            notify webhook http://127.0.0.1:\(receiver.port)/hooks/cutover
+            notify exec notify.sh
             health {
                 interval 100ms
                 rise 1
@@ -158,6 +164,22 @@ final class ReleasePlanTests: XCTestCase {
         // The record comes before the change it announces.
         let order = records.compactMap { $0["event"] as? String }
         XCTAssertLessThan(try XCTUnwrap(order.firstIndex(of: "auto_rollback")), try XCTUnwrap(order.lastIndex(of: "rollback")))
+        // And it was delivered: as a POST to the webhook and on a program's standard input.
+        let receiver = upstreams[2]
+        let deadline = Date().addingTimeInterval(10)
+        func delivered() -> [[String: Any]] {
+            receiver.requests.filter { $0.target == "/hooks/cutover" && $0.method == "POST" }
+                .compactMap { try? JSONSerialization.jsonObject(with: Data($0.body)) as? [String: Any] }
+        }
+        while !delivered().contains(where: { $0["event"] as? String == "auto_rollback" }) && Date() < deadline { usleep(20_000) }
+        let posted = try XCTUnwrap(delivered().first { $0["event"] as? String == "auto_rollback" })
+        XCTAssertEqual((posted["details"] as? [String: String])?["plan"], "quick")
+        XCTAssertEqual(receiver.requests.first?.header("Content-Type"), "application/json")
+        let notified = folder.appendingPathComponent("notified.jsonl").path
+        while !((try? String(contentsOfFile: notified, encoding: .utf8))?.contains("\"auto_rollback\"") ?? false) && Date() < deadline { usleep(20_000) }
+        let lines = try String(contentsOfFile: notified, encoding: .utf8).split(separator: "\n")
+        XCTAssertTrue(lines.contains { $0.contains("\"event\":\"auto_rollback\"") }, "\(lines)")
+        XCTAssertTrue(lines.contains { $0.contains("\"event\":\"release_started\"") })
     }
 
     func testAManualWeightPausesTheReleaseAndAbortEndsIt() throws {
@@ -175,5 +197,26 @@ final class ReleasePlanTests: XCTestCase {
         XCTAssertEqual(runtime?.controlPlane.persistentState.releases.values.filter { $0.candidateBasisPoints > 0 }.count, 0)
         XCTAssertEqual(admin("release pause")["ok"], false)
         XCTAssertEqual(admin("release start nope")["error"]?.stringValue, "unknown plan 'nope' (plans: quick)")
+    }
+}
+
+/// A notify target that refuses or fails is retried, counted and logged, and never holds up
+/// the caller.
+final class NotifierTests: XCTestCase {
+    func testAFailingTargetIsRetriedCountedAndNeverBlocks() throws {
+        let refusing = RefusingPort()
+        let notifier = Notifier(targets: [.webhook(host: "127.0.0.1", port: refusing.port, path: "/x"), .exec(path: "/bin/false")],
+                                logger: Logger(minimumLevel: .error), backoffMs: [10, 10])
+        notifier.start()
+        defer { notifier.stop() }
+        let started = Date()
+        for _ in 0..<3 { notifier.send(AuditRecord(event: "auto_rollback", from: .green, to: .blue, reason: "test")) }
+        notifier.send(AuditRecord(event: "drain"))  // not a delivered event
+        XCTAssertLessThan(Date().timeIntervalSince(started), 0.1, "sending never waits for a delivery")
+        let deadline = Date().addingTimeInterval(20)
+        while notifier.figures.targets.map(\.failed) != [3, 3] && Date() < deadline { usleep(20_000) }
+        XCTAssertEqual(notifier.figures.targets.map(\.failed), [3, 3])
+        XCTAssertEqual(notifier.figures.targets.map(\.delivered), [0, 0])
+        XCTAssertEqual(notifier.figures.dropped, 0)
     }
 }

@@ -1,0 +1,121 @@
+import CutoverConfig
+import CutoverSystem
+import Foundation
+
+/// Delivers release, watch, switch and rollback events to `notify` targets: each event is one
+/// JSON document (the audit record's fields), on the standard input of a program or as an
+/// HTTP/1.1 POST. Delivery runs on the notifier's own thread, off the data plane and off the
+/// decision path: a bounded queue (over it the oldest event is dropped and counted), a timeout
+/// per attempt, three attempts with backoff; failures are logged and counted, and never block or
+/// undo a decision.
+public final class Notifier: @unchecked Sendable {
+    public static let queueLimit = 1_000
+    static let attempts = 3
+    static let timeoutMs = 5_000
+
+    /// Events that are delivered (the audit's other events are not).
+    static let events: Set<String> = [
+        "switch", "rollback", "release", "release_started", "release_step", "release_paused", "release_resumed",
+        "release_promoted", "release_rolledback", "release_completed", "auto_rollback", "watch_started", "watch_passed",
+    ]
+
+    private let targets: [NotifyTarget]
+    private let logger: Logger
+    private let condition = NSCondition()
+    private var queue: [[UInt8]] = []
+    private var stopped = false
+    private var thread: Thread?
+    /// Delivered, failed (after every attempt) and dropped (queue full) events, per target.
+    private var delivered: [UInt64]
+    private var failed: [UInt64]
+    private var dropped: UInt64 = 0
+    /// Backoff before attempt 2 and 3, in milliseconds (tests shorten it).
+    let backoffMs: [Int]
+
+    public init(targets: [NotifyTarget], logger: Logger, backoffMs: [Int] = [500, 2_000]) {
+        self.targets = targets
+        self.logger = logger
+        self.backoffMs = backoffMs
+        delivered = Array(repeating: 0, count: targets.count)
+        failed = Array(repeating: 0, count: targets.count)
+    }
+
+    public func start() {
+        guard !targets.isEmpty else { return }
+        ProcessResources.ignoreBrokenPipes()  // a program that exits early must not kill the proxy
+        let thread = Thread { [self] in run() }
+        thread.name = "cutover-notify"
+        self.thread = thread
+        thread.start()
+    }
+
+    public func stop() {
+        condition.withLock {
+            stopped = true
+            condition.broadcast()
+        }
+    }
+
+    /// Queues an audit record when its event is one that is delivered.
+    package func send(_ record: AuditRecord) {
+        guard !targets.isEmpty, Self.events.contains(record.event) else { return }
+        let document = Array(AuditLog.encode(record, prev: "").replacingOccurrences(of: ",\"prev\":\"\"", with: "").utf8)
+        condition.withLock {
+            if queue.count >= Self.queueLimit {
+                queue.removeFirst()
+                dropped &+= 1
+            }
+            queue.append(document)
+            condition.signal()
+        }
+    }
+
+    /// Per target: delivered and failed events; and events dropped from a full queue.
+    package var figures: (targets: [(target: String, delivered: UInt64, failed: UInt64)], dropped: UInt64) {
+        condition.withLock {
+            (targets.indices.map { (targets[$0].description, delivered[$0], failed[$0]) }, dropped)
+        }
+    }
+
+    private func run() {
+        while true {
+            let document: [UInt8]? = condition.withLock {
+                while queue.isEmpty && !stopped { condition.wait() }
+                return stopped ? nil : queue.removeFirst()
+            }
+            guard let document else { return }
+            for (index, target) in targets.enumerated() {
+                let ok = deliver(document, to: target)
+                condition.withLock { if ok { delivered[index] &+= 1 } else { failed[index] &+= 1 } }
+            }
+        }
+    }
+
+    private func deliver(_ document: [UInt8], to target: NotifyTarget) -> Bool {
+        var problem = ""
+        for attempt in 0..<Self.attempts {
+            if attempt > 0 { usleep(useconds_t(backoffMs[min(attempt - 1, backoffMs.count - 1)] * 1_000)) }
+            switch target {
+            case .exec(let path):
+                switch BlockingDelivery.run(path, input: document + [0x0A], timeoutMs: Self.timeoutMs) {
+                case .success(0): return true
+                case .success(let status): problem = "exited with status \(status)"
+                case .failure(let failure): problem = failure.description
+                }
+            case .webhook(let host, let port, let path):
+                guard let address = SocketAddress.resolve(host: host, port: port) else {
+                    problem = "cannot resolve \(host)"
+                    continue
+                }
+                let hostHeader = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+                switch BlockingDelivery.post(to: address, host: hostHeader, path: path, body: document, timeoutMs: Self.timeoutMs) {
+                case .success(let status) where (200..<300).contains(status): return true
+                case .success(let status): problem = "answered \(status)"
+                case .failure(let failure): problem = failure.description
+                }
+            }
+        }
+        logger.log(.warning, "notify \(target): gave up after \(Self.attempts) attempts: \(problem)")
+        return false
+    }
+}
