@@ -178,12 +178,12 @@ for title, path in (("cutover", "cutover.conf"), ("nginx", "nginx.conf.template"
         .replace("worker_processes 2", "worker_processes 1").replace("nbthread 2", "nbthread 1"))
     add("```")
     add("")
-# Sections other benchmark scripts maintain (Benchmarks/idle-timers.sh, Benchmarks/routing-cost.sh)
-# are kept as they are.
+# Sections other benchmark scripts maintain (Benchmarks/idle-timers.sh, Benchmarks/routing-cost.sh,
+# Benchmarks/rollback-speed.sh) are kept as they are.
 kept = ""
 try:
     previous = open(out).read()
-    for marker in ("idle-timers", "routing-cost"):
+    for marker in ("idle-timers", "routing-cost", "rollback-speed"):
         begin, end = previous.find(f"<!-- {marker}:begin -->"), previous.find(f"<!-- {marker}:end -->")
         if begin >= 0 and end >= 0:
             kept += "\n" + previous[begin:end + len(f"<!-- {marker}:end -->")] + "\n"
