@@ -33,7 +33,11 @@ public enum AdminCommand: Equatable, Sendable {
     public var changesState: Bool {
         switch self {
         case .switchColor, .rollback, .drain, .undrain, .reload, .weight, .pin, .unpin, .mirror: return true
-        case .release(let command): if case .status = command { return false } else { return true }
+        case .release(let command):
+            switch command {
+            case .status, .report: return false
+            default: return true
+            }
         case .help, .status, .health, .verify, .history, .stats, .reopen, .pins: return false
         }
     }
@@ -126,7 +130,7 @@ public enum AdminCommands {
             return .mirror(basisPoints: basisPoints, app: app, reason: reason)
         },
         AdminCommandSpec(name: "release",
-                         usage: "release start <plan> [to <blue|green>] [force] [reason <text…>] | status | pause [reason <text…>] | resume | promote [reason <text…>] | abort [reason <text…>]",
+                         usage: "release start <plan> [to <blue|green>] [force] [reason <text…>] | status | report | pause [reason <text…>] | resume | promote [reason <text…>] | abort [reason <text…>]",
                          summary: "run a release plan: waves, holds, and automatic pause or rollback on the evidence") { words in
             guard let verb = words.first else { return nil }
             let rest = words.dropFirst()
@@ -143,6 +147,7 @@ public enum AdminCommands {
                 guard let (force, reason) = forceAndReason(more) else { return nil }
                 return .release(.start(plan: String(plan), to: color, force: force, reason: reason))
             case "status": return rest.isEmpty ? .release(.status) : nil
+            case "report": return rest.isEmpty ? .release(.report) : nil
             case "resume": return rest.isEmpty ? .release(.resume) : nil
             case "pause", "promote", "abort":
                 guard let (force, reason) = forceAndReason(rest), !force else { return nil }
@@ -321,6 +326,7 @@ extension ControlPlane {
             case .resume: return resumeRelease(actor: actor)
             case .promote(let reason): return promoteRelease(reason: reason, actor: actor)
             case .abort(let reason): return abortRelease(reason: reason, actor: actor)
+            case .report: return releaseReport()
             }
         case .reopen:
             guard let link = attachedDataPlane.source else { return ["ok": false, "error": "the data plane is not running"] }
@@ -338,6 +344,7 @@ public enum ReleaseCommand: Equatable, Sendable {
     case resume
     case promote(reason: String?)
     case abort(reason: String?)
+    case report
 }
 
 extension ControlPlane {

@@ -105,6 +105,41 @@ extension ControlPlane {
                             "started": .string(timestamp(run.startedAt)), "evidence": .object(evidence)]]
     }
 
+    /// `release report`: the timeline of the last release from the audit log — every decision
+    /// with the figures of the wave it closed (error rates and p95 of both colors), what a release
+    /// manager attaches to the release.
+    func releaseReport() -> JSON {
+        guard let audit else { return ["ok": false, "error": "audit_log is off: the report is read from it"] }
+        let lines: [String]
+        do {
+            lines = try audit.tail(10_000)
+        } catch {
+            return ["ok": false, "error": .string("cannot read the audit log: \(error)")]
+        }
+        let records = lines.compactMap { JSON.parse($0) }
+        guard let start = records.lastIndex(where: { $0["event"]?.stringValue == "release_started" }) else {
+            return ["ok": false, "error": "no release in the audit log"]
+        }
+        let events = records[start...].filter { record in
+            let event = record["event"]?.stringValue ?? ""
+            return event.hasPrefix("release") || event == "auto_rollback" || event == "rollback" || event == "switch"
+        }
+        let waves: [JSON] = events.map { record in
+            let details = record["details"]
+            func figure(_ key: String) -> JSON { .string(details?[key]?.stringValue) }
+            return ["time": record["time"] ?? .null, "event": record["event"] ?? .null, "reason": record["reason"] ?? .null,
+                    "step": figure("step"),
+                    "candidate": ["requests": figure("candidate_requests"), "error_rate": figure("candidate_error_rate"),
+                                  "p95_us": figure("candidate_p95_us")],
+                    "stable": ["requests": figure("stable_requests"), "error_rate": figure("stable_error_rate"),
+                               "p95_us": figure("stable_p95_us")],
+                    "statistic": figure("statistic"), "threshold": figure("threshold")]
+        }
+        let first = records[start]
+        return ["ok": true, "plan": first["details"]?["plan"] ?? .null, "plan_hash": first["details"]?["plan_hash"] ?? .null,
+                "started": first["time"] ?? .null, "reason": first["reason"] ?? .null, "events": .array(waves)]
+    }
+
     func pauseRelease(reason: String, actor: AuditActor) -> JSON {
         let paused: Bool = lock.withLock { release?.machine.pause(reason: reason) ?? false }
         guard paused else { return ["ok": false, "error": "no running release to pause"] }

@@ -62,6 +62,24 @@ enum Pretty {
                          + "published in \(text(reply["publish_us"])) µs\(reply["forced"]?.boolValue == true ? ", forced" : ""))"]
             lines += verifyLines(reply["verify"])
             return lines.joined(separator: "\n")
+        case "release" where reply["events"] != nil:
+            var lines = ["release \(text(reply["plan"])) (plan hash \(text(reply["plan_hash"]))), started \(text(reply["started"]))"
+                         + (reply["reason"]?.stringValue.map { ": \($0)" } ?? "")]
+            lines.append("time                      event              step  candidate req / errors / p95    stable req / errors / p95")
+            for event in reply["events"]?.arrayValue ?? [] {
+                func arm(_ side: String) -> String {
+                    guard let figures = event[side], figures["requests"]?.stringValue != nil else { return "-" }
+                    let p95 = figures["p95_us"]?.stringValue.flatMap { Int64($0) }.map { Pretty.duration($0) } ?? "-"
+                    return "\(text(figures["requests"])) / \(text(figures["error_rate"])) / \(p95)"
+                }
+                var line = "\(text(event["time"]).padding(toLength: 26, withPad: " ", startingAt: 0))"
+                line += "\(text(event["event"]).padding(toLength: 19, withPad: " ", startingAt: 0))"
+                line += "\(text(event["step"]).padding(toLength: 6, withPad: " ", startingAt: 0))"
+                line += "\(arm("candidate").padding(toLength: 32, withPad: " ", startingAt: 0))\(arm("stable"))"
+                lines.append(line)
+                if let reason = event["reason"]?.stringValue { lines.append("    \(reason)") }
+            }
+            return lines.joined(separator: "\n")
         case "release":
             guard let release = reply["release"], case .object = release else { return "no release is running" }
             var lines = ["release \(text(release["plan"])) to \(text(release["candidate"])): \(text(release["phase"])), "

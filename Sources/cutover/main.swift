@@ -32,7 +32,7 @@ let usage = """
       cutover pin <app|*> header|cookie NAME VALUE[,VALUE…] <blue|green> [--reason TEXT]
       cutover unpin <app|*> [header|cookie NAME [VALUE]] [--reason TEXT]
       cutover pins
-      cutover release start <plan> [--force] [--reason TEXT] | status | pause | resume | promote | abort [--reason TEXT]
+      cutover release start <plan> [--force] [--reason TEXT] | status | report | pause | resume | promote | abort [--reason TEXT]
                                                 run a release plan (conf/plans): waves, holds, automatic rollback
       cutover mirror <percent> [--app NAME] [--reason TEXT]   copy requests to the candidate, compare (0 = off)
       cutover verify <blue|green>

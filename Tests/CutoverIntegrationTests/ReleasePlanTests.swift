@@ -142,6 +142,16 @@ final class ReleasePlanTests: XCTestCase {
         XCTAssertEqual(details["plan"], "quick")
         XCTAssertNotNil(details["plan_hash"])
         XCTAssertNotNil(details["candidate_requests"], "each wave's record carries its evidence")
+        // The release report: the timeline with each wave's figures for both colors.
+        let report = admin("release report")
+        XCTAssertEqual(report["plan"], "quick")
+        let timeline = report["events"]?.arrayValue ?? []
+        XCTAssertEqual(timeline.compactMap { $0["event"]?.stringValue },
+                       ["release_started", "release_step", "release_step", "release_step", "release_completed", "release"])
+        let secondWave = timeline[2]
+        XCTAssertEqual(secondWave["step"], "2")
+        XCTAssertNotNil(secondWave["candidate"]?["error_rate"]?.stringValue, "\(secondWave)")
+        XCTAssertNotNil(secondWave["stable"]?["requests"]?.stringValue)
     }
 
     func testAFailingGreenIsRolledBackAutomaticallyWithItsEvidence() throws {
