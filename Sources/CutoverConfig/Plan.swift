@@ -90,8 +90,8 @@ public struct PlanConfig: Sendable, Equatable {
     public var rollbackIf: [PlanCondition] = []
     /// Candidate requests a step needs before its hold can end, and before p95 conditions judge.
     public var minRequests: Int = 100
-    /// The false-alarm probability of each sequential test, per step (0.2 %: a healthy release
-    /// of four waves is stopped by chance at most once in 125).
+    /// The false-alarm probability of each sequential test, per step (0.2 %). A plan's chance of
+    /// a false rollback is at most the sum over its tests and steps (and restarts).
     public var falseAlarm: Double = 0.002
     /// What `error_regression` needs beyond the test by default: nothing (any regression the
     /// test is sure of). `min_excess 0.5%` ignores regressions smaller than half a point.

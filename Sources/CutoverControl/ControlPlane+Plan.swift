@@ -10,17 +10,22 @@ final class ReleaseRun {
     var machine: ReleaseMachine
     let candidate: Color
     let startedAt: Int64
-    /// Cumulative main-listener figures at the previous evaluation, per color, over every app.
-    var lastTotals: (candidate: ArmCounts, stable: ArmCounts)
+    /// Cumulative main-listener figures at the previous evaluation, per app and color.
+    var lastTotals: [String: (candidate: ArmCounts, stable: ArmCounts)]
     let reason: String?
     /// An evaluation is queued or running.
     var evaluating = false
+    /// Candidate servers already down when the plan started: `health_failed` is about servers
+    /// that go down during it.
+    let downAtStart: Set<ControlPlane.ServerKey>
 
-    init(machine: ReleaseMachine, candidate: Color, startedAt: Int64, totals: (ArmCounts, ArmCounts), reason: String?) {
+    init(machine: ReleaseMachine, candidate: Color, startedAt: Int64, totals: [String: (candidate: ArmCounts, stable: ArmCounts)],
+         downAtStart: Set<ControlPlane.ServerKey>, reason: String?) {
         self.machine = machine
         self.candidate = candidate
         self.startedAt = startedAt
         lastTotals = totals
+        self.downAtStart = downAtStart
         self.reason = reason
     }
 }
@@ -38,8 +43,10 @@ extension ControlPlane {
             }
             let now = clock()
             let reason = "cutover restarted during step \(saved.step); the release resumes paused (`release resume` continues, `release abort` rolls back)"
+            let candidate = state.active.other
             release = ReleaseRun(machine: ReleaseMachine(plan: plan, nowMs: now, restoredAt: saved.step - 1, reason: reason),
-                                 candidate: state.active.other, startedAt: now, totals: (ArmCounts(), ArmCounts()), reason: nil)
+                                 candidate: candidate, startedAt: now, totals: [:],
+                                 downAtStart: Set(health.filter { $0.key.color == candidate && $0.value.state == .down }.map(\.key)), reason: nil)
             logger.log(.warning, "release \(plan.name): \(reason)")
         }
     }
@@ -50,6 +57,12 @@ extension ControlPlane {
     /// the candidate) unless forced; then step 1 is applied and the plan is evaluated ten times a
     /// second. One release at a time.
     func startRelease(plan name: String, to target: Color?, force: Bool, reason: String?, actor: AuditActor) -> JSON {
+        Self.releaseQueue.sync { startReleaseSerialized(plan: name, to: target, force: force, reason: reason, actor: actor) }
+    }
+
+    /// Every change to a release — commands and the evaluations' decisions — runs on
+    /// `releaseQueue`, so a decision is carried out before the next command sees the plan.
+    private func startReleaseSerialized(plan name: String, to target: Color?, force: Bool, reason: String?, actor: AuditActor) -> JSON {
         let (plan, current, running) = lock.withLock {
             (config.plans.first { $0.name == name }, state, release?.machine.stepIndex != nil)
         }
@@ -73,10 +86,13 @@ extension ControlPlane {
                         "reasons": .array(reasons.map { .string($0) })]
             }
         }
+        guard let totals = releaseTotals(candidate: candidate) else {
+            return ["ok": false, "error": "the data plane's figures could not be read; the release did not start"]
+        }
         let now = clock()
         let machine = ReleaseMachine(plan: plan, nowMs: now)
-        let run = ReleaseRun(machine: machine, candidate: candidate, startedAt: now, totals: releaseTotals(candidate: candidate) ?? (ArmCounts(), ArmCounts()),
-                             reason: reason)
+        let downAtStart = lock.withLock { Set(health.filter { $0.key.color == candidate && $0.value.state == .down }.map(\.key)) }
+        let run = ReleaseRun(machine: machine, candidate: candidate, startedAt: now, totals: totals, downAtStart: downAtStart, reason: reason)
         lock.withLock { release = run }
         appendAudit(AuditRecord(event: "release_started", from: current.active, to: candidate, reason: reason, forced: force, actor: actor,
                                 generation: current.generation, details: planDetails(plan, step: 1)))
@@ -85,15 +101,14 @@ extension ControlPlane {
     }
 
     func releaseStatus() -> JSON {
-        let run = lock.withLock { release }
-        guard let run else { return ["ok": true, "release": .null] }
-        let machine = run.machine
+        guard let (run, machine) = lock.withLock({ release.map { ($0, $0.machine) } }) else { return ["ok": true, "release": .null] }
         let phase: String
         switch machine.phase {
         case .running: phase = "running"
         case .paused: phase = "paused"
         case .rolledBack: phase = "rolled_back"
         case .completed: phase = "completed"
+        case .ended: phase = "ended"
         }
         var evidence: [(String, JSON)] = machine.stepEvidence().sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) }
         evidence.append(("false_alarm", .string(String(format: "%.2f%%", machine.plan.falseAlarm * 100))))
@@ -141,43 +156,76 @@ extension ControlPlane {
     }
 
     func pauseRelease(reason: String, actor: AuditActor) -> JSON {
-        let paused: Bool = lock.withLock { release?.machine.pause(reason: reason) ?? false }
-        guard paused else { return ["ok": false, "error": "no running release to pause"] }
-        appendAudit(AuditRecord(event: "release_paused", reason: reason, actor: actor, details: releaseDetails()))
-        return releaseStatus()
+        Self.releaseQueue.sync {
+            guard lock.withLock({ release?.machine.phase }).map({ if case .running = $0 { return true } else { return false } }) == true else {
+                return ["ok": false, "error": "no running release to pause"]
+            }
+            appendAudit(AuditRecord(event: "release_paused", reason: reason, actor: actor, details: releaseDetails()))
+            lock.withLock { _ = release?.machine.pause(reason: reason) }
+            return releaseStatus()
+        }
     }
 
     func resumeRelease(actor: AuditActor) -> JSON {
-        let resumed: Bool = lock.withLock { release?.machine.resume() ?? false }
-        guard resumed else { return ["ok": false, "error": "no paused release to resume"] }
-        appendAudit(AuditRecord(event: "release_resumed", actor: actor, details: releaseDetails()))
-        return releaseStatus()
+        Self.releaseQueue.sync {
+            guard lock.withLock({ release?.machine.phase }).map({ if case .paused = $0 { return true } else { return false } }) == true else {
+                return ["ok": false, "error": "no paused release to resume"]
+            }
+            appendAudit(AuditRecord(event: "release_resumed", actor: actor, details: releaseDetails()))
+            lock.withLock { _ = release?.machine.resume() }
+            return releaseStatus()
+        }
     }
 
     func promoteRelease(reason: String?, actor: AuditActor) -> JSON {
-        guard let run = lock.withLock({ release }) else { return ["ok": false, "error": "no release is running"] }
-        let actions = lock.withLock { run.machine.promote() }
-        guard !actions.isEmpty else { return ["ok": false, "error": "the release has ended"] }
-        appendAudit(AuditRecord(event: "release_promoted", reason: reason, actor: actor, details: releaseDetails()))
-        apply(actions, run: run, actor: actor)
-        return releaseStatus()
+        Self.releaseQueue.sync {
+            guard let run = lock.withLock({ release }), lock.withLock({ run.machine.stepIndex }) != nil else {
+                return ["ok": false, "error": "no release is running"]
+            }
+            appendAudit(AuditRecord(event: "release_promoted", reason: reason, actor: actor, details: releaseDetails()))
+            let actions = lock.withLock { run.machine.promote() }
+            apply(actions, run: run, actor: actor)
+            return releaseStatus()
+        }
     }
 
     func abortRelease(reason: String?, actor: AuditActor) -> JSON {
-        guard let run = lock.withLock({ release }) else { return ["ok": false, "error": "no release is running"] }
-        let actions = lock.withLock { run.machine.abort(reason: "release abort" + (reason.map { ": \($0)" } ?? "")) }
-        guard !actions.isEmpty else { return ["ok": false, "error": "the release has ended"] }
-        apply(actions, run: run, actor: actor)
-        return releaseStatus()
+        Self.releaseQueue.sync {
+            guard let run = lock.withLock({ release }) else { return ["ok": false, "error": "no release is running"] }
+            let actions = lock.withLock { run.machine.abort(reason: "release abort" + (reason.map { ": \($0)" } ?? "")) }
+            guard !actions.isEmpty else { return ["ok": false, "error": "the release has ended"] }
+            apply(actions, run: run, actor: actor)
+            return releaseStatus()
+        }
     }
 
-    /// A `switch`, `weight`, `pin`, `unpin` or `mirror` by hand during a release pauses it (the
-    /// operator has taken over), and says so in the reply.
+    /// A `weight`, `pin`, `unpin` or `mirror` by hand during a release pauses it (the operator
+    /// has taken over); a `switch` by hand ends it. The reply says so.
     func pauseReleaseForManualChange(_ command: String, actor: AuditActor) -> String? {
-        let paused: Bool = lock.withLock { release?.machine.pause(reason: "operator ran '\(command)'") ?? false }
-        guard paused else { return nil }
-        appendAudit(AuditRecord(event: "release_paused", reason: "operator ran '\(command)'", actor: actor, details: releaseDetails()))
-        return "the running release was paused: an operator changed the routing by hand (`release resume` continues it)"
+        Self.releaseQueue.sync {
+            guard let run = lock.withLock({ release }), lock.withLock({ run.machine.stepIndex }) != nil else { return nil }
+            if command == "switch" {
+                appendAudit(AuditRecord(event: "release_ended", reason: "an operator switched by hand", actor: actor, details: releaseDetails()))
+                lock.withLock { _ = run.machine.end(reason: "an operator switched by hand") }
+                clearReleasePlanInState()
+                return "the running release ended: an operator switched by hand"
+            }
+            guard lock.withLock({ if case .running = run.machine.phase { return true } else { return false } }) else { return nil }
+            appendAudit(AuditRecord(event: "release_paused", reason: "operator ran '\(command)'", actor: actor, details: releaseDetails()))
+            lock.withLock { _ = run.machine.pause(reason: "operator ran '\(command)'") }
+            return "the running release was paused: an operator changed the routing by hand (`release resume` continues it)"
+        }
+    }
+
+    /// The state file forgets the plan (it ended): a restart does not resume it.
+    private func clearReleasePlanInState() {
+        switchLock.withLock {
+            let current = lock.withLock { state }
+            guard current.releasePlan != nil else { return }
+            var next = current
+            next.releasePlan = nil
+            if saveStateDurably(next, command: "release ended") == nil { lock.withLock { state = next } }
+        }
     }
 
     // MARK: Evaluation
@@ -196,6 +244,8 @@ extension ControlPlane {
         }
         guard queue else { return }
         Self.releaseQueue.async { [self] in
+            // A plan stays evaluated while its machine decides (on this queue, in order with
+            // the operator's commands).
             evaluateRelease()
             lock.withLock { release?.evaluating = false }
         }
@@ -203,19 +253,32 @@ extension ControlPlane {
 
     /// The plan's figures since the last evaluation, its decision, and the decision carried out.
     func evaluateRelease() {
-        guard let run = lock.withLock({ release }), run.machine.stepIndex != nil else { return }
+        guard let run = lock.withLock({ release }), lock.withLock({ run.machine.stepIndex }) != nil else { return }
         guard let totals = releaseTotals(candidate: run.candidate) else { return }
         let (window, shadow) = releaseWindow(candidate: run.candidate)
         let now = clock()
         let candidateDown = lock.withLock {
-            health.contains { $0.key.color == run.candidate && $0.value.state == .down }
+            health.contains { $0.key.color == run.candidate && $0.value.state == .down && !run.downAtStart.contains($0.key) }
         }
-        var observation = ReleaseObservation(
-            nowMs: now,
-            candidate: ArmCounts(requests: totals.0.requests &- run.lastTotals.candidate.requests,
-                                 errors: totals.0.errors &- run.lastTotals.candidate.errors),
-            stable: ArmCounts(requests: totals.1.requests &- run.lastTotals.stable.requests,
-                              errors: totals.1.errors &- run.lastTotals.stable.errors))
+        var candidate = ArmCounts()
+        var stable = ArmCounts()
+        var strata: [(candidate: ArmCounts, stable: ArmCounts)] = []
+        for (app, now) in totals {
+            let before = run.lastTotals[app] ?? (ArmCounts(), ArmCounts())
+            // Counters only grow; a shrink (never expected) counts as nothing new.
+            func delta(_ after: ArmCounts, _ before: ArmCounts) -> ArmCounts {
+                ArmCounts(requests: after.requests >= before.requests ? after.requests - before.requests : 0,
+                          errors: after.errors >= before.errors ? after.errors - before.errors : 0)
+            }
+            let stratum = (candidate: delta(now.candidate, before.candidate), stable: delta(now.stable, before.stable))
+            strata.append(stratum)
+            candidate.requests &+= stratum.candidate.requests
+            candidate.errors &+= stratum.candidate.errors
+            stable.requests &+= stratum.stable.requests
+            stable.errors &+= stratum.stable.errors
+        }
+        var observation = ReleaseObservation(nowMs: now, candidate: candidate, stable: stable)
+        observation.strata = strata
         observation.candidateP95Micros = window.candidate.latency.percentile(95)
         observation.candidateLatencySamples = window.candidate.latency.count
         observation.stableP95Micros = window.stable.latency.percentile(95)
@@ -225,32 +288,27 @@ extension ControlPlane {
             observation.shadowDiffRate = shadow.diffRate
             observation.shadowJudged = shadow.judged
         }
-        run.lastTotals = (totals.0, totals.1)
+        run.lastTotals = totals
         let actions = lock.withLock { run.machine.observe(observation) }
         guard !actions.isEmpty else { return }
         apply(actions, run: run, actor: .current())
     }
 
-    /// Cumulative main-listener requests and errors of the candidate and the stable color over
-    /// every app; nil when the data plane did not answer.
-    func releaseTotals(candidate: Color) -> (ArmCounts, ArmCounts)? {
+    /// Cumulative main-listener requests and errors of the candidate and the stable color, per
+    /// app; nil when the data plane did not answer.
+    func releaseTotals(candidate: Color) -> [String: (candidate: ArmCounts, stable: ArmCounts)]? {
         guard let source = attachedDataPlane.source else { return nil }
         let snapshot = source.snapshot(.total, true)
         guard snapshot.loopsMissing == 0 else { return nil }
-        var candidateCounts = ArmCounts()
-        var stableCounts = ArmCounts()
+        var result: [String: (candidate: ArmCounts, stable: ArmCounts)] = [:]
         for (key, totals) in snapshot.totals where key.listener == .main {
             let figures = totals.figures
             let counts = ArmCounts(requests: figures.requests, errors: figures.count(.serverError) &+ figures.upstreamErrors)
-            if key.color == candidate {
-                candidateCounts.requests &+= counts.requests
-                candidateCounts.errors &+= counts.errors
-            } else {
-                stableCounts.requests &+= counts.requests
-                stableCounts.errors &+= counts.errors
-            }
+            var entry = result[key.app] ?? (ArmCounts(), ArmCounts())
+            if key.color == candidate { entry.candidate = counts } else { entry.stable = counts }
+            result[key.app] = entry
         }
-        return (candidateCounts, stableCounts)
+        return result
     }
 
     /// The last ten seconds' latency of both colors (every app merged) and the shadow diff.
@@ -279,8 +337,14 @@ extension ControlPlane {
             case .applyStep(let index, let step, let decision):
                 appendAudit(AuditRecord(event: "release_step", to: run.candidate, reason: decision.reason, actor: actor,
                                         details: decision.evidence.merging(planDetails(run.machine.plan, step: index + 1)) { $1 }))
-                applyStep(step, index: index, plan: run.machine.plan.name, candidate: run.candidate,
-                          reason: "release \(run.machine.plan.name) step \(index + 1)", actor: actor)
+                if !applyStep(step, index: index, plan: run.machine.plan.name, candidate: run.candidate,
+                              reason: "release \(run.machine.plan.name) step \(index + 1)", actor: actor) {
+                    // The routing did not change: the plan must not run ahead of it.
+                    lock.withLock { _ = run.machine.pause(reason: "step \(index + 1) could not be made durable (state file)") }
+                    appendAudit(AuditRecord(event: "release_paused", reason: "step \(index + 1) could not be made durable", actor: actor,
+                                            details: planDetails(run.machine.plan, step: index + 1)))
+                    return
+                }
             case .pause(let decision):
                 appendAudit(AuditRecord(event: "release_paused", to: run.candidate, reason: decision.reason, actor: actor,
                                         details: decision.evidence.merging(planDetails(run.machine.plan, step: nil)) { $1 }))
@@ -291,6 +355,7 @@ extension ControlPlane {
                                         actor: actor, details: decision.evidence.merging(planDetails(run.machine.plan, step: nil)) { $1 }))
                 logger.log(.warning, "release \(run.machine.plan.name) rolled back: \(decision.reason)")
                 _ = rollbackCanary(force: true, reason: decision.reason, actor: actor)
+                endReleaseInState(stopMirroring: true)
             case .complete(let decision):
                 appendAudit(AuditRecord(event: "release_completed", to: run.candidate, reason: decision.reason, actor: actor,
                                         details: decision.evidence.merging(planDetails(run.machine.plan, step: nil)) { $1 }))
@@ -307,7 +372,25 @@ extension ControlPlane {
 
     /// A step's weight, pins (to the candidate, on every app) and mirror share, made durable and
     /// published as one change. The plan decided; no gate runs here.
-    private func applyStep(_ step: PlanStep, index: Int, plan: String, candidate: Color, reason: String, actor: AuditActor) {
+    /// After a rollback: the state file forgets the plan and the copies to the candidate stop.
+    private func endReleaseInState(stopMirroring: Bool) {
+        switchLock.withLock {
+            let current = lock.withLock { state }
+            var next = current
+            next.releasePlan = nil
+            if stopMirroring { next.mirrors = next.mirrors.mapValues { _ in 0 } }
+            guard next != current else { return }
+            next.generation = current.generation + 1
+            guard saveStateDurably(next, command: "release ended") == nil else { return }
+            lock.withLock {
+                state = next
+                publishPoliciesLocked()
+            }
+        }
+    }
+
+    /// False when the state file could not be written (nothing changed).
+    private func applyStep(_ step: PlanStep, index: Int, plan: String, candidate: Color, reason: String, actor: AuditActor) -> Bool {
         switchLock.withLock {
             let (current, apps) = lock.withLock { (state, config.apps) }
             var next = current
@@ -334,12 +417,13 @@ extension ControlPlane {
             next.generation = current.generation + 1
             if let error = saveStateDurably(next, command: reason) {
                 logger.log(.error, "\(reason): \(error.description)")
-                return
+                return false
             }
             lock.withLock {
                 state = next
                 publishPoliciesLocked()
             }
+            return true
         }
     }
 
@@ -350,8 +434,8 @@ extension ControlPlane {
     }
 
     private func releaseDetails() -> [String: String] {
-        guard let run = lock.withLock({ release }) else { return [:] }
-        return run.machine.stepEvidence().merging(planDetails(run.machine.plan, step: nil)) { $1 }
+        guard let machine = lock.withLock({ release?.machine }) else { return [:] }
+        return machine.stepEvidence().merging(planDetails(machine.plan, step: nil)) { $1 }
     }
 
     /// A short hash of the plan as configured: the audit says which version of a plan decided.

@@ -4,10 +4,10 @@ import Foundation
 
 /// Delivers release, watch, switch and rollback events to `notify` targets: each event is one
 /// JSON document (the audit record's fields), on the standard input of a program or as an
-/// HTTP/1.1 POST. Delivery runs on the notifier's own thread, off the data plane and off the
-/// decision path: a bounded queue (over it the oldest event is dropped and counted), a timeout
-/// per attempt, three attempts with backoff; failures are logged and counted, and never block or
-/// undo a decision.
+/// HTTP/1.1 POST. Delivery runs on one thread per target, off the data plane and off the
+/// decision path: a bounded queue per target (over it the oldest event is dropped and counted),
+/// a timeout per attempt, three attempts with backoff; failures are logged and counted, and
+/// never block or undo a decision.
 public final class Notifier: @unchecked Sendable {
     public static let queueLimit = 1_000
     static let attempts = 3
@@ -21,38 +21,44 @@ public final class Notifier: @unchecked Sendable {
 
     private let targets: [NotifyTarget]
     private let logger: Logger
-    private let condition = NSCondition()
-    private var queue: [[UInt8]] = []
-    private var stopped = false
-    private var thread: Thread?
-    /// Delivered, failed (after every attempt) and dropped (queue full) events, per target.
-    private var delivered: [UInt64]
-    private var failed: [UInt64]
-    private var dropped: UInt64 = 0
+    /// One queue and thread per target: a dead webhook never delays a program, or the reverse.
+    private let workers: [Worker]
     /// Backoff before attempt 2 and 3, in milliseconds (tests shorten it).
     let backoffMs: [Int]
+
+    private final class Worker: @unchecked Sendable {
+        let condition = NSCondition()
+        var queue: [[UInt8]] = []
+        var stopped = false
+        var delivered: UInt64 = 0
+        var failed: UInt64 = 0
+        var dropped: UInt64 = 0
+    }
 
     public init(targets: [NotifyTarget], logger: Logger, backoffMs: [Int] = [500, 2_000]) {
         self.targets = targets
         self.logger = logger
         self.backoffMs = backoffMs
-        delivered = Array(repeating: 0, count: targets.count)
-        failed = Array(repeating: 0, count: targets.count)
+        workers = targets.map { _ in Worker() }
     }
 
     public func start() {
         guard !targets.isEmpty else { return }
         ProcessResources.ignoreBrokenPipes()  // a program that exits early must not kill the proxy
-        let thread = Thread { [self] in run() }
-        thread.name = "cutover-notify"
-        self.thread = thread
-        thread.start()
+        for (index, target) in targets.enumerated() {
+            let worker = workers[index]
+            let thread = Thread { [self] in run(worker, target) }
+            thread.name = "cutover-notify-\(index)"
+            thread.start()
+        }
     }
 
     public func stop() {
-        condition.withLock {
-            stopped = true
-            condition.broadcast()
+        for worker in workers {
+            worker.condition.withLock {
+                worker.stopped = true
+                worker.condition.broadcast()
+            }
         }
     }
 
@@ -60,34 +66,40 @@ public final class Notifier: @unchecked Sendable {
     package func send(_ record: AuditRecord) {
         guard !targets.isEmpty, Self.events.contains(record.event) else { return }
         let document = Array(AuditLog.encode(record, prev: "").replacingOccurrences(of: ",\"prev\":\"\"", with: "").utf8)
-        condition.withLock {
-            if queue.count >= Self.queueLimit {
-                queue.removeFirst()
-                dropped &+= 1
+        for worker in workers {
+            worker.condition.withLock {
+                if worker.queue.count >= Self.queueLimit {
+                    worker.queue.removeFirst()
+                    worker.dropped &+= 1
+                }
+                worker.queue.append(document)
+                worker.condition.signal()
             }
-            queue.append(document)
-            condition.signal()
         }
     }
 
-    /// Per target: delivered and failed events; and events dropped from a full queue.
+    /// Per target: delivered and failed events; and events dropped from full queues.
     package var figures: (targets: [(target: String, delivered: UInt64, failed: UInt64)], dropped: UInt64) {
-        condition.withLock {
-            (targets.indices.map { (targets[$0].description, delivered[$0], failed[$0]) }, dropped)
+        var dropped: UInt64 = 0
+        let list = targets.indices.map { index -> (target: String, delivered: UInt64, failed: UInt64) in
+            let worker = workers[index]
+            return worker.condition.withLock {
+                dropped &+= worker.dropped
+                return (targets[index].description, worker.delivered, worker.failed)
+            }
         }
+        return (list, dropped)
     }
 
-    private func run() {
+    private func run(_ worker: Worker, _ target: NotifyTarget) {
         while true {
-            let document: [UInt8]? = condition.withLock {
-                while queue.isEmpty && !stopped { condition.wait() }
-                return stopped ? nil : queue.removeFirst()
+            let document: [UInt8]? = worker.condition.withLock {
+                while worker.queue.isEmpty && !worker.stopped { worker.condition.wait() }
+                return worker.stopped ? nil : worker.queue.removeFirst()
             }
             guard let document else { return }
-            for (index, target) in targets.enumerated() {
-                let ok = deliver(document, to: target)
-                condition.withLock { if ok { delivered[index] &+= 1 } else { failed[index] &+= 1 } }
-            }
+            let ok = deliver(document, to: target)
+            worker.condition.withLock { if ok { worker.delivered &+= 1 } else { worker.failed &+= 1 } }
         }
     }
 

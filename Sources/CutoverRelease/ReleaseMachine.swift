@@ -30,6 +30,10 @@ public struct ReleaseObservation: Sendable {
     /// The shadow diff rate and the copies it judged (nil: no mirroring).
     public var shadowDiffRate: Double? = nil
     public var shadowJudged: UInt64 = 0
+    /// The same traffic split by app (each app's candidate and stable counts): the regression
+    /// test compares colors within an app, never across apps whose error rates differ.
+    /// Empty: `candidate` and `stable` are one stratum.
+    public var strata: [(candidate: ArmCounts, stable: ArmCounts)] = []
 
     public init(nowMs: Int64, candidate: ArmCounts, stable: ArmCounts) {
         self.nowMs = nowMs
@@ -76,6 +80,8 @@ public struct ReleaseMachine: Sendable {
         case paused(step: Int, reason: String)
         case rolledBack(reason: String)
         case completed
+        /// Ended by an operator's switch by hand: nothing more to decide.
+        case ended(reason: String)
     }
 
     public let plan: PlanConfig
@@ -114,7 +120,7 @@ public struct ReleaseMachine: Sendable {
     public var stepIndex: Int? {
         switch phase {
         case .running(let step), .paused(let step, _): return step
-        case .rolledBack, .completed: return nil
+        case .rolledBack, .completed, .ended: return nil
         }
     }
 
@@ -135,8 +141,15 @@ public struct ReleaseMachine: Sendable {
         candidateTotal.errors &+= observation.candidate.errors
         stableTotal.requests &+= observation.stable.requests
         stableTotal.errors &+= observation.stable.errors
-        regression.add(candidateRequests: observation.candidate.requests, candidateErrors: observation.candidate.errors,
-                       stableRequests: observation.stable.requests, stableErrors: observation.stable.errors)
+        if observation.strata.isEmpty {
+            regression.add(candidateRequests: observation.candidate.requests, candidateErrors: observation.candidate.errors,
+                           stableRequests: observation.stable.requests, stableErrors: observation.stable.errors)
+        } else {
+            for stratum in observation.strata {
+                regression.add(candidateRequests: stratum.candidate.requests, candidateErrors: stratum.candidate.errors,
+                               stableRequests: stratum.stable.requests, stableErrors: stratum.stable.errors)
+            }
+        }
         for index in limitTests.indices {
             limitTests[index].add(requests: observation.candidate.requests, errors: observation.candidate.errors)
         }
@@ -168,9 +181,22 @@ public struct ReleaseMachine: Sendable {
         return true
     }
 
+    /// Resumes a paused plan with fresh tests: the evidence that paused it must not pause it
+    /// again at once, and the question "is the candidate worse" starts over (the wave's counts
+    /// and time held are kept).
     public mutating func resume() -> Bool {
         guard case .paused(let step, _) = phase else { return false }
         phase = .running(step: step)
+        regression = ErrorRegressionTest()
+        limitTests = limitTests.map { ErrorRateLimitTest(limit: $0.limit) }
+        perSecond.removeAll()
+        return true
+    }
+
+    /// An operator switched by hand: the plan ends without deciding anything more.
+    public mutating func end(reason: String) -> Bool {
+        guard stepIndex != nil else { return false }
+        phase = .ended(reason: reason)
         return true
     }
 
@@ -252,7 +278,7 @@ public struct ReleaseMachine: Sendable {
         } else {
             perSecond.append((second, observation.candidate))
         }
-        let longest = plan.rollbackIf.compactMap { condition -> Int64? in
+        let longest = (plan.pauseIf + plan.rollbackIf).compactMap { condition -> Int64? in
             if case .burnRate(_, _, let windowMs, _) = condition { return Int64(windowMs / 1_000) }
             return nil
         }.max() ?? 0
@@ -295,6 +321,7 @@ public struct ReleaseMachine: Sendable {
         switch phase {
         case .completed: return "nothing: the release completed"
         case .rolledBack(let reason): return "nothing: rolled back (\(reason))"
+        case .ended(let reason): return "nothing: ended (\(reason))"
         case .paused(_, let reason): return "an operator: paused (\(reason)); `release resume` continues, `release abort` rolls back"
         case .running(let step):
             let hold = Int64(plan.steps[step].holdMs)

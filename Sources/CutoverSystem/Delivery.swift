@@ -39,7 +39,10 @@ public enum BlockingDelivery {
         }
         var response = [UInt8](repeating: 0, count: 1024)
         var received = 0
-        while received < response.count {
+        // One deadline for the whole answer: a server dribbling a byte at a time must not hold
+        // the attempt beyond it (each recv is bounded on its own, too).
+        let deadline = DispatchTime.now() + .milliseconds(timeoutMs)
+        while received < response.count && DispatchTime.now() < deadline {
             let room = response.count - received
             let count = response.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress! + received, room, 0) }
             if count <= 0 { break }
@@ -76,7 +79,11 @@ public enum BlockingDelivery {
         try? stdin.fileHandleForWriting.close()
         if finished.wait(timeout: .now() + .milliseconds(timeoutMs)) == .timedOut {
             process.terminate()
-            _ = finished.wait(timeout: .now() + 1)
+            if finished.wait(timeout: .now() + 1) == .timedOut {
+                // It ignored SIGTERM: never leave a program behind per attempt.
+                Glibc.kill(process.processIdentifier, SIGKILL)
+                _ = finished.wait(timeout: .now() + 1)
+            }
             return .failure(Failure("\(path) did not finish within \(timeoutMs) ms"))
         }
         return .success(process.terminationStatus)

@@ -207,6 +207,14 @@ final class ReleasePlanTests: XCTestCase {
         XCTAssertEqual(runtime?.controlPlane.persistentState.releases.values.filter { $0.candidateBasisPoints > 0 }.count, 0)
         XCTAssertEqual(admin("release pause")["ok"], false)
         XCTAssertEqual(admin("release start nope")["error"]?.stringValue, "unknown plan 'nope' (plans: quick)")
+
+        // A switch by hand ends a release (it does not leave it to be resumed onto the old color).
+        XCTAssertEqual(admin("release start quick")["ok"], true)
+        let switched = admin("switch green force")
+        XCTAssertEqual(switched["release"]?.stringValue, "the running release ended: an operator switched by hand")
+        XCTAssertEqual(admin("release status")["release"]?["phase"], "ended")
+        XCTAssertEqual(admin("release resume")["ok"], false)
+        XCTAssertNil(runtime?.controlPlane.persistentState.releasePlan, "a restart does not resume it")
     }
 }
 

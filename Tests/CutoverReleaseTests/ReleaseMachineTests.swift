@@ -106,4 +106,51 @@ final class ReleaseMachineTests: XCTestCase {
         XCTAssertEqual(decision.reason, "rollback_if burn_rate > 10.0 budget 1% window 120s min_errors 5")
         XCTAssertNotNil(decision.evidence["short_window_rate"])
     }
+
+    /// A resumed plan asks its question again: the evidence that paused it does not pause it at once.
+    func testResumeStartsTheTestsOver() throws {
+        var machine = ReleaseMachine(plan: try plan("""
+            plan p {
+                step weight 10 hold 1h
+                step weight 100 hold 1h
+                pause_if error_rate > 5%
+                rollback_if health_failed
+            }
+
+            """), nowMs: 0)
+        var actions: [ReleaseAction] = []
+        for second in 1...60 where actions.isEmpty {
+            actions = tick(&machine, at: Int64(second) * 1_000, candidate: ArmCounts(requests: 20, errors: 4))
+        }
+        guard case .pause = actions.first else { return XCTFail("expected a pause: \(actions)") }
+        XCTAssertTrue(machine.resume())
+        XCTAssertEqual(tick(&machine, at: 61_000, candidate: ArmCounts(requests: 20, errors: 0)), [], "a fresh test after resume")
+        XCTAssertEqual(machine.phase, .running(step: 0))
+        XCTAssertTrue(machine.end(reason: "switched by hand"))
+        XCTAssertEqual(machine.waitingFor, "nothing: ended (switched by hand)")
+        XCTAssertEqual(tick(&machine, at: 62_000, candidate: ArmCounts(requests: 20, errors: 20)), [])
+    }
+
+    /// Per app strata: two apps with different error rates, the same on both colors, never look
+    /// like a regression however the candidate's share differs between them.
+    func testAppsAreComparedWithinThemselves() throws {
+        var machine = ReleaseMachine(plan: try plan("plan p {\n step weight 10 hold 1h\n step weight 100 hold 1h\n rollback_if error_regression\n}\n"), nowMs: 0)
+        var generator = SeededGenerator(state: 3)
+        func draw(_ n: UInt64, _ p: Double) -> UInt64 {
+            var count: UInt64 = 0
+            for _ in 0..<n where Double(generator.next() >> 11) / Double(1 << 53) < p { count += 1 }
+            return count
+        }
+        for second in 1...600 {
+            // App a: 5 % errors, the candidate takes 50 % of it; app b: 0.1 %, the candidate 5 %.
+            let a = (candidate: ArmCounts(requests: 10, errors: draw(10, 0.05)), stable: ArmCounts(requests: 10, errors: draw(10, 0.05)))
+            let b = (candidate: ArmCounts(requests: 5, errors: draw(5, 0.001)), stable: ArmCounts(requests: 95, errors: draw(95, 0.001)))
+            var observation = ReleaseObservation(
+                nowMs: Int64(second) * 1_000,
+                candidate: ArmCounts(requests: 15, errors: a.candidate.errors + b.candidate.errors),
+                stable: ArmCounts(requests: 105, errors: a.stable.errors + b.stable.errors))
+            observation.strata = [a, b]
+            XCTAssertEqual(machine.observe(observation), [], "second \(second)")
+        }
+    }
 }
