@@ -208,6 +208,8 @@ public struct Config: Sendable, Equatable {
     public var plans: [PlanConfig] = []
     /// Where release, watch, switch and rollback events are delivered.
     public var notify: [NotifyTarget] = []
+    /// What a watch after a switch judges (`watch { }`).
+    public var watch = WatchConfig()
 
     /// The admin socket mode used when `admin_mode` is absent.
     public static let defaultAdminMode: UInt32 = 0o600
@@ -250,6 +252,8 @@ public struct GateThresholds: Sendable, Equatable {
     /// Shadow diff rate (mismatches beyond the noise) a candidate may show, over compared
     /// mirrored requests in the window.
     public var maxShadowDiffRate: Double? = nil
+    /// How long every switch is watched afterwards (0: no watch unless `switch … watch D`).
+    public var watchMs: Int = 0
     public var minRequests: Int
 
     public init(window: StatsWindow = .oneMinute, max5xxRate: Double? = nil, maxP95Ratio: Double? = nil,

@@ -246,7 +246,7 @@ private struct Reader {
         throw open.error("unclosed block '\(label)' (missing '}')")
     }
 
-    private static let blockNames: Set<Substring> = ["timeouts", "limits", "health", "gate", "app", "plan"]
+    private static let blockNames: Set<Substring> = ["timeouts", "limits", "health", "gate", "app", "plan", "watch"]
 
     private mutating func readTopLevel(_ d: Directive) throws(ConfigError) {
         if Self.blockNames.contains(d.name) {
@@ -323,7 +323,7 @@ private struct Reader {
 
     private mutating func readBlock(_ d: Directive, _ body: ArraySlice<Directive>) throws(ConfigError) {
         guard Self.blockNames.contains(d.name) else {
-            throw d.error("'\(d.name)' is not a block (blocks are timeouts, limits, health, gate, app and plan)")
+            throw d.error("'\(d.name)' is not a block (blocks are timeouts, limits, health, gate, app, plan and watch)")
         }
         if d.name == "app" {
             try addApp(d, body)
@@ -331,6 +331,12 @@ private struct Reader {
         }
         if d.name == "plan" {
             try addPlan(d, body)
+            return
+        }
+        if d.name == "watch" {
+            try once.check(d)
+            try d.noValues()
+            config.watch = try readWatch(body)
             return
         }
         try once.check(d)
@@ -411,11 +417,12 @@ private struct Reader {
             case "max_p95_ratio": gate.maxP95Ratio = try d.ratio()
             case "min_requests": gate.minRequests = try d.integer(1...1_000_000_000)
             case "max_shadow_diff_rate": gate.maxShadowDiffRate = try d.rate()
+            case "watch": gate.watchMs = try d.duration()
             default: throw d.error("unknown directive '\(d.name)' in gate block")
             }
         }
-        guard gate.max5xxRate != nil || gate.maxP95Ratio != nil || gate.maxShadowDiffRate != nil else {
-            throw opener.error("gate: set max_5xx_rate, max_p95_ratio or max_shadow_diff_rate (the block checks nothing otherwise)")
+        guard gate.max5xxRate != nil || gate.maxP95Ratio != nil || gate.maxShadowDiffRate != nil || gate.watchMs > 0 else {
+            throw opener.error("gate: set max_5xx_rate, max_p95_ratio, max_shadow_diff_rate or watch (the block checks nothing otherwise)")
         }
         return gate
     }
@@ -1050,5 +1057,31 @@ private extension Directive {
         default:
             throw error("\(name): unknown condition '\(kind)' (error_rate, error_regression, p95, p95_regression, burn_rate, health_failed, shadow_diff_rate)")
         }
+    }
+}
+
+extension Reader {
+    /// `watch { rollback_if …; min_requests N; false_alarm P }`
+    func readWatch(_ body: ArraySlice<Directive>) throws(ConfigError) -> WatchConfig {
+        var watch = WatchConfig()
+        var conditions: [PlanCondition] = []
+        var once = OnceTracker()
+        for d in body {
+            switch d.name {
+            case "rollback_if": conditions.append(try d.planCondition())
+            case "min_requests":
+                try once.check(d)
+                watch.minRequests = try d.integer(1...1_000_000_000)
+            case "false_alarm":
+                try once.check(d)
+                let rate = try d.rate()
+                guard rate > 0 && rate <= 0.1 else { throw d.error("false_alarm: must be above 0 and at most 10%") }
+                watch.falseAlarm = rate
+            default:
+                throw d.error("unknown directive '\(d.name)' in watch block (rollback_if, min_requests, false_alarm)")
+            }
+        }
+        if !conditions.isEmpty { watch.rollbackIf = conditions }
+        return watch
     }
 }

@@ -79,6 +79,18 @@ public enum NotifyTarget: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// `watch { rollback_if …; min_requests N; false_alarm P }`: the conditions a watch after a
+/// switch judges on the new color, against the previous color's figures from before the switch
+/// (`error_regression` there means: above the previous error rate by more than `min_excess`,
+/// 0.5 points unless given).
+public struct WatchConfig: Sendable, Equatable {
+    public var rollbackIf: [PlanCondition] = [.errorRegression(minExcess: 0.005), .healthFailed]
+    public var minRequests: Int = 100
+    public var falseAlarm: Double = 0.002
+
+    public init() {}
+}
+
 /// A release plan.
 public struct PlanConfig: Sendable, Equatable {
     public var name: String

@@ -11,7 +11,7 @@ public enum AdminCommand: Equatable, Sendable {
     case help
     case status
     case health
-    case switchColor(Color, force: Bool, reason: String?)
+    case switchColor(Color, watchMs: Int? = nil, force: Bool, reason: String?)
     case rollback(force: Bool, reason: String?)
     case drain(app: String, server: String)
     case undrain(app: String, server: String)
@@ -61,11 +61,19 @@ public enum AdminCommands {
                          summary: "active and previous color, generation, readiness, servers, in-flight requests") {
             $0.isEmpty ? .status : nil
         },
-        AdminCommandSpec(name: "switch", usage: "switch <blue|green> [force] [reason <text…>]",
+        AdminCommandSpec(name: "switch", usage: "switch <blue|green> [watch <duration>] [force] [reason <text…>]",
                          summary: "send all traffic to a color; gated on readiness and verify paths unless forced") { words in
             guard let first = words.first, let color = Color(rawValue: String(first)) else { return nil }
-            guard let (force, reason) = forceAndReason(words.dropFirst()) else { return nil }
-            return .switchColor(color, force: force, reason: reason)
+            var rest = words.dropFirst()
+            var watch: Int? = nil
+            if rest.first == "watch" {
+                guard rest.count >= 2, let ms = ConfigParser.parseDuration(rest[rest.startIndex + 1]), ms > 0,
+                      ms <= ConfigParser.maxDurationMs else { return nil }
+                watch = ms
+                rest = rest.dropFirst(2)
+            }
+            guard let (force, reason) = forceAndReason(rest) else { return nil }
+            return .switchColor(color, watchMs: watch, force: force, reason: reason)
         },
         AdminCommandSpec(name: "rollback", usage: "rollback [force] [reason <text…>]",
                          summary: "back to the previous color; gated on one healthy server per app unless forced") { words in
@@ -260,9 +268,22 @@ extension ControlPlane {
             return statusReport()
         case .health:
             return healthReport()
-        case .switchColor(let color, let force, let reason):
-            return noteManualChange("switch", actor: actor,
-                                    AdminReplies.json(changeColor(to: color, rollback: false, force: force, reason: reason, actor: actor)))
+        case .switchColor(let color, let watchMs, let force, let reason):
+            let previous = persistentState.active
+            let baseline = watchBaseline(of: previous)
+            let outcome = changeColor(to: color, rollback: false, force: force, reason: reason, actor: actor)
+            var reply = AdminReplies.json(outcome)
+            guard case .switched(let done) = outcome else { return reply }
+            if let note = pauseReleaseForManualChange("switch", actor: actor), case .object(var pairs) = reply {
+                pairs.append(("release", .string(note)))
+                reply = .object(pairs)
+            }
+            let duration = watchMs ?? lock.withLock { config.gate?.watchMs ?? 0 }
+            if duration > 0, case .object(var pairs) = reply {
+                pairs.append(("watch", startWatch(from: done.from, to: done.to, durationMs: duration, baseline: baseline, actor: actor)))
+                reply = .object(pairs)
+            }
+            return reply
         case .rollback(let force, let reason):
             if lock.withLock({ release?.machine.stepIndex != nil }) {
                 return abortRelease(reason: reason ?? "rollback by an operator", actor: actor)

@@ -18,6 +18,9 @@ final class ReleaseRun {
     /// Candidate servers already down when the plan started: `health_failed` is about servers
     /// that go down during it.
     let downAtStart: Set<ControlPlane.ServerKey>
+    /// A watch after a switch: the color switched away from (a breach returns to it) and its
+    /// figures from before the switch, the control the new color is judged against.
+    var watch: (previous: Color, baseline: WatchBaseline)? = nil
 
     init(machine: ReleaseMachine, candidate: Color, startedAt: Int64, totals: [String: (candidate: ArmCounts, stable: ArmCounts)],
          downAtStart: Set<ControlPlane.ServerKey>, reason: String?) {
@@ -30,7 +33,83 @@ final class ReleaseRun {
     }
 }
 
+/// The previous color's figures from before a switch.
+struct WatchBaseline {
+    var requests: UInt64 = 0
+    var errorRate: Double = 0
+    var p95Micros: UInt64 = 0
+    var latencySamples: UInt64 = 0
+}
+
 extension ControlPlane {
+    // MARK: Watch after a switch
+
+    /// The figures a watch compares with: `color`'s last minute over every app (main listener).
+    func watchBaseline(of color: Color) -> WatchBaseline {
+        guard let source = attachedDataPlane.source else { return WatchBaseline() }
+        let snapshot = source.snapshot(.oneMinute, false)
+        var figures = WindowedStats.Figures()
+        for (key, value) in snapshot.windowFigures where key.listener == .main && key.color == color { figures.merge(value) }
+        return WatchBaseline(requests: figures.requests, errorRate: figures.serverErrorRate,
+                             p95Micros: figures.latency.percentile(95), latencySamples: figures.latency.count)
+    }
+
+    /// Starts watching `to` for `durationMs` after a switch from `from`: the `watch { }`
+    /// conditions run on its traffic against `from`'s figures from before the switch; a breach
+    /// switches back (`auto_rollback`), a quiet watch ends with `watch_passed`.
+    func startWatch(from: Color, to: Color, durationMs: Int, baseline: WatchBaseline, actor: AuditActor) -> JSON {
+        Self.releaseQueue.sync { startWatchOnQueue(from: from, to: to, durationMs: durationMs, baseline: baseline, actor: actor) }
+    }
+
+    /// `startWatch` from code already running on the release queue (a plan's completion).
+    private func startWatchOnQueue(from: Color, to: Color, durationMs: Int, baseline: WatchBaseline, actor: AuditActor) -> JSON {
+        do {
+            let watchConfig = lock.withLock { config.watch }
+            var plan = PlanConfig(name: "watch")
+            plan.steps = [PlanStep(weight: 10_000, holdMs: durationMs)]
+            plan.minRequests = watchConfig.minRequests
+            plan.falseAlarm = watchConfig.falseAlarm
+            // With no concurrent control, a regression is a rate above the previous color's.
+            plan.rollbackIf = watchConfig.rollbackIf.map { condition in
+                if case .errorRegression(let excess) = condition {
+                    return .errorRate(above: min(0.99, max(baseline.errorRate + max(excess, 0.001), 0.001)))
+                }
+                return condition
+            }
+            guard let totals = releaseTotals(candidate: to) else { return .string("not started: the data plane's figures could not be read") }
+            let now = clock()
+            let run = ReleaseRun(machine: ReleaseMachine(plan: plan, nowMs: now), candidate: to, startedAt: now, totals: totals,
+                                 downAtStart: lock.withLock { Set(health.filter { $0.key.color == to && $0.value.state == .down }.map(\.key)) },
+                                 reason: nil)
+            run.watch = (from, baseline)
+            lock.withLock { release = run }
+            appendAudit(AuditRecord(event: "watch_started", from: from, to: to, actor: actor,
+                                    details: ["watch_ms": String(durationMs), "baseline_requests": String(baseline.requests),
+                                              "baseline_error_rate": String(format: "%.3f%%", baseline.errorRate * 100),
+                                              "baseline_p95_us": String(baseline.p95Micros),
+                                              "conditions": plan.rollbackIf.map(\.description).joined(separator: "; ")]))
+            return .string("watching \(to.rawValue) for \(durationMs / 1000) s against \(from.rawValue)'s figures from before the switch")
+        }
+    }
+
+    /// The watch in progress, for `status`. Lock held.
+    func watchReportLocked() -> JSON {
+        guard let run = release, let watch = run.watch else { return .null }
+        let machine = run.machine
+        let phase: String
+        switch machine.phase {
+        case .running, .paused: phase = "watching"
+        case .completed: phase = "passed"
+        case .rolledBack: phase = "rolled_back"
+        case .ended: phase = "ended"
+        }
+        return ["from": .string(watch.previous.rawValue), "to": .string(run.candidate.rawValue), "phase": .string(phase),
+                "started": .string(timestamp(run.startedAt)), "waiting_for": .string(machine.waitingFor),
+                "baseline": ["requests": .int(Int64(watch.baseline.requests)), "error_rate": .double(watch.baseline.errorRate),
+                             "p95_us": .int(Int64(watch.baseline.p95Micros))],
+                "evidence": .object(machine.stepEvidence().sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) })]
+    }
+
     /// A release the state file says was running when the process stopped: back at the step it
     /// had reached, paused, saying why (a restart never advances a step). Called at start.
     func restoreRelease() {
@@ -279,10 +358,15 @@ extension ControlPlane {
         }
         var observation = ReleaseObservation(nowMs: now, candidate: candidate, stable: stable)
         observation.strata = strata
+        if run.watch != nil {
+            // No traffic on the old color now: its figures from before the switch are the control.
+            observation.stable = ArmCounts()
+            observation.strata = []
+        }
         observation.candidateP95Micros = window.candidate.latency.percentile(95)
         observation.candidateLatencySamples = window.candidate.latency.count
-        observation.stableP95Micros = window.stable.latency.percentile(95)
-        observation.stableLatencySamples = window.stable.latency.count
+        observation.stableP95Micros = run.watch?.baseline.p95Micros ?? window.stable.latency.percentile(95)
+        observation.stableLatencySamples = run.watch?.baseline.latencySamples ?? window.stable.latency.count
         observation.candidateServerDown = candidateDown
         if let shadow {
             observation.shadowDiffRate = shadow.diffRate
@@ -332,6 +416,25 @@ extension ControlPlane {
 
     /// Each action is audited (fsync'd) before it takes effect.
     private func apply(_ actions: [ReleaseAction], run: ReleaseRun, actor: AuditActor) {
+        if let watch = run.watch {
+            for action in actions {
+                switch action {
+                case .complete(let decision):
+                    appendAudit(AuditRecord(event: "watch_passed", from: watch.previous, to: run.candidate, reason: decision.reason,
+                                            actor: actor, details: decision.evidence))
+                case .rollback(let decision):
+                    appendAudit(AuditRecord(event: "auto_rollback", from: run.candidate, to: watch.previous, reason: decision.reason,
+                                            actor: actor, details: decision.evidence.merging(["watch": "after the switch"]) { $1 }))
+                    logger.log(.warning, "watch of \(run.candidate.rawValue) breached (\(decision.reason)): back to \(watch.previous.rawValue)")
+                    _ = switchLock.withLock {
+                        changeColorLocked(to: watch.previous, rollback: true, force: true, reason: decision.reason, actor: actor)
+                    }
+                case .applyStep, .pause:
+                    break
+                }
+            }
+            return
+        }
         for action in actions {
             switch action {
             case .applyStep(let index, let step, let decision):
@@ -359,12 +462,17 @@ extension ControlPlane {
             case .complete(let decision):
                 appendAudit(AuditRecord(event: "release_completed", to: run.candidate, reason: decision.reason, actor: actor,
                                         details: decision.evidence.merging(planDetails(run.machine.plan, step: nil)) { $1 }))
+                let previous = run.candidate.other
+                let baseline = run.machine.plan.watchMs > 0 ? watchBaseline(of: previous) : WatchBaseline()
                 let outcome = switchLock.withLock {
                     changeColorLocked(to: run.candidate, rollback: false, force: true, reason: "release \(run.machine.plan.name) completed",
                                       actor: actor, command: "release", runsVerify: false)
                 }
                 if case .switched = outcome {
                     logger.log(.info, "release \(run.machine.plan.name) completed: \(run.candidate.rawValue) is the stable color")
+                    if run.machine.plan.watchMs > 0 {
+                        _ = startWatchOnQueue(from: previous, to: run.candidate, durationMs: run.machine.plan.watchMs, baseline: baseline, actor: actor)
+                    }
                 }
             }
         }

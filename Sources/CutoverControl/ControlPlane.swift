@@ -174,7 +174,7 @@ public final class ControlPlane: @unchecked Sendable {
                                 "drained_at": .string(last.drainedAt.map { timestamp($0) })]
             }
             return .object([("ok", true), ("active", .string(state.active.rawValue)), ("previous", .string(state.previous?.rawValue)),
-                            ("generation", .int(Int64(state.generation))), ("last_switch", switchReport),
+                            ("generation", .int(Int64(state.generation))), ("last_switch", switchReport), ("watch", watchReportLocked()),
                             ("colors", .object(colors)), ("apps", .array(apps))])
         }
     }

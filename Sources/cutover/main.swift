@@ -25,7 +25,7 @@ let usage = """
                                                 preview listener on 127.0.0.1:8081
     Operating a running proxy (over its admin socket):
       cutover status | health | history [n]
-      cutover switch <blue|green> [--force] [--reason TEXT]
+      cutover switch <blue|green> [--watch DURATION] [--force] [--reason TEXT]
       cutover rollback [--force] [--reason TEXT]   (during a canary: every app back to the stable color)
       cutover weight <blue|green> <percent> [--app NAME] [--force] [--reason TEXT]
                                                 the color's share (0-100, two decimals); 100 everywhere = switch
@@ -155,6 +155,7 @@ func makeRuntime(config: Config, path: String?, logger: Logger, resetState: Bool
 func adminLine(_ command: String, _ arguments: Arguments) -> String {
     var words = [command] + arguments.positional
     if let app = arguments.value("--app") { words += ["app", app] }
+    if let watch = arguments.value("--watch") { words += ["watch", watch] }
     if arguments.flags.contains("--force") { words.append("force") }
     if let reason = arguments.value("--reason") {
         words.append("reason")
@@ -256,7 +257,7 @@ do {
             fail("\(log):\(line): \(reason)", code: 1)
         }
     case let name where adminCommands.contains(name):
-        let arguments = try Arguments(rest, valueOptions: ["-c", "--config", "-s", "--socket", "--reason", "--app"],
+        let arguments = try Arguments(rest, valueOptions: ["-c", "--config", "-s", "--socket", "--reason", "--app", "--watch"],
                                       flagOptions: ["--json", "--force"])
         let line = adminLine(name, arguments)
         // The socket checks the words; the usage errors it returns are exit code 2 here.

@@ -287,7 +287,7 @@ final class ConfigParserTests: XCTestCase {
             (m + "timeouts\n{\n}\n", "t.conf:7: timeouts: expected '{' at the end of the line"),
             (m + "{\n", "t.conf:7: '{' must follow a block name on the same line"),
             (m + "limits\n", "t.conf:7: limits: expected '{' at the end of the line"),
-            (m + "workers 4 {\n}\n", "t.conf:7: 'workers' is not a block (blocks are timeouts, limits, health, gate, app and plan)"),
+            (m + "workers 4 {\n}\n", "t.conf:7: 'workers' is not a block (blocks are timeouts, limits, health, gate, app, plan and watch)"),
             (m + "timeouts extra {\n}\n", "t.conf:7: timeouts: unexpected extra value 'extra'"),
             // Unknown directives.
             (m + "worker 4\n", "t.conf:7: unknown directive 'worker'"),
@@ -343,7 +343,7 @@ final class ConfigParserTests: XCTestCase {
             (m + "admin_mode 4755\n", "t.conf:7: admin_mode: '4755' is not an octal file mode 0000..0777 (e.g. 0600)"),
             (m + "initial_color red\n", "t.conf:7: initial_color: expected blue or green, got 'red'"),
             // Gate thresholds.
-            (m + "gate {\n window 1m\n}\n", "t.conf:7: gate: set max_5xx_rate, max_p95_ratio or max_shadow_diff_rate (the block checks nothing otherwise)"),
+            (m + "gate {\n window 1m\n}\n", "t.conf:7: gate: set max_5xx_rate, max_p95_ratio, max_shadow_diff_rate or watch (the block checks nothing otherwise)"),
             (m + "gate {\n window total\n max_5xx_rate 1%\n}\n", "t.conf:8: window: 'total' is not a window (10s, 1m or 5m)"),
             (m + "gate {\n max_5xx_rate 150%\n}\n", "t.conf:8: max_5xx_rate: '150%' is more than 100%"),
             (m + "gate {\n max_5xx_rate half\n}\n",

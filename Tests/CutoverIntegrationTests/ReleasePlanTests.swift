@@ -192,6 +192,36 @@ final class ReleasePlanTests: XCTestCase {
         XCTAssertTrue(lines.contains { $0.contains("\"event\":\"release_started\"") })
     }
 
+    /// A switch with a watch: a green that fails after the switch is switched back on its own,
+    /// judged against blue's figures from before the switch; a healthy one passes.
+    func testAWatchAfterASwitchRollsBackAFailingGreen() throws {
+        let runtime = try start(greenFails: true)
+        waitUntilGreenIsReady()
+        while (admin("stats 10s")["apps"]?.arrayValue?.first { $0["color"] == "blue" }?["requests"]?.intValue ?? 0) < 200 { usleep(20_000) }
+        let switched = admin("switch green watch 30s force reason release 1.6.0")
+        XCTAssertEqual(switched["ok"], true, "\(switched)")
+        XCTAssertTrue(switched["watch"]?.stringValue?.hasPrefix("watching green for 30 s against blue's figures") == true, "\(switched)")
+        let deadline = Date().addingTimeInterval(20)
+        while runtime.controlPlane.activeColor != .blue && Date() < deadline { usleep(20_000) }
+        XCTAssertEqual(runtime.controlPlane.activeColor, .blue, "the watch switched back")
+        XCTAssertEqual(admin("status")["watch"]?["phase"], "rolled_back")
+        let events = try auditEvents()
+        let automatic = try XCTUnwrap(events.first { ($0["event"] as? String) == "auto_rollback" })
+        XCTAssertEqual((automatic["details"] as? [String: String])?["watch"], "after the switch")
+        XCTAssertTrue(events.contains { ($0["event"] as? String) == "watch_started" })
+    }
+
+    func testAWatchOverAHealthyGreenPasses() throws {
+        let runtime = try start(greenFails: false)
+        waitUntilGreenIsReady()
+        XCTAssertEqual(admin("switch green watch 1s force")["ok"], true)
+        let deadline = Date().addingTimeInterval(20)
+        while admin("status")["watch"]?["phase"]?.stringValue != "passed" && Date() < deadline { usleep(50_000) }
+        XCTAssertEqual(admin("status")["watch"]?["phase"], "passed")
+        XCTAssertEqual(runtime.controlPlane.activeColor, .green)
+        XCTAssertTrue(try auditEvents().contains { ($0["event"] as? String) == "watch_passed" })
+    }
+
     func testAManualWeightPausesTheReleaseAndAbortEndsIt() throws {
         _ = try start(greenFails: false)
         waitUntilGreenIsReady()
