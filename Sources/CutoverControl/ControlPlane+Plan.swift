@@ -176,10 +176,16 @@ extension ControlPlane {
         appendAudit(AuditRecord(event: "release_started", from: current.active, to: candidate, reason: reason, forced: force, actor: actor,
                                 generation: current.generation, details: planDetails(plan, step: 1)))
         apply(machine.startActions(), run: run, actor: actor)
-        return releaseStatus()
+        return releaseStatusOnQueue()
     }
 
+    /// `release status`: taken on the release queue, so it never shows a decision made but not
+    /// yet carried out.
     func releaseStatus() -> JSON {
+        Self.releaseQueue.sync { releaseStatusOnQueue() }
+    }
+
+    private func releaseStatusOnQueue() -> JSON {
         guard let (run, machine) = lock.withLock({ release.map { ($0, $0.machine) } }) else { return ["ok": true, "release": .null] }
         let phase: String
         switch machine.phase {
@@ -241,7 +247,7 @@ extension ControlPlane {
             }
             appendAudit(AuditRecord(event: "release_paused", reason: reason, actor: actor, details: releaseDetails()))
             lock.withLock { _ = release?.machine.pause(reason: reason) }
-            return releaseStatus()
+            return releaseStatusOnQueue()
         }
     }
 
@@ -252,7 +258,7 @@ extension ControlPlane {
             }
             appendAudit(AuditRecord(event: "release_resumed", actor: actor, details: releaseDetails()))
             lock.withLock { _ = release?.machine.resume() }
-            return releaseStatus()
+            return releaseStatusOnQueue()
         }
     }
 
@@ -264,7 +270,7 @@ extension ControlPlane {
             appendAudit(AuditRecord(event: "release_promoted", reason: reason, actor: actor, details: releaseDetails()))
             let actions = lock.withLock { run.machine.promote() }
             apply(actions, run: run, actor: actor)
-            return releaseStatus()
+            return releaseStatusOnQueue()
         }
     }
 
@@ -274,7 +280,7 @@ extension ControlPlane {
             let actions = lock.withLock { run.machine.abort(reason: "release abort" + (reason.map { ": \($0)" } ?? "")) }
             guard !actions.isEmpty else { return ["ok": false, "error": "the release has ended"] }
             apply(actions, run: run, actor: actor)
-            return releaseStatus()
+            return releaseStatusOnQueue()
         }
     }
 

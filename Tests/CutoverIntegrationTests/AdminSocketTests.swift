@@ -146,7 +146,7 @@ final class AdminSocketTests: XCTestCase {
                        ["help", "status", "switch", "rollback", "weight", "pin", "unpin", "mirror", "release", "pins", "health", "drain", "undrain", "reload", "verify", "stats", "reopen", "history"])
         XCTAssertEqual(try admin.command("status")["active"], "blue")
         XCTAssertEqual(try admin.command("frobnicate")["error"], "unknown command 'frobnicate'; try 'help'")
-        XCTAssertEqual(try admin.command("switch purple")["error"], "usage: switch <blue|green> [force] [reason <text…>]")
+        XCTAssertEqual(try admin.command("switch purple")["error"], "usage: switch <blue|green> [watch <duration>] [force] [reason <text…>]")
         XCTAssertEqual(try admin.command("drain web")["error"], "usage: drain <app> <host:port>")
         XCTAssertEqual(try admin.command("history 0")["error"], "usage: history [n]")
         admin.send([0x01, 0xFF, 0xFE, 0x00, 0x0A])
