@@ -127,16 +127,9 @@ Targets: ≤ 2 s at 5 % (≤ 1 s at 50 %), with ≤ 1 % of all requests failed i
 {chr(10).join(table)}
 <!-- rollback-speed:end -->
 """
-try:
-    previous = open(out).read()
-except FileNotFoundError:
-    previous = ""
-begin, end = previous.find("<!-- rollback-speed:begin -->"), previous.find("<!-- rollback-speed:end -->")
-if begin >= 0 and end >= 0:
-    text = previous[:begin] + section.rstrip("\n") + previous[end + len("<!-- rollback-speed:end -->"):]
-else:
-    text = previous.rstrip("\n") + "\n\n" + section
-open(out, "w").write(text)
+sys.path.insert(0, "Benchmarks")
+from report_section import replace_section
+replace_section(out, "rollback-speed", section)
 print("\n".join(table))
 PY
 echo "wrote $OUT" >&2

@@ -191,16 +191,9 @@ The mirror run copied {shadow.get('mirrored', 0):,} requests and compared {shado
 bench's upstreams answer their own color's name, so every compared body differs — the diff is expected to say 1.0).
 <!-- routing-cost:end -->
 """
-try:
-    previous = open(out).read()
-except FileNotFoundError:
-    previous = ""
-begin, end = previous.find("<!-- routing-cost:begin -->"), previous.find("<!-- routing-cost:end -->")
-if begin >= 0 and end >= 0:
-    text = previous[:begin] + section.rstrip("\n") + previous[end + len("<!-- routing-cost:end -->"):]
-else:
-    text = previous.rstrip("\n") + "\n\n" + section
-open(out, "w").write(text)
+sys.path.insert(0, "Benchmarks")
+from report_section import replace_section
+replace_section(out, "routing-cost", section)
 print("\n".join(table))
 PY
 echo "wrote $OUT" >&2

@@ -896,9 +896,7 @@ extension Reader {
                 plan.minRequests = try line.integer(1...1_000_000_000)
             case "false_alarm":
                 try once.check(line)
-                let rate = try line.rate()
-                guard rate > 0 && rate <= 0.1 else { throw line.error("false_alarm: must be above 0 and at most 10%") }
-                plan.falseAlarm = rate
+                plan.falseAlarm = try line.falseAlarm()
             case "watch":
                 try once.check(line)
                 plan.watchMs = try line.duration(allowZero: true)
@@ -974,6 +972,13 @@ private extension Directive {
             throw error("step: sets nothing (give weight, pin or mirror)")
         }
         return step
+    }
+
+    /// `false_alarm P`: a sequential test's false-alarm probability, above 0 and at most 10 %.
+    func falseAlarm() throws(ConfigError) -> Double {
+        let rate = try rate()
+        guard rate > 0 && rate <= 0.1 else { throw error("false_alarm: must be above 0 and at most 10%") }
+        return rate
     }
 
     /// The condition of a `pause_if` or `rollback_if` line.
@@ -1074,9 +1079,7 @@ extension Reader {
                 watch.minRequests = try d.integer(1...1_000_000_000)
             case "false_alarm":
                 try once.check(d)
-                let rate = try d.rate()
-                guard rate > 0 && rate <= 0.1 else { throw d.error("false_alarm: must be above 0 and at most 10%") }
-                watch.falseAlarm = rate
+                watch.falseAlarm = try d.falseAlarm()
             default:
                 throw d.error("unknown directive '\(d.name)' in watch block (rollback_if, min_requests, false_alarm)")
             }
