@@ -120,6 +120,11 @@ extension ControlPlane {
                 state.releasePlan = nil
                 return
             }
+            guard Self.planHash(plan) == saved.hash else {
+                logger.log(.warning, "release plan '\(saved.name)' changed since it was started; it is not resumed (weights and pins stay as they were)")
+                state.releasePlan = nil
+                return
+            }
             let now = clock()
             let reason = "cutover restarted during step \(saved.step); the release resumes paused (`release resume` continues, `release abort` rolls back)"
             let candidate = state.active.other
@@ -446,7 +451,7 @@ extension ControlPlane {
             case .applyStep(let index, let step, let decision):
                 appendAudit(AuditRecord(event: "release_step", to: run.candidate, reason: decision.reason, actor: actor,
                                         details: decision.evidence.merging(planDetails(run.machine.plan, step: index + 1)) { $1 }))
-                if !applyStep(step, index: index, plan: run.machine.plan.name, candidate: run.candidate,
+                if !applyStep(step, index: index, plan: run.machine.plan, candidate: run.candidate,
                               reason: "release \(run.machine.plan.name) step \(index + 1)", actor: actor) {
                     // The routing did not change: the plan must not run ahead of it.
                     lock.withLock { _ = run.machine.pause(reason: "step \(index + 1) could not be made durable (state file)") }
@@ -504,7 +509,7 @@ extension ControlPlane {
     }
 
     /// False when the state file could not be written (nothing changed).
-    private func applyStep(_ step: PlanStep, index: Int, plan: String, candidate: Color, reason: String, actor: AuditActor) -> Bool {
+    private func applyStep(_ step: PlanStep, index: Int, plan: PlanConfig, candidate: Color, reason: String, actor: AuditActor) -> Bool {
         switchLock.withLock {
             let (current, apps) = lock.withLock { (state, config.apps) }
             var next = current
@@ -527,7 +532,7 @@ extension ControlPlane {
             }
             next.suspendedPins.remove(candidate)
             if next.previous == candidate { next.previous = nil }
-            next.releasePlan = (plan, index + 1)
+            next.releasePlan = (plan.name, index + 1, Self.planHash(plan))
             next.generation = current.generation + 1
             if let error = saveStateDurably(next, command: reason) {
                 logger.log(.error, "\(reason): \(error.description)")

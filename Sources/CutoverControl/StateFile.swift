@@ -17,14 +17,14 @@ import Foundation
 //     pin api header x-tenant green pilot-1,pilot-2
 //     pins_suspended green
 //     mirror api 500
-//     release canary-by-tenant step 2
+//     release canary-by-tenant step 2 hash 3f9a0c2d71b4e815
 //
 // `weight APP BASISPOINTS SALT` is an app's candidate share (1/100 %) during a canary and the
 // salt its sticky users are hashed with; `pin` lines are pins added at run time (the config's
 // own pins stay in the config); `pins_suspended` names a color whose pins a rollback suspended;
 // `mirror APP BASISPOINTS` is a mirror share set at run time (it wins over the config's);
-// `release PLAN step N` is the plan running and the wave it reached (after a restart it
-// resumes there, paused).
+// `release PLAN step N hash H` is the plan running, the wave it reached and the plan's hash
+// (after a restart it resumes there, paused, if the plan is unchanged).
 //
 // Parsing is strict: a state file that cutover does not fully understand must stop the
 // start-up instead of sending traffic to a guessed color. Saving is atomic (temp file,
@@ -49,13 +49,15 @@ public struct PersistentState: Equatable, Sendable {
     public var suspendedPins: Set<Color> = []
     /// Mirror shares set at run time (basis points), overriding the config's, by app name.
     public var mirrors: [String: Int] = [:]
-    /// The release plan running: its name and the step it reached (1-based).
-    public var releasePlan: (name: String, step: Int)? = nil
+    /// The release plan running: its name, the step it reached (1-based) and the hash of the
+    /// plan as it was configured then (a changed plan is not resumed).
+    public var releasePlan: (name: String, step: Int, hash: String)? = nil
 
     public static func == (lhs: PersistentState, rhs: PersistentState) -> Bool {
         lhs.active == rhs.active && lhs.previous == rhs.previous && lhs.generation == rhs.generation && lhs.drained == rhs.drained
             && lhs.releases == rhs.releases && lhs.pins == rhs.pins && lhs.suspendedPins == rhs.suspendedPins && lhs.mirrors == rhs.mirrors
             && lhs.releasePlan?.name == rhs.releasePlan?.name && lhs.releasePlan?.step == rhs.releasePlan?.step
+            && lhs.releasePlan?.hash == rhs.releasePlan?.hash
     }
 
     public init(active: Color, previous: Color? = nil, generation: UInt64 = 0, drained: [String] = []) {
@@ -159,10 +161,11 @@ public enum StateFile {
             text += "mirror \(app) \(basisPoints)\n"
         }
         if let plan = state.releasePlan {
-            guard appNameIsValid(plan.name), plan.step >= 1 else {
+            guard appNameIsValid(plan.name), plan.step >= 1, plan.hash.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }),
+                  !plan.hash.isEmpty else {
                 throw StateFileError(path: path, message: "cannot save state: invalid release plan '\(plan.name)'")
             }
-            text += "release \(plan.name) step \(plan.step)\n"
+            text += "release \(plan.name) step \(plan.step) hash \(plan.hash)\n"
         }
         for color in Color.allCases where state.suspendedPins.contains(color) {
             text += "pins_suspended \(color.rawValue)\n"
@@ -215,7 +218,7 @@ public enum StateFile {
         var pins: [String: [PinRule]] = [:]
         var suspendedPins: Set<Color> = []
         var mirrors: [String: Int] = [:]
-        var releasePlan: (name: String, step: Int)?
+        var releasePlan: (name: String, step: Int, hash: String)?
         private var seen: Set<String> = []
         private static let repeatable: Set<String> = ["drained", "weight", "pin", "pins_suspended", "mirror"]
 
@@ -266,10 +269,11 @@ public enum StateFile {
                 mirrors[String(words[0])] = Int(basisPoints)
             case "release":
                 let words = value.split(separator: " ")
-                guard words.count == 3, StateFile.appNameIsValid(String(words[0])), words[1] == "step",
-                      let step = StateFile.decimal(String(words[2])), step >= 1, step <= 1_000
-                else { return "bad release entry '\(value)' (expected 'plan step N')" }
-                releasePlan = (String(words[0]), Int(step))
+                guard words.count == 5, StateFile.appNameIsValid(String(words[0])), words[1] == "step",
+                      let step = StateFile.decimal(String(words[2])), step >= 1, step <= 1_000, words[3] == "hash",
+                      !words[4].isEmpty, words[4].utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) })
+                else { return "bad release entry '\(value)' (expected 'plan step N hash H')" }
+                releasePlan = (String(words[0]), Int(step), String(words[4]))
             case "pins_suspended":
                 guard let color = Color(rawValue: value) else { return "bad color '\(value)' for 'pins_suspended'" }
                 suspendedPins.insert(color)

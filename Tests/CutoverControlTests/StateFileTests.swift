@@ -53,13 +53,13 @@ final class StateFileTests: XCTestCase {
                               PinRule(source: .cookie, name: "Beta", values: ["yes"], color: .blue)]]
         state.suspendedPins = [.green]
         state.mirrors = ["api": 500]
-        state.releasePlan = ("canary-by-tenant", 2)
+        state.releasePlan = ("canary-by-tenant", 2, "3f9a0c2d71b4e815")
         try StateFile.save(state, path: path)
         XCTAssertEqual(try StateFile.load(path: path), state)
         let text = try String(contentsOfFile: path, encoding: .utf8)
         XCTAssertTrue(text.contains("\nweight api 10000 0000000000000001\nweight web 1050 00abcdef01234567\n"), text)
         XCTAssertTrue(text.contains("\npin api header x-tenant green pilot-1,pilot-2\npin api cookie Beta blue yes\n"), text)
-        XCTAssertTrue(text.hasSuffix("\nmirror api 500\nrelease canary-by-tenant step 2\npins_suspended green\n"), text)
+        XCTAssertTrue(text.hasSuffix("\nmirror api 500\nrelease canary-by-tenant step 2 hash 3f9a0c2d71b4e815\npins_suspended green\n"), text)
     }
 
     func testFileIsHumanReadable() throws {

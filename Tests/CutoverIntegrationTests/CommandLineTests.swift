@@ -425,6 +425,16 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(try cli("release", "resume").stdout.contains("running, step 1 of 2"))
         XCTAssertEqual(try cli("release", "abort", "--reason", "done testing").status, 0)
         XCTAssertTrue(try cli("status").stdout.contains("split: blue 100.0% / green 0.0%"))
+
+        // A plan changed while the proxy was down is not resumed: its steps may mean something else.
+        XCTAssertEqual(try cli("release", "start", "slow", "--force").status, 0)
+        kill(proxy.process.processIdentifier, SIGKILL)
+        proxy.process.waitUntilExit()
+        let text = try String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(of: "hold 1h\n    step weight 100", with: "hold 2h\n    step weight 100")
+        try text.write(toFile: config, atomically: true, encoding: .utf8)
+        proxy = try RunningProxy(arguments: ["run", "-c", config])
+        XCTAssertNotNil(proxy.waitForLog("release plan 'slow' changed since it was started; it is not resumed"))
+        XCTAssertTrue(try cli("release", "status").stdout.contains("no release is running"))
         XCTAssertEqual(proxy.terminate(), 0)
     }
 }
