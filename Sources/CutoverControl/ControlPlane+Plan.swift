@@ -207,7 +207,10 @@ extension ControlPlane {
                             "step": .int(Int64((machine.stepIndex ?? machine.plan.steps.count - 1) + 1)),
                             "steps": .int(Int64(machine.plan.steps.count)),
                             "held_ms": .int(machine.heldMs), "waiting_for": .string(machine.waitingFor),
-                            "started": .string(timestamp(run.startedAt)), "evidence": .object(evidence)]]
+                            "started": .string(timestamp(run.startedAt)), "evidence": .object(evidence),
+                            "conditions": .array(machine.conditionReport().map {
+                                ["kind": .string($0.kind), "condition": .string($0.condition), "standing": .string($0.standing)]
+                            })]]
     }
 
     /// `release report`: the timeline of the last release from the audit log — every decision

@@ -316,6 +316,43 @@ public struct ReleaseMachine: Sendable {
         return evidence
     }
 
+    /// Each condition and where it stands: its figure against its limit, or "not enough
+    /// evidence" — what `release status` lists under the plan.
+    public func conditionReport() -> [(kind: String, condition: String, standing: String)] {
+        let threshold = 1 / plan.falseAlarm
+        let minimum = UInt64(plan.minRequests)
+        func standing(_ condition: PlanCondition, testIndex: Int) -> String {
+            switch condition {
+            case .errorRate(let limit):
+                let test = limitTests[testIndex]
+                return "candidate \(Self.percent(test.rate)) of \(test.requests) requests; statistic \(Self.number(test.likelihoodRatio)) "
+                    + "of \(Self.number(threshold)) against \(Self.percent(limit))"
+            case .errorRegression:
+                return "candidate \(Self.percent(candidateTotal.rate)), stable \(Self.percent(stableTotal.rate)); "
+                    + "statistic \(Self.number(regression.likelihoodRatio)) of \(Self.number(threshold))"
+            case .p95(let ms):
+                guard let latest, latest.candidateLatencySamples >= minimum else { return "not enough evidence (latency samples)" }
+                return "candidate p95 \(latest.candidateP95Micros / 1_000) ms of \(ms) ms"
+            case .p95Regression:
+                guard let latest, latest.candidateLatencySamples >= minimum, latest.stableLatencySamples >= minimum else {
+                    return "not enough evidence (latency samples)"
+                }
+                return "candidate p95 \(latest.candidateP95Micros / 1_000) ms, stable \(latest.stableP95Micros / 1_000) ms"
+            case .burnRate(_, let budget, let windowMs, _):
+                let long = window(seconds: Int64(windowMs / 1_000))
+                return "\(long.errors) errors in \(long.requests) requests over the long window (budget \(Self.percent(budget)))"
+            case .healthFailed:
+                return latest?.candidateServerDown == true ? "a candidate server went down" : "every candidate server up"
+            case .shadowDiffRate:
+                guard let latest, let rate = latest.shadowDiffRate else { return "no mirrored copies" }
+                return latest.shadowJudged >= minimum ? "diff rate \(Self.percent(rate))" : "not enough evidence (\(latest.shadowJudged) copies)"
+            }
+        }
+        let pauses = plan.pauseIf.enumerated().map { ("pause_if", $1.description, standing($1, testIndex: $0)) }
+        let rollbacks = plan.rollbackIf.enumerated().map { ("rollback_if", $1.description, standing($1, testIndex: plan.pauseIf.count + $0)) }
+        return pauses + rollbacks
+    }
+
     /// What the plan waits for now, in words.
     public var waitingFor: String {
         switch phase {

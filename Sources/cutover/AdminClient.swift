@@ -88,6 +88,9 @@ enum Pretty {
             if case .object(let evidence) = release["evidence"] ?? .null {
                 lines.append("evidence: " + evidence.map { "\($0.0) \(text($0.1))" }.joined(separator: ", "))
             }
+            for condition in release["conditions"]?.arrayValue ?? [] {
+                lines.append("  \(text(condition["kind"])) \(text(condition["condition"])): \(text(condition["standing"]))")
+            }
             if let note = reply["release"]?.stringValue { lines.append(note) }
             return lines.joined(separator: "\n")
         case "pins":

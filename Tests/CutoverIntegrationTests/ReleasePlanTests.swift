@@ -126,6 +126,8 @@ final class ReleasePlanTests: XCTestCase {
         let started = admin("release start quick reason release 1.4.0")
         XCTAssertEqual(started["ok"], true, "\(started)")
         XCTAssertEqual(started["release"]?["step"], 1)
+        XCTAssertEqual(started["release"]?["conditions"]?.arrayValue?.compactMap { $0["condition"]?.stringValue },
+                       ["error_regression", "error_rate > 20%"])
         // Step 1: the pilot tenant reaches green; most users stay on blue.
         let port = runtime.server.listenAddresses[0].port
         XCTAssertEqual(try RawHTTPClient(port: port).request(headers: [("X-Tenant", "pilot-1")]).bodyString, "green\n")

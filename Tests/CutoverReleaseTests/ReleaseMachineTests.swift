@@ -153,4 +153,29 @@ final class ReleaseMachineTests: XCTestCase {
             XCTAssertEqual(machine.observe(observation), [], "second \(second)")
         }
     }
+
+    /// `release status` lists every condition with its figure against its limit.
+    func testEveryConditionSaysWhereItStands() throws {
+        var machine = ReleaseMachine(plan: try plan("""
+            plan p {
+                step weight 10 hold 1h
+                step weight 100 hold 1h
+                pause_if p95 > 500ms
+                rollback_if error_rate > 2%
+                rollback_if error_regression
+                rollback_if health_failed
+                min_requests 50
+            }
+
+            """), nowMs: 0)
+        _ = tick(&machine, at: 1_000, candidate: ArmCounts(requests: 20, errors: 1), stable: ArmCounts(requests: 180, errors: 2))
+        let report = machine.conditionReport()
+        XCTAssertEqual(report.map(\.kind), ["pause_if", "rollback_if", "rollback_if", "rollback_if"])
+        XCTAssertEqual(report.map(\.condition), ["p95 > 500ms", "error_rate > 2%", "error_regression", "health_failed"])
+        XCTAssertEqual(report[0].standing, "not enough evidence (latency samples)")
+        XCTAssertTrue(report[1].standing.hasPrefix("candidate 5.000% of 20 requests; statistic "), report[1].standing)
+        XCTAssertTrue(report[1].standing.hasSuffix("of 500.00 against 2.000%"), report[1].standing)
+        XCTAssertTrue(report[2].standing.hasPrefix("candidate 5.000%, stable 1.111%; statistic "), report[2].standing)
+        XCTAssertEqual(report[3].standing, "every candidate server up")
+    }
 }
