@@ -139,7 +139,10 @@ public final class ControlPlane: @unchecked Sendable {
     // MARK: Reports
 
     func statusReport() -> JSON {
-        lock.withLock {
+        // The watch is read on the release queue: `status` never shows a decision made but not
+        // yet carried out (a watch passed before its record is written).
+        let watch = Self.releaseQueue.sync { lock.withLock { watchReportLocked() } }
+        return lock.withLock {
             let now = clock()
             var colors: [(String, JSON)] = []
             for color in Color.allCases {
@@ -174,7 +177,7 @@ public final class ControlPlane: @unchecked Sendable {
                                 "drained_at": .string(last.drainedAt.map { timestamp($0) })]
             }
             return .object([("ok", true), ("active", .string(state.active.rawValue)), ("previous", .string(state.previous?.rawValue)),
-                            ("generation", .int(Int64(state.generation))), ("last_switch", switchReport), ("watch", watchReportLocked()),
+                            ("generation", .int(Int64(state.generation))), ("last_switch", switchReport), ("watch", watch),
                             ("colors", .object(colors)), ("apps", .array(apps))])
         }
     }
