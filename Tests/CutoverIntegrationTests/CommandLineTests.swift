@@ -291,10 +291,7 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(try run(["status", "-s", folder.appendingPathComponent("nope.sock").path]).status, 3)
 
         // kill -9, start again: same color.
-        kill(proxy.process.processIdentifier, SIGKILL)
-        proxy.process.waitUntilExit()
-        proxy = try RunningProxy(arguments: ["run", "-c", config])
-        port = try XCTUnwrap(proxy.listeningPort())
+        (proxy, port) = try restartAfterKill(proxy, config: config)
         XCTAssertEqual(try RawHTTPClient(port: port).request().bodyString, "green\n")
         XCTAssertTrue(try cli("status").stdout.hasPrefix("active: green   previous: blue"))
         XCTAssertEqual(proxy.terminate(), 0)
@@ -314,16 +311,14 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(tampered.stderr.hasPrefix("\(audit.path):4: "), tampered.stderr)
     }
 
-    /// The canary runbook with the real binary: weight 10 with a sticky cookie, pin the pilot
-    /// tenant, `kill -9`, start again: the same split, the same salt, the same users on green,
-    /// the pin still in force, all said by `status` and `pins`.
-    func testCanaryWeightsAndPinsSurviveKillNine() throws {
+    /// Blue and green upstreams and, in a fresh folder, a config with an admin socket, a state
+    /// file and an audit log: `appLines` go into app `web`, `extra` after it.
+    private func killNineSetup(_ name: String, appLines: String = "", extra: String = "") throws
+        -> (config: String, folder: URL, blue: TestUpstream, green: TestUpstream) {
         let blue = try TestUpstream.named("blue")
         let green = try TestUpstream.named("green")
-        defer { blue.stop(); green.stop() }
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-canary-\(UUID().uuidString.prefix(8))")
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-\(name)-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: folder) }
         let config = folder.appendingPathComponent("cutover.conf").path
         try """
             listen 127.0.0.1:0
@@ -333,11 +328,29 @@ final class CommandLineTests: XCTestCase {
             audit_log run/audit.log
             app web {
                 host *
-                sticky cookie cutover_id
+                \(appLines)
                 blue 127.0.0.1:\(blue.port)
                 green 127.0.0.1:\(green.port)
             }
+            \(extra)
             """.write(toFile: config, atomically: true, encoding: .utf8)
+        return (config, folder, blue, green)
+    }
+
+    /// `kill -9`, then the same config started again: the new process and its port.
+    private func restartAfterKill(_ proxy: RunningProxy, config: String) throws -> (RunningProxy, UInt16) {
+        kill(proxy.process.processIdentifier, SIGKILL)
+        proxy.process.waitUntilExit()
+        let next = try RunningProxy(arguments: ["run", "-c", config])
+        return (next, try XCTUnwrap(next.listeningPort()))
+    }
+
+    /// The canary runbook with the real binary: weight 10 with a sticky cookie, pin the pilot
+    /// tenant, `kill -9`, start again: the same split, the same salt, the same users on green,
+    /// the pin still in force, all said by `status` and `pins`.
+    func testCanaryWeightsAndPinsSurviveKillNine() throws {
+        let (config, folder, blue, green) = try killNineSetup("canary", appLines: "sticky cookie cutover_id")
+        defer { blue.stop(); green.stop(); try? FileManager.default.removeItem(at: folder) }
         func cli(_ words: String...) throws -> Outcome { try run(words + ["-c", config]) }
         var proxy = try RunningProxy(arguments: ["run", "-c", config])
         var port = try XCTUnwrap(proxy.listeningPort())
@@ -360,10 +373,7 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(try RawHTTPClient(port: port).request(headers: [("X-Tenant", "pilot-1")]).bodyString, "green\n")
         let statusBefore = try cli("status").stdout
 
-        kill(proxy.process.processIdentifier, SIGKILL)
-        proxy.process.waitUntilExit()
-        proxy = try RunningProxy(arguments: ["run", "-c", config])
-        port = try XCTUnwrap(proxy.listeningPort())
+        (proxy, port) = try restartAfterKill(proxy, config: config)
         XCTAssertEqual(try colors(port, ids), before, "every user on the color they had before the crash")
         XCTAssertEqual(try RawHTTPClient(port: port).request(headers: [("X-Tenant", "pilot-1")]).bodyString, "green\n")
         let status = try cli("status").stdout
@@ -380,30 +390,14 @@ final class CommandLineTests: XCTestCase {
     /// kill -9 in the middle of a release: the restarted proxy has the same weights and pins and
     /// the plan at the same step, paused, saying why; it never advances a step on its own.
     func testAReleaseInterruptedByKillNineResumesPaused() throws {
-        let blue = try TestUpstream.named("blue")
-        let green = try TestUpstream.named("green")
-        defer { blue.stop(); green.stop() }
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-plan-\(UUID().uuidString.prefix(8))")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: folder) }
-        let config = folder.appendingPathComponent("cutover.conf").path
-        try """
-            listen 127.0.0.1:0
-            workers 1
-            admin_socket run/cutover.sock
-            state_file run/cutover.state
-            audit_log run/audit.log
-            app web {
-                host *
-                blue 127.0.0.1:\(blue.port)
-                green 127.0.0.1:\(green.port)
-            }
+        let (config, folder, blue, green) = try killNineSetup("plan", extra: """
             plan slow {
                 step weight 10 pin header X-Tenant pilot-1 hold 1h
                 step weight 100 hold 1h
                 rollback_if error_regression
             }
-            """.write(toFile: config, atomically: true, encoding: .utf8)
+            """)
+        defer { blue.stop(); green.stop(); try? FileManager.default.removeItem(at: folder) }
         func cli(_ words: String...) throws -> Outcome { try run(words + ["-c", config]) }
         var proxy = try RunningProxy(arguments: ["run", "-c", config])
         var port = try XCTUnwrap(proxy.listeningPort())
@@ -412,10 +406,7 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(started.stdout.contains("release slow to green: running, step 1 of 2"), started.stdout)
         XCTAssertEqual(try RawHTTPClient(port: port).request(headers: [("X-Tenant", "pilot-1")]).bodyString, "green\n")
 
-        kill(proxy.process.processIdentifier, SIGKILL)
-        proxy.process.waitUntilExit()
-        proxy = try RunningProxy(arguments: ["run", "-c", config])
-        port = try XCTUnwrap(proxy.listeningPort())
+        (proxy, port) = try restartAfterKill(proxy, config: config)
         let status = try cli("release", "status").stdout
         XCTAssertTrue(status.contains("release slow to green: paused, step 1 of 2"), status)
         XCTAssertTrue(status.contains("cutover restarted during step 1; the release resumes paused"), status)
