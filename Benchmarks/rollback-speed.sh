@@ -15,17 +15,8 @@ RUNS=${RUNS:-10}
 RATE=${RATE:-200}
 OUT=${OUT:-$ROOT/BENCHMARKS.md}
 
-swift build -c release --product cutover >&2
-swift build -c release --product cutover-bench >&2
-BIN=$ROOT/.build/release
-WORK=$(mktemp -d /tmp/cutover-rollback.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    sleep 0.2
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. Benchmarks/common.sh
+bench_setup rollback
 
 RESULTS=$WORK/results.txt
 : > "$RESULTS"

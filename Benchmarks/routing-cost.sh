@@ -26,22 +26,12 @@ CONNS=${CONNS:-50}
 RATE=${RATE:-15000}
 OUT=${OUT:-$ROOT/BENCHMARKS.md}
 
-swift build -c release --product cutover >&2
-swift build -c release --product cutover-bench >&2
-BIN=$ROOT/.build/release
-WORK=$(mktemp -d /tmp/cutover-routing.XXXXXX)
+. Benchmarks/common.sh
+bench_setup routing
 CPUS=$(nproc)
 PROXY_CPU="taskset -c 0"
 LOAD_CPU="taskset -c 1-$((CPUS - 1))"
 [ "$CPUS" -lt 2 ] && { PROXY_CPU=""; LOAD_CPU=""; }
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    sleep 0.2
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP_BLUE=$(free_port)
 UP_GREEN=$(free_port)
 UP_HUNG=$(free_port)
