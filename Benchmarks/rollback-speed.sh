@@ -116,6 +116,11 @@ requests from the start; {runs} runs per share. Times come from the access log (
 Targets: ≤ 2 s at 5 % (≤ 1 s at 50 %), with ≤ 1 % of all requests failed in that window.
 
 {chr(10).join(table)}
+
+Green fails random requests (each upstream connection draws its own), so runs differ the way
+real failures do: at 5 % an error arrives about once a second and the rollback comes with the
+third, sometimes seconds apart (the max column). In a window of a few tenths of a second a
+handful of failures is a large share, which is why the failed share's max is above its median.
 <!-- rollback-speed:end -->
 """
 sys.path.insert(0, "Benchmarks")

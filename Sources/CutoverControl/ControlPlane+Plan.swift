@@ -264,8 +264,21 @@ extension ControlPlane {
             guard lock.withLock({ release?.machine.phase }).map({ if case .paused = $0 { return true } else { return false } }) == true else {
                 return ["ok": false, "error": "no paused release to resume"]
             }
-            appendAudit(AuditRecord(event: "release_resumed", actor: actor, details: releaseDetails()))
-            lock.withLock { _ = release?.machine.resume() }
+            guard let run = lock.withLock({ release }), let index = lock.withLock({ run.machine.stepIndex }) else {
+                return ["ok": false, "error": "no paused release to resume"]
+            }
+            if let failure = appendAudit(AuditRecord(event: "release_resumed", actor: actor, details: releaseDetails())) {
+                return ["ok": false, "error": .string("not resumed: the audit log could not be written (\(failure))")]
+            }
+            // The plan owns the routing while it runs: its step's weight, pins and mirror are set
+            // again (a weight set by hand while paused, or a step that was not carried out). A
+            // watch owns nothing: the switch already happened.
+            let plan = run.machine.plan
+            guard run.watch != nil || applyStep(plan.steps[index], index: index, plan: plan, candidate: run.candidate,
+                            reason: "release \(plan.name) step \(index + 1) resumed", actor: actor) else {
+                return ["ok": false, "error": .string("not resumed: step \(index + 1) could not be made durable (state file)")]
+            }
+            lock.withLock { _ = run.machine.resume() }
             return releaseStatusOnQueue()
         }
     }
@@ -452,14 +465,16 @@ extension ControlPlane {
         for action in actions {
             switch action {
             case .applyStep(let index, let step, let decision):
-                appendAudit(AuditRecord(event: "release_step", to: run.candidate, reason: decision.reason, actor: actor,
-                                        details: decision.evidence.merging(planDetails(run.machine.plan, step: index + 1)) { $1 }))
+                // No step without its record: an audit log that cannot be written holds the plan.
+                if let failure = appendAudit(AuditRecord(event: "release_step", to: run.candidate, reason: decision.reason, actor: actor,
+                                                         details: decision.evidence.merging(planDetails(run.machine.plan, step: index + 1)) { $1 })) {
+                    holdBack(run, reason: "step \(index + 1) not taken: the audit log could not be written (\(failure))", actor: actor)
+                    return
+                }
                 if !applyStep(step, index: index, plan: run.machine.plan, candidate: run.candidate,
                               reason: "release \(run.machine.plan.name) step \(index + 1)", actor: actor) {
                     // The routing did not change: the plan must not run ahead of it.
-                    lock.withLock { _ = run.machine.pause(reason: "step \(index + 1) could not be made durable (state file)") }
-                    appendAudit(AuditRecord(event: "release_paused", reason: "step \(index + 1) could not be made durable", actor: actor,
-                                            details: planDetails(run.machine.plan, step: index + 1)))
+                    holdBack(run, reason: "step \(index + 1) could not be made durable (state file)", actor: actor)
                     return
                 }
             case .pause(let decision):
@@ -467,6 +482,8 @@ extension ControlPlane {
                                         details: decision.evidence.merging(planDetails(run.machine.plan, step: nil)) { $1 }))
                 logger.log(.warning, "release \(run.machine.plan.name) paused: \(decision.reason)")
             case .rollback(let decision):
+                // A rollback goes ahead even when its record cannot be written (the failure is
+                // logged): the safe direction is never held back by the audit log's disk.
                 let automatic = decision.reason.hasPrefix("rollback_if")
                 appendAudit(AuditRecord(event: automatic ? "auto_rollback" : "release_rolledback", from: run.candidate, reason: decision.reason,
                                         actor: actor, details: decision.evidence.merging(planDetails(run.machine.plan, step: nil)) { $1 }))
@@ -474,8 +491,11 @@ extension ControlPlane {
                 _ = rollbackCanary(force: true, reason: decision.reason, actor: actor)
                 endReleaseInState(stopMirroring: true)
             case .complete(let decision):
-                appendAudit(AuditRecord(event: "release_completed", to: run.candidate, reason: decision.reason, actor: actor,
-                                        details: decision.evidence.merging(planDetails(run.machine.plan, step: nil)) { $1 }))
+                if let failure = appendAudit(AuditRecord(event: "release_completed", to: run.candidate, reason: decision.reason, actor: actor,
+                                                         details: decision.evidence.merging(planDetails(run.machine.plan, step: nil)) { $1 })) {
+                    holdBack(run, reason: "completion not taken: the audit log could not be written (\(failure))", actor: actor)
+                    return
+                }
                 let previous = run.candidate.other
                 let baseline = run.machine.plan.watchMs > 0 ? watchBaseline(of: previous) : WatchBaseline()
                 let outcome = switchLock.withLock {
@@ -512,6 +532,14 @@ extension ControlPlane {
     }
 
     /// False when the state file could not be written (nothing changed).
+    /// A decided step or completion that was not carried out: the plan pauses at it, saying why
+    /// (`release resume` carries the step out again).
+    private func holdBack(_ run: ReleaseRun, reason: String, actor: AuditActor) {
+        lock.withLock { run.machine.notTaken(reason: reason) }
+        logger.log(.error, "release \(run.machine.plan.name) paused: \(reason)")
+        appendAudit(AuditRecord(event: "release_paused", reason: reason, actor: actor, details: planDetails(run.machine.plan, step: nil)))
+    }
+
     private func applyStep(_ step: PlanStep, index: Int, plan: PlanConfig, candidate: Color, reason: String, actor: AuditActor) -> Bool {
         switchLock.withLock {
             let (current, apps) = lock.withLock { (state, config.apps) }

@@ -92,6 +92,8 @@ public struct ReleaseMachine: Sendable {
     public private(set) var candidateTotal = ArmCounts()
     public private(set) var stableTotal = ArmCounts()
     private var regression = ErrorRegressionTest()
+    /// Per app (stratum), the candidate's recent share of its requests: the regression test's null.
+    private var shares: [TrafficShareWindow] = []
     /// One test per `error_rate` condition, in the order of `plan.pauseIf + plan.rollbackIf`.
     private var limitTests: [ErrorRateLimitTest]
     /// Candidate (requests, errors) per second of the step, for burn rates: newest last.
@@ -141,14 +143,11 @@ public struct ReleaseMachine: Sendable {
         candidateTotal.errors &+= observation.candidate.errors
         stableTotal.requests &+= observation.stable.requests
         stableTotal.errors &+= observation.stable.errors
-        if observation.strata.isEmpty {
-            regression.add(candidateRequests: observation.candidate.requests, candidateErrors: observation.candidate.errors,
-                           stableRequests: observation.stable.requests, stableErrors: observation.stable.errors)
-        } else {
-            for stratum in observation.strata {
-                regression.add(candidateRequests: stratum.candidate.requests, candidateErrors: stratum.candidate.errors,
-                               stableRequests: stratum.stable.requests, stableErrors: stratum.stable.errors)
-            }
+        let strata = observation.strata.isEmpty ? [(candidate: observation.candidate, stable: observation.stable)] : observation.strata
+        if shares.count != strata.count { shares = Array(repeating: TrafficShareWindow(), count: strata.count) }
+        for (index, stratum) in strata.enumerated() {
+            let share = shares[index].add(candidate: stratum.candidate, stable: stratum.stable)
+            regression.add(candidateErrors: stratum.candidate.errors, stableErrors: stratum.stable.errors, candidateShare: share)
         }
         for index in limitTests.indices {
             limitTests[index].add(requests: observation.candidate.requests, errors: observation.candidate.errors)
@@ -188,9 +187,21 @@ public struct ReleaseMachine: Sendable {
         guard case .paused(let step, _) = phase else { return false }
         phase = .running(step: step)
         regression = ErrorRegressionTest()
+        shares.removeAll()  // a weight set by hand while paused is a new share
         limitTests = limitTests.map { ErrorRateLimitTest(limit: $0.limit) }
         perSecond.removeAll()
         return true
+    }
+
+    /// The control plane could not carry out the step (or the completion) just decided — its
+    /// audit record or the state file could not be written: the plan waits, paused at that step,
+    /// for an operator. `resume` carries the step out again.
+    public mutating func notTaken(reason: String) {
+        switch phase {
+        case .running(let step): phase = .paused(step: step, reason: reason)
+        case .completed: phase = .paused(step: plan.steps.count - 1, reason: reason)
+        case .paused, .rolledBack, .ended: break
+        }
     }
 
     /// An operator switched by hand: the plan ends without deciding anything more.
@@ -224,6 +235,7 @@ public struct ReleaseMachine: Sendable {
         candidateTotal = ArmCounts()
         stableTotal = ArmCounts()
         regression = ErrorRegressionTest()
+        shares.removeAll()  // the new step's weight is a new share
         limitTests = limitTests.map { ErrorRateLimitTest(limit: $0.limit) }
         perSecond.removeAll()
         return [.applyStep(index: step + 1, step: plan.steps[step + 1], decision: ReleaseDecision(reason: reason, evidence: evidence))]

@@ -26,11 +26,14 @@ import Foundation
 /// The weights lean towards large effects, the ones a release must stop in seconds: at weight
 /// 10 with a clean stable color, three candidate errors reach 1/0.2 % (two never do), while a
 /// tenfold rise of a 0.1 % rate is still found after a couple of thousand candidate requests.
+/// That speed has a price no test escapes: three errors in a row on a 10 % share happen by
+/// chance in about one healthy wave in a thousand, and a test that acts on the third error
+/// acts on those too (the simulation in `TriggerSimulationTests` measures it).
 public struct ErrorRegressionTest: Sendable, Equatable {
     /// Relative risks mixed over (the candidate's error rate as a multiple of the stable one).
     public static let relativeRisks: [Double] = [1.5, 2, 3, 5, 10, 30, 100, 1_000]
     /// Their weights (summing to 1).
-    public static let mixtureWeights: [Double] = [0.025, 0.025, 0.05, 0.05, 0.1, 0.1, 0.25, 0.4]
+    public static let mixtureWeights: [Double] = [0.025, 0.025, 0.05, 0.075, 0.1, 0.075, 0.05, 0.6]
 
     /// ln of each component's likelihood ratio.
     private var logRatios = [Double](repeating: 0, count: ErrorRegressionTest.relativeRisks.count)
@@ -39,17 +42,28 @@ public struct ErrorRegressionTest: Sendable, Equatable {
 
     public init() {}
 
-    /// Adds one batch: requests and errors of each color over the same interval.
+    /// Adds one batch, with the candidate's share taken from the batch's own requests.
     public mutating func add(candidateRequests: UInt64, candidateErrors: UInt64, stableRequests: UInt64, stableErrors: UInt64) {
-        self.candidateErrors &+= candidateErrors
-        self.stableErrors &+= stableErrors
-        guard candidateErrors + stableErrors > 0, candidateRequests > 0 || stableRequests > 0 else { return }
         let nc = Double(max(candidateRequests, candidateErrors))
         let ns = Double(max(stableRequests, stableErrors))
-        let share = nc / (nc + ns)
-        guard share > 0 && share < 1 else { return }  // one color alone: no comparison in this batch
+        add(candidateErrors: candidateErrors, stableErrors: stableErrors, candidateShare: nc + ns > 0 ? nc / (nc + ns) : 0)
+    }
+
+    /// Adds one batch of errors, with `candidateShare` the candidate's share of the requests
+    /// they came from (the null hypothesis: each error is the candidate's with that chance).
+    ///
+    /// The share should cover more requests than the batch: at weight 10 and 200 requests/s a
+    /// 100 ms batch holds about two candidate requests, and conditioning on so few wastes
+    /// evidence — a batch in which the candidate failed is one in which it tended to get more
+    /// requests, which makes its errors look less surprising than they are. `ReleaseMachine`
+    /// passes the share of the last two seconds (`TrafficShareWindow`), short enough to follow
+    /// a tenant's burst, long enough to average that out.
+    public mutating func add(candidateErrors: UInt64, stableErrors: UInt64, candidateShare share: Double) {
+        self.candidateErrors &+= candidateErrors
+        self.stableErrors &+= stableErrors
+        guard candidateErrors + stableErrors > 0, share > 0 && share < 1 else { return }  // one color alone: no comparison
         for (index, k) in Self.relativeRisks.enumerated() {
-            let p1 = k * nc / (k * nc + ns)
+            let p1 = k * share / (k * share + (1 - share))
             logRatios[index] += Double(candidateErrors) * log(p1 / share) + Double(stableErrors) * log((1 - p1) / (1 - share))
         }
     }
@@ -107,4 +121,30 @@ public struct ErrorRateLimitTest: Sendable, Equatable {
 
     /// The observed rate so far.
     public var rate: Double { requests == 0 ? 0 : Double(errors) / Double(requests) }
+}
+
+/// The candidate's share of one app's requests over the last `capacity` evaluations (two seconds
+/// at one every 100 ms), the current one included: the null share `ErrorRegressionTest` needs.
+public struct TrafficShareWindow: Sendable, Equatable {
+    public static let evaluations = 20
+
+    private var candidate = [UInt64](repeating: 0, count: TrafficShareWindow.evaluations)
+    private var stable = [UInt64](repeating: 0, count: TrafficShareWindow.evaluations)
+    private var next = 0
+    private var candidateSum: UInt64 = 0
+    private var stableSum: UInt64 = 0
+
+    public init() {}
+
+    /// Adds one evaluation's requests (forgetting the oldest) and returns the share, with
+    /// errors counted as requests so that a share is never below what the errors prove.
+    public mutating func add(candidate arm: ArmCounts, stable other: ArmCounts) -> Double {
+        candidateSum = candidateSum &- candidate[next] &+ max(arm.requests, arm.errors)
+        stableSum = stableSum &- stable[next] &+ max(other.requests, other.errors)
+        candidate[next] = max(arm.requests, arm.errors)
+        stable[next] = max(other.requests, other.errors)
+        next = (next + 1) % Self.evaluations
+        let total = candidateSum + stableSum
+        return total == 0 ? 0 : Double(candidateSum) / Double(total)
+    }
 }

@@ -51,7 +51,9 @@ enum Pretty {
         }
         switch command {
         case "status": return status(reply)
-        case "weight", "pin", "unpin", "mirror", "rollback" where reply["changes"] != nil || reply["unchanged"] != nil:
+        case "weight", "pin", "unpin", "mirror",
+             // A rollback of a canary answers with its changes; a rollback of a switch, below.
+             "rollback" where reply["changes"] != nil || reply["unchanged"] != nil:
             if let unchanged = reply["unchanged"]?.stringValue { return "unchanged: \(unchanged)" }
             var lines = ["\(command): generation \(text(reply["generation"]))\(reply["forced"]?.boolValue == true ? ", forced" : "")"]
             for change in reply["changes"]?.arrayValue ?? [] { lines.append("  app \(text(change["app"])): \(text(change["change"]))") }

@@ -233,7 +233,10 @@ final class ReleasePlanTests: XCTestCase {
         XCTAssertEqual(manual["release"]?.stringValue,
                        "the running release was paused: an operator changed the routing by hand (`release resume` continues it)")
         XCTAssertEqual(admin("release status")["release"]?["phase"], "paused")
+        XCTAssertEqual(runtime?.controlPlane.persistentState.releases["web"]?.candidateBasisPoints, 3_000)
         XCTAssertEqual(admin("release resume")["release"]?["phase"], "running")
+        XCTAssertEqual(runtime?.controlPlane.persistentState.releases["web"]?.candidateBasisPoints, 1_000,
+                       "resume sets the step's weight again: the plan owns the routing while it runs")
         let aborted = admin("release abort reason customer escalation")
         XCTAssertEqual(aborted["release"]?["phase"], "rolled_back")
         XCTAssertEqual(runtime?.controlPlane.persistentState.releases.values.filter { $0.candidateBasisPoints > 0 }.count, 0)

@@ -38,6 +38,24 @@ final class ReleaseMachineTests: XCTestCase {
         XCTAssertEqual(tick(&machine, at: 47_000, candidate: ArmCounts(requests: 20)), [], "a finished plan decides nothing more")
     }
 
+    /// A step (or the completion) the control plane could not carry out — its audit record or
+    /// the state file could not be written — pauses the plan at that step; resume takes it up.
+    func testAStepNotTakenPausesThePlanAtThatStep() throws {
+        var machine = ReleaseMachine(plan: try plan("plan p {\n step weight 10 hold 1s\n step weight 100 hold 1s\n min_requests 1\n}\n"), nowMs: 0)
+        guard case .applyStep(1, _, _) = tick(&machine, at: 1_000, candidate: ArmCounts(requests: 5)).first else { return XCTFail() }
+        machine.notTaken(reason: "step 2 not taken: the audit log could not be written")
+        XCTAssertEqual(machine.phase, .paused(step: 1, reason: "step 2 not taken: the audit log could not be written"))
+        XCTAssertEqual(tick(&machine, at: 5_000, candidate: ArmCounts(requests: 5)), [], "a paused plan holds no clock")
+        XCTAssertTrue(machine.resume())
+        guard case .complete = tick(&machine, at: 6_000, candidate: ArmCounts(requests: 5)).first else { return XCTFail() }
+        machine.notTaken(reason: "completion not taken")
+        XCTAssertEqual(machine.phase, .paused(step: 1, reason: "completion not taken"))
+        XCTAssertTrue(machine.resume())
+        guard case .complete = tick(&machine, at: 6_100, candidate: ArmCounts(requests: 5)).first else {
+            return XCTFail("the held completion is decided again at once")
+        }
+    }
+
     func testPausedHoldsStopTheClockButRollbackConditionsStillJudge() throws {
         var machine = ReleaseMachine(plan: try plan("""
             plan p {

@@ -58,4 +58,28 @@ final class SequentialTestsTests: XCTestCase {
         XCTAssertTrue(failing.rejects(falseAlarm: 0.002))
         XCTAssertEqual(failing.rate, 0.1, accuracy: 1e-9)
     }
+
+    /// The null share comes from the last two seconds, not from one 100 ms batch: at weight 10
+    /// the third candidate error in a row decides even when its batch held several candidate
+    /// requests, and the window forgets a share older than two seconds.
+    func testTheShareWindowFollowsTheLastTwoSeconds() {
+        var window = TrafficShareWindow()
+        var test = ErrorRegressionTest()
+        for _ in 0..<TrafficShareWindow.evaluations { _ = window.add(candidate: ArmCounts(requests: 2), stable: ArmCounts(requests: 18)) }
+        for _ in 0..<3 {
+            // A batch in which the candidate got 3 of 20 requests, one of them failing.
+            let share = window.add(candidate: ArmCounts(requests: 3, errors: 1), stable: ArmCounts(requests: 17))
+            XCTAssertLessThan(share, 0.11)
+            test.add(candidateErrors: 1, stableErrors: 0, candidateShare: share)
+        }
+        XCTAssertTrue(test.rejects(falseAlarm: 0.002))
+        var perBatch = ErrorRegressionTest()
+        for _ in 0..<3 { perBatch.add(candidateRequests: 3, candidateErrors: 1, stableRequests: 17, stableErrors: 0) }
+        XCTAssertFalse(perBatch.rejects(falseAlarm: 0.002), "the batch's own share (15 %) would need more errors")
+
+        // Two seconds at 50 %: the 10 % share is forgotten.
+        var share = 0.0
+        for _ in 0..<TrafficShareWindow.evaluations { share = window.add(candidate: ArmCounts(requests: 10), stable: ArmCounts(requests: 10)) }
+        XCTAssertEqual(share, 0.5, accuracy: 1e-9)
+    }
 }
