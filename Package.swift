@@ -8,6 +8,7 @@ import PackageDescription
 //   CutoverControl ─→ CutoverLoop (its own event loop), CutoverRouting, CutoverMetrics, CutoverHTTP
 //   CutoverMetrics ─→ CutoverRouting ─→ CutoverConfig ─→ CutoverSystem ─→ CCutoverSys
 //   CutoverLoop    ─→ CutoverSystem, CutoverHTTP
+//   CutoverProxy   ─→ CutoverTLS ─→ CCutoverTLS ─→ COpenSSL (the system libssl)
 //   CutoverDemo, CutoverBench (tools) ─→ CutoverLoop, CutoverHTTP; the bench also drives the admin socket
 //
 // The data plane (CutoverProxy) and the control plane (CutoverControl) never import each
@@ -33,6 +34,11 @@ let package = Package(
         // The kernel: every syscall, behind one door.
         .target(name: "CCutoverSys"),
         .target(name: "CutoverSystem", dependencies: ["CCutoverSys"], swiftSettings: dataPlaneSettings),
+        // TLS: the system OpenSSL (libssl-dev), our C for its macros and callbacks, and the
+        // Swift that loads certificates and runs records on the loops' sockets.
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        .target(name: "CCutoverTLS", dependencies: ["COpenSSL"]),
+        .target(name: "CutoverTLS", dependencies: ["CCutoverTLS", "CutoverConfig", "CutoverSystem"], swiftSettings: dataPlaneSettings),
         // The pure HTTP/1.1 codec: no sockets, no Foundation.
         .target(name: "CutoverHTTP", swiftSettings: dataPlaneSettings),
         .target(name: "CutoverLoop", dependencies: ["CutoverSystem", "CutoverHTTP"], swiftSettings: dataPlaneSettings),
@@ -46,7 +52,8 @@ let package = Package(
         // The data plane.
         .target(
             name: "CutoverProxy",
-            dependencies: ["CutoverLoop", "CutoverHTTP", "CutoverRouting", "CutoverMetrics", "CutoverConfig", "CutoverSystem"],
+            dependencies: ["CutoverLoop", "CutoverHTTP", "CutoverRouting", "CutoverMetrics", "CutoverConfig", "CutoverSystem",
+                           "CutoverTLS"],
             swiftSettings: dataPlaneSettings
         ),
         // The control plane.
@@ -58,7 +65,7 @@ let package = Package(
         // Wiring: starts both planes from a config and links them.
         // Release plans as values: the sequential tests and the plan's state machine, no I/O.
         .target(name: "CutoverRelease", dependencies: ["CutoverConfig"]),
-        .target(name: "CutoverRuntime", dependencies: ["CutoverProxy", "CutoverControl", "CutoverConfig", "CutoverSystem"]),
+        .target(name: "CutoverRuntime", dependencies: ["CutoverProxy", "CutoverControl", "CutoverConfig", "CutoverSystem", "CutoverTLS"]),
         // Tools beside the product.
         .target(
             name: "CutoverDemo",
@@ -72,7 +79,8 @@ let package = Package(
         ),
         .executableTarget(
             name: "cutover",
-            dependencies: ["CutoverRuntime", "CutoverControl", "CutoverDemo", "CutoverRouting", "CutoverConfig", "CutoverSystem"]
+            dependencies: ["CutoverRuntime", "CutoverControl", "CutoverDemo", "CutoverRouting", "CutoverConfig", "CutoverSystem",
+                           "CutoverTLS"]
         ),
         .executableTarget(name: "cutover-bench", dependencies: ["CutoverBench", "CutoverDemo", "CutoverConfig"], path: "Benchmarks/cutover-bench"),
 
@@ -84,6 +92,7 @@ let package = Package(
         .testTarget(name: "CutoverRoutingTests", dependencies: ["CutoverRouting", "CutoverConfig", "CutoverSystem", "CutoverTestSupport"]),
         .testTarget(name: "CutoverProxyTests", dependencies: ["CutoverProxy", "CutoverHTTP", "CutoverMetrics"]),
         .testTarget(name: "CutoverConfigTests", dependencies: ["CutoverConfig"]),
+        .testTarget(name: "CutoverTLSTests", dependencies: ["CutoverTLS", "CutoverConfig"]),
         .testTarget(name: "CutoverReleaseTests", dependencies: ["CutoverRelease", "CutoverConfig", "CutoverTestSupport"]),
         .testTarget(name: "CutoverMetricsTests", dependencies: ["CutoverMetrics", "CutoverTestSupport"]),
         .testTarget(name: "CutoverControlTests", dependencies: ["CutoverControl", "CutoverConfig", "CutoverSystem"]),
@@ -92,7 +101,7 @@ let package = Package(
             name: "CutoverIntegrationTests",
             dependencies: [
                 "CutoverRuntime", "CutoverProxy", "CutoverControl", "CutoverDemo", "CutoverMetrics", "CutoverRouting",
-                "CutoverConfig", "CutoverSystem", "CAllocationCounter", "CutoverTestSupport",
+                "CutoverConfig", "CutoverSystem", "CAllocationCounter", "CutoverTestSupport", "CutoverTLS",
             ]
         ),
     ],

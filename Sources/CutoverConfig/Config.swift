@@ -27,6 +27,8 @@ public struct Endpoint: Sendable, Equatable, Hashable, CustomStringConvertible {
     public var port: UInt16
     /// The config line this endpoint came from, so runtime errors can point at it.
     public var line: Int
+    /// `listen ADDRESS tls`: connections speak TLS (the `tls { }` block's certificates).
+    public var tls = false
 
     public init(host: String, port: UInt16, line: Int = 0) {
         self.host = host
@@ -210,6 +212,8 @@ public struct Config: Sendable, Equatable {
     public var notify: [NotifyTarget] = []
     /// What a watch after a switch judges (`watch { }`).
     public var watch = WatchConfig()
+    /// TLS termination (`tls { }`), for the `listen ADDRESS tls` listeners.
+    public var tls: TLSSettings?
 
     /// The admin socket mode used when `admin_mode` is absent.
     public static let defaultAdminMode: UInt32 = 0o600
@@ -289,4 +293,45 @@ public enum StatsWindow: String, Sendable, CaseIterable {
     case oneMinute = "1m"
     case fiveMinutes = "5m"
     case total
+}
+
+/// `tls { }`: certificates chosen by SNI, protocol floor, sessions, and the handshake's deadline.
+public struct TLSSettings: Sendable, Equatable {
+    public struct Certificate: Sendable, Equatable {
+        /// PEM chain (leaf first) and PEM private key, resolved against the config's folder.
+        public var chainPath: String
+        public var keyPath: String
+        public var line: Int
+
+        public init(chainPath: String, keyPath: String, line: Int) {
+            self.chainPath = chainPath
+            self.keyPath = keyPath
+            self.line = line
+        }
+    }
+
+    public enum Version: Int, Sendable, Equatable {
+        case tls12 = 12
+        case tls13 = 13
+    }
+
+    public var certificates: [Certificate] = []
+    /// The certificate (by one of its names) for clients whose SNI matches none, or that send
+    /// none; nil: those get an `unrecognized_name` alert.
+    public var defaultName: String?
+    public var defaultLine = 0
+    public var minVersion = Version.tls12
+    /// An OpenSSL cipher string for TLS 1.2; nil: OpenSSL's default. TLS 1.3 suites stay default.
+    public var ciphers: String?
+    public var ciphersLine = 0
+    public var sessionTickets = true
+    /// TLS 1.2 session-id cache entries; 0: off.
+    public var sessionCache = 20_000
+    public var handshakeTimeoutMs = 10_000
+    /// Plain listeners that answer every request with a 308 to the same URL in https.
+    public var redirectHTTP: [Endpoint] = []
+    /// The line of `tls {`.
+    public var line = 0
+
+    public init() {}
 }

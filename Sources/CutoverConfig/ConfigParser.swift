@@ -246,7 +246,7 @@ private struct Reader {
         throw open.error("unclosed block '\(label)' (missing '}')")
     }
 
-    private static let blockNames: Set<Substring> = ["timeouts", "limits", "health", "gate", "app", "plan", "watch"]
+    private static let blockNames: Set<Substring> = ["timeouts", "limits", "health", "gate", "app", "plan", "watch", "tls"]
 
     private mutating func readTopLevel(_ d: Directive) throws(ConfigError) {
         if Self.blockNames.contains(d.name) {
@@ -272,11 +272,70 @@ private struct Reader {
     }
 
     private mutating func addListen(_ d: Directive) throws(ConfigError) {
-        let endpoint = try d.endpoint(try d.oneValue(), wildcard: true, portZero: true)
-        if let earlier = config.listen.first(where: { $0.host == endpoint.host && $0.port == endpoint.port }) {
+        guard let address = d.args.first else { throw d.error("listen: missing value") }
+        var endpoint = try d.endpoint(address, wildcard: true, portZero: true)
+        if d.args.count > 1 {
+            guard d.args[1] == "tls", d.args.count == 2 else {
+                throw d.error("listen: unexpected '\(d.args[1...].joined(separator: " "))' (only 'tls' may follow the address)")
+            }
+            endpoint.tls = true
+        }
+        if let earlier = config.listen.first(where: { $0.host == endpoint.host && $0.port == endpoint.port && $0.port != 0 }) {
             throw d.error("listen: \(endpoint) is already listed at line \(earlier.line)")
         }
         config.listen.append(endpoint)
+    }
+
+    private func readTLS(_ body: ArraySlice<Directive>, opener: Directive) throws(ConfigError) -> TLSSettings {
+        var tls = TLSSettings()
+        tls.line = opener.line
+        var once = OnceTracker()
+        for d in body {
+            if d.name != "certificate" { try once.check(d) }
+            switch d.name {
+            case "certificate":
+                guard d.args.count == 2 else {
+                    throw d.error("certificate: expected CHAIN.pem KEY.pem (the certificate chain, then its private key)")
+                }
+                tls.certificates.append(.init(chainPath: Directive.resolve(d.args[0], baseDirectory),
+                                              keyPath: Directive.resolve(d.args[1], baseDirectory), line: d.line))
+            case "default_certificate":
+                tls.defaultName = String(try d.oneValue()).lowercased()
+                tls.defaultLine = d.line
+            case "min_version":
+                switch try d.oneValue() {
+                case "1.2": tls.minVersion = .tls12
+                case "1.3": tls.minVersion = .tls13
+                case let value: throw d.error("min_version: expected 1.2 or 1.3, got '\(value)'")
+                }
+            case "ciphers":
+                let value = d.args.joined(separator: " ")
+                guard !value.isEmpty else { throw d.error("ciphers: missing value") }
+                tls.ciphers = value == "default" ? nil : value
+                tls.ciphersLine = d.line
+            case "session_tickets": tls.sessionTickets = try d.onOff()
+            case "session_cache":
+                tls.sessionCache = try d.oneValue() == "off" ? 0 : try d.integer(1...10_000_000)
+            case "handshake_timeout": tls.handshakeTimeoutMs = try d.duration()
+            case "redirect_http":
+                guard d.args.count >= 2, d.args[0] == "listen" else {
+                    throw d.error("redirect_http: expected 'listen ADDRESS' (a plain listener that answers 308 to https)")
+                }
+                for value in d.args[1...] {
+                    let endpoint = try d.endpoint(value, wildcard: true, portZero: true)
+                    let all = config.listen + config.previewListen + tls.redirectHTTP
+                    if let earlier = all.first(where: { $0.host == endpoint.host && $0.port == endpoint.port && $0.port != 0 }) {
+                        throw d.error("redirect_http: \(endpoint) is already listed at line \(earlier.line)")
+                    }
+                    tls.redirectHTTP.append(endpoint)
+                }
+            default: throw d.error("unknown directive '\(d.name)' in tls block")
+            }
+        }
+        if tls.certificates.isEmpty {
+            throw opener.error("tls: no certificate (add 'certificate CHAIN.pem KEY.pem')")
+        }
+        return tls
     }
 
     /// `plans PATH`: a file of `plan` blocks, or a folder whose `*.conf` files are (in name
@@ -323,7 +382,7 @@ private struct Reader {
 
     private mutating func readBlock(_ d: Directive, _ body: ArraySlice<Directive>) throws(ConfigError) {
         guard Self.blockNames.contains(d.name) else {
-            throw d.error("'\(d.name)' is not a block (blocks are timeouts, limits, health, gate, app, plan and watch)")
+            throw d.error("'\(d.name)' is not a block (blocks are timeouts, limits, health, gate, tls, app, plan and watch)")
         }
         if d.name == "app" {
             try addApp(d, body)
@@ -345,6 +404,7 @@ private struct Reader {
         case "timeouts": config.timeouts = try readTimeouts(body)
         case "limits": config.limits = try readLimits(body, opener: d)
         case "gate": config.gate = try readGate(body, opener: d)
+        case "tls": config.tls = try readTLS(body, opener: d)
         default: config.health = try readHealth(body)
         }
     }
@@ -535,6 +595,12 @@ private struct Reader {
         if config.apps.isEmpty {
             throw ConfigError(file: file, line: lastLine, message: "no 'app' block (at least one is required)")
         }
+        if let listener = config.listen.first(where: \.tls), config.tls == nil {
+            throw ConfigError(file: file, line: listener.line, message: "listen \(listener) tls: no 'tls { }' block with its certificates")
+        }
+        if let tls = config.tls, !config.listen.contains(where: \.tls) {
+            throw ConfigError(file: file, line: tls.line, message: "tls: no 'listen ADDRESS tls' uses this block")
+        }
         return config
     }
 }
@@ -668,7 +734,7 @@ private extension Directive {
         }
     }
 
-    private static func resolve(_ value: Substring, _ base: String) -> String {
+    static func resolve(_ value: Substring, _ base: String) -> String {
         value.hasPrefix("/") ? String(value) : ConfigParser.join(base, String(value))
     }
 

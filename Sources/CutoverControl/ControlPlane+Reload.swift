@@ -56,9 +56,19 @@ extension ControlPlane {
         let outcome: ReloadOutcome = switchLock.withLock {
             let next: Config
             let table: RoutingTable
+            var commits: [@Sendable () -> Void] = []
             do throws(ConfigError) {
                 next = try ConfigParser.load(path: configPath)
                 table = try RoutingTable(config: next, activeColor: activeColor, registry: registry)
+                for prepare in reloadPreparers {
+                    do {
+                        commits.append(try prepare(next))
+                    } catch let error as ConfigError {
+                        throw error
+                    } catch {
+                        throw ConfigError(file: configPath, line: 0, message: "\(error)")
+                    }
+                }
             } catch {
                 logger.log(.error, "reload failed: \(error.description); the running configuration is unchanged")
                 appendAudit(AuditRecord(event: "reload_failed", actor: actor, details: ["error": error.description]))
@@ -76,6 +86,7 @@ extension ControlPlane {
                 })
                 return plan
             }
+            for commit in commits { commit() }
             return .reloaded(apps: next.apps.count, restartRequired: plan.restartRequired)
         }
         guard case .reloaded(_, let restartRequired) = outcome else { return outcome }

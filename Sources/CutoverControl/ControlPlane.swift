@@ -50,6 +50,14 @@ public final class ControlPlane: @unchecked Sendable {
     /// How servers are checked: the injected probe, else the checker's network probe.
     var probe: Probe { injectedProbe ?? checker.networkProbe }
     let configPath: String?
+    /// What the layers the control plane does not know (TLS certificates) do on a reload:
+    /// called with the new config before anything changes, each throws the error that refuses
+    /// the reload or returns the step that applies it, run once everything else is applied.
+    /// Set by the runtime before `start`.
+    public var reloadPreparers: [@Sendable (Config) throws -> @Sendable () -> Void] = []
+    /// TLS certificates served now (name, notAfter in seconds since 1970), for
+    /// `cutover_tls_certificate_expiry_seconds`. Set by the runtime.
+    public var tlsCertificates: @Sendable () -> [(name: String, expiresAt: Int64)] = { [] }
 
     /// Guards the state below; never held across I/O that waits on the network. Always taken
     /// through `withLock` (no early unlocks). An NSLock rather than `Mutex`: it is a pthread

@@ -1,6 +1,5 @@
+import CutoverConfig
 import CutoverRouting
-import CutoverConfig
-import CutoverConfig
 import Synchronization
 
 /// What the data plane tells the control plane, without ever calling into it: per-pool
@@ -31,6 +30,33 @@ public final class DataPlaneCounters: @unchecked Sendable {
     private let loops: Int
     private let perLoop: UnsafeMutablePointer<Atomic<Int>>
     private let connectFailures: UnsafeMutablePointer<Atomic<UInt64>>
+    /// TLS handshakes (a shared counter each: a handshake costs a millisecond of crypto, an
+    /// atomic add is nothing beside it).
+    private let tls: UnsafeMutablePointer<Atomic<UInt64>>
+
+    /// What `tls` counts, by slot.
+    public enum TLSEvent {
+        case handshake(version: TLSVersionLabel, resumed: Bool)
+        /// A connection that ended before its handshake did, by reason (see `tlsFailureReasons`).
+        case failure(reason: Int)
+
+        var slot: Int {
+            switch self {
+            case .handshake(let version, let resumed): return version.rawValue * 2 + (resumed ? 1 : 0)
+            case .failure(let reason): return 8 + min(max(reason, 0), DataPlaneCounters.tlsFailureReasons.count - 1)
+            }
+        }
+    }
+
+    public enum TLSVersionLabel: Int, CaseIterable {
+        case tls12 = 0, tls13 = 1, other = 2
+        public var label: String { ["TLSv1.2", "TLSv1.3", "other"][rawValue] }
+    }
+
+    /// Failure reasons by number (the TLS layer's numbering; 0 is unused).
+    public static let tlsFailureReasons = ["none", "plaintext_http", "bad_record", "protocol_version", "no_shared_cipher",
+                                           "no_application_protocol", "unrecognized_name", "peer_closed", "other", "timeout"]
+    private static let tlsSlots = 8 + 16
 
     public init(loops: Int) {
         self.loops = loops
@@ -38,6 +64,8 @@ public final class DataPlaneCounters: @unchecked Sendable {
         for index in 0..<(loops * Self.slotStride) { (perLoop + index).initialize(to: Atomic(0)) }
         connectFailures = .allocate(capacity: Self.maxServers)
         for index in 0..<Self.maxServers { (connectFailures + index).initialize(to: Atomic(0)) }
+        tls = .allocate(capacity: Self.tlsSlots)
+        for index in 0..<Self.tlsSlots { (tls + index).initialize(to: Atomic(0)) }
     }
 
     deinit {
@@ -45,7 +73,15 @@ public final class DataPlaneCounters: @unchecked Sendable {
         perLoop.deallocate()
         connectFailures.deinitialize(count: Self.maxServers)
         connectFailures.deallocate()
+        tls.deinitialize(count: Self.tlsSlots)
+        tls.deallocate()
     }
+
+    package func count(_ event: TLSEvent) {
+        tls[event.slot].add(1, ordering: .relaxed)
+    }
+
+    public func tlsCount(_ event: TLSEvent) -> UInt64 { tls[event.slot].load(ordering: .relaxed) }
 
     /// Called only by loop `loop`'s thread.
     @inline(__always)

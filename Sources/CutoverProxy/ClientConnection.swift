@@ -4,6 +4,7 @@ import CutoverLoop
 import CutoverMetrics
 import CutoverRouting
 import CutoverSystem
+import CutoverTLS
 
 /// One client connection and the exchange it is in, owned by one loop for its whole life. It
 /// does the I/O: reads and writes both sockets, parses heads, moves body bytes, routes and
@@ -61,12 +62,13 @@ final class ClientConnection: Channel {
     private static let localResponseRoom = 512
     private static let lingerMs = 2_000
 
-    init(fd: Int32, worker: ProxyWorker, clientAddress: PeerAddress, listener: ListenerKind = .main) {
+    init(fd: Int32, worker: ProxyWorker, clientAddress: PeerAddress, listener: ListenerKind = .main, tls: TLSConnection? = nil) {
         self.worker = worker
         self.clientAddress = clientAddress
         self.listener = listener
         parser = RequestHeadParser(limits: worker.settings.http)
         responseParser = ResponseHeadParser(limits: worker.settings.http)
+        if let tls { stream = SocketStream(transport: .tls(tls), writable: true) }
         super.init(fd: fd, loop: worker.loop)
     }
 
@@ -139,6 +141,10 @@ final class ClientConnection: Channel {
         let timeouts = worker.settings.timeouts
         if restart { deadline = 0 }
         switch kind {
+        case .clientIdle where !stream.established:
+            // A TLS handshake in progress: its own deadline, counted from the accept (bytes of
+            // a slow handshake are no progress, so it is never extended).
+            if deadline == 0 { setDeadline(after: worker.tlsHandshakeTimeoutMs) }
         case .clientIdle: setDeadline(after: timeouts.clientIdleMs)
         case .clientHeader: setDeadline(after: timeouts.clientHeaderMs)
         case .connect: setDeadline(after: timeouts.connectMs)
@@ -152,6 +158,7 @@ final class ClientConnection: Channel {
         case .none:
             return
         case .close:
+            if !stream.established { worker.tlsHandshakeFailed(.timeout) }
             close()
         case .answerHeadTimeout:
             rejectHead(status: 408, message: "request head not received in time")
@@ -179,9 +186,13 @@ final class ClientConnection: Channel {
         switch stream.read(fd, into: &input) {
         case .bytes, .endOfStream:
             return true
+        case .handshakeDone:
+            worker.tlsHandshakeFinished(stream)
+            return true
         case .nothing:
             return false
         case .failed:
+            if !stream.established { worker.tlsHandshakeFailed(stream.tlsFailure ?? .peerClosed) }
             failed = true
             stream.peerClosed = true
             return true
@@ -308,7 +319,7 @@ final class ClientConnection: Channel {
             server.hostHeader.withUnsafeBytes { fallbackHost in
                 RequestHeadWriter.write(
                     head, source: source, fields: loop.fields,
-                    context: ForwardingContext(clientAddress: address, scheme: "http", generatedRequestID: id,
+                    context: ForwardingContext(clientAddress: address, scheme: stream.transport.isTLS ? "https" : "http", generatedRequestID: id,
                                                fallbackHost: fallbackHost),
                     into: &writer)
             }
@@ -895,6 +906,7 @@ final class ClientConnection: Channel {
         closeUpstream()
         loop.buffers.release(&input)
         loop.buffers.release(&output)
+        stream.releaseTransport()
         loop.closeChannel(self)
         worker.clientClosed()
     }

@@ -3,6 +3,7 @@ import CutoverLoop
 import CutoverMetrics
 import CutoverRouting
 import CutoverSystem
+import CutoverTLS
 import Dispatch
 import Foundation
 import Synchronization
@@ -79,6 +80,9 @@ public final class ProxyServer: @unchecked Sendable {
                 loop: loop, settings: settings, shared: shared, publisher: publisher, counters: counters, logger: logger,
                 apps: apps, accessLog: accessLog?.rings[index]))
         }
+        if config.listen.contains(where: \.tls) && shared.tls.withLock({ $0 }) == nil {
+            throw StartupError("listen … tls: no certificates loaded (ProxyServer.replaceTLS before start)")
+        }
         for (endpoint, kind) in config.listen.map({ ($0, ListenerKind.main) }) + config.previewListen.map({ ($0, .preview) }) {
             guard var address = SocketAddress.resolve(host: endpoint.host, port: endpoint.port) else {
                 throw ConfigError(file: config.path, line: endpoint.line, message: "cannot resolve listen address '\(endpoint.host)'")
@@ -93,7 +97,7 @@ public final class ProxyServer: @unchecked Sendable {
                 if address.port == 0, let bound = Posix.localAddress(fd) {
                     address = bound  // the other loops share the port the kernel picked
                 }
-                try worker.addListener(fd: fd, kind: kind)
+                try worker.addListener(fd: fd, kind: kind, tls: endpoint.tls)
             }
             if kind == .main { listenAddresses.append(address) } else { previewAddresses.append(address) }
         }
@@ -112,6 +116,14 @@ public final class ProxyServer: @unchecked Sendable {
         let preview = previewAddresses.isEmpty ? "" : ", preview on \(previewAddresses.map(\.description).joined(separator: ", "))"
         logger.log(.info, "listening on \(listenAddresses.map(\.description).joined(separator: ", "))\(preview) with \(count) worker(s)")
     }
+
+    /// The certificates new TLS connections get from now on (start, and every reload).
+    public func replaceTLS(_ context: TLSServerContext?) {
+        shared.tls.withLock { $0 = context }
+    }
+
+    /// The certificates TLS connections start from now.
+    public var tlsContext: TLSServerContext? { shared.tls.withLock { $0 } }
 
     /// Stops accepting, lets in-flight requests finish for up to `timeouts.drain`, closes
     /// keep-alive connections, and returns when every loop has stopped.

@@ -5,6 +5,7 @@ import CutoverLoop
 import CutoverMetrics
 import CutoverRouting
 import CutoverSystem
+import CutoverTLS
 import Synchronization
 
 /// Settings every loop reads; fixed for the life of the process (a reload that changes them
@@ -30,6 +31,9 @@ final class SharedProxyState: Sendable {
     let openClients = Atomic<Int>(0)
     let maxClients: Int
     let draining = Atomic<Bool>(false)
+    /// The certificates new TLS connections start from (a reload replaces it; connections keep
+    /// the one they started with). Read once per accepted TLS connection, never per request.
+    let tls = Mutex<TLSServerContext?>(nil)
 
     init(maxClients: Int) {
         self.maxClients = maxClients
@@ -131,8 +135,11 @@ final class ProxyWorker {
 
     // MARK: Accepting
 
-    func addListener(fd: Int32, kind: ListenerKind = .main) throws(IOError) {
-        let listener = Listener(fd: fd, worker: self, kind: kind)
+    /// The handshake deadline of the TLS context connections were last accepted with.
+    private(set) var tlsHandshakeTimeoutMs = 10_000
+
+    func addListener(fd: Int32, kind: ListenerKind = .main, tls: Bool = false) throws(IOError) {
+        let listener = Listener(fd: fd, worker: self, kind: kind, tls: tls)
         try loop.register(listener)
         listeners.append(listener)
     }
@@ -171,15 +178,26 @@ final class ProxyWorker {
             let (fd, address) = accepted
             shared.openClients.add(1, ordering: .relaxed)
             _ = try? Posix.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
-            let client = ClientConnection(fd: fd, worker: self, clientAddress: PeerAddress(address), listener: listener.kind)
+            var session: TLSConnection?
+            if listener.tls {
+                guard let context = shared.tls.withLock({ $0 }), let connection = context.accept(fd: fd) else {
+                    Posix.close(fd)  // no certificates loaded (or no memory for a session)
+                    shared.openClients.subtract(1, ordering: .relaxed)
+                    continue
+                }
+                session = connection
+                tlsHandshakeTimeoutMs = context.handshakeTimeoutMs
+            }
+            let client = ClientConnection(fd: fd, worker: self, clientAddress: PeerAddress(address), listener: listener.kind, tls: session)
             do {
                 try loop.register(client)
             } catch {
+                session?.free()
                 Posix.close(fd)
                 shared.openClients.subtract(1, ordering: .relaxed)
                 continue
             }
-            client.setDeadline(after: settings.timeouts.clientIdleMs)
+            client.setDeadline(after: session == nil ? settings.timeouts.clientIdleMs : tlsHandshakeTimeoutMs)
         }
     }
 
@@ -194,6 +212,21 @@ final class ProxyWorker {
         for listener in listeners where listener.slot >= 0 {
             acceptConnections(on: listener)
         }
+    }
+
+    func tlsHandshakeFinished(_ stream: SocketStream) {
+        guard case .tls(let connection) = stream.transport else { return }
+        let version: DataPlaneCounters.TLSVersionLabel
+        switch connection.versionName.map({ String(cString: $0) }) {
+        case "TLSv1.3": version = .tls13
+        case "TLSv1.2": version = .tls12
+        default: version = .other
+        }
+        counters.count(.handshake(version: version, resumed: connection.sessionReused))
+    }
+
+    func tlsHandshakeFailed(_ reason: TLSFailure) {
+        counters.count(.failure(reason: Int(reason.rawValue)))
     }
 
     func clientClosed() {
@@ -247,10 +280,13 @@ package final class Listener: Channel {
     unowned(unsafe) let worker: ProxyWorker
     /// Preview listeners send every request to the candidate pool.
     let kind: ListenerKind
+    /// `listen … tls`: connections start with a TLS handshake.
+    let tls: Bool
 
-    init(fd: Int32, worker: ProxyWorker, kind: ListenerKind) {
+    init(fd: Int32, worker: ProxyWorker, kind: ListenerKind, tls: Bool) {
         self.worker = worker
         self.kind = kind
+        self.tls = tls
         super.init(fd: fd, loop: worker.loop)
     }
 

@@ -1,14 +1,15 @@
 import CutoverLoop
 import CutoverSystem
+import CutoverTLS
 
 /// How bytes cross a socket: the seam between the socket and the HTTP codec, for the client
-/// and the upstream side alike. Plain TCP today. TLS adds a case holding the session, which
-/// decrypts on read and encrypts on write — and may need the *other* direction to make progress
-/// (a read that must first write a handshake record, a write that must first read one): hence
-/// `wouldBlock(needs:)`. An enum rather than a protocol: no existential or allocation on the
-/// request path.
+/// and the upstream side alike. Plain TCP, or TLS: the session decrypts on read and encrypts on
+/// write — and may need the *other* direction to make progress (a read that must first write a
+/// handshake record, a write that must first read one): hence `wouldBlock(needs:)`. An enum
+/// rather than a protocol: no existential or allocation on the request path.
 enum Transport {
     case plain
+    case tls(TLSConnection)
 
     /// The readiness an operation waits for.
     enum Interest {
@@ -19,14 +20,16 @@ enum Transport {
         case bytes(Int)
         case endOfStream
         case wouldBlock(needs: Interest)
-        case failed
+        case failed(TLSFailure?)
     }
 
     enum WriteOutcome: Equatable {
         case written(Int)
         case wouldBlock(needs: Interest)
-        case failed
+        case failed(TLSFailure?)
     }
+
+    var isTLS: Bool { if case .tls = self { return true } else { return false } }
 
     @inline(__always)
     func read(_ fd: Int32, into pointer: UnsafeMutableRawPointer, count: Int) -> ReadOutcome {
@@ -39,7 +42,15 @@ enum Transport {
                 case .wouldBlock: return .wouldBlock(needs: .readable)
                 }
             } catch {
-                return .failed
+                return .failed(nil)
+            }
+        case .tls(let connection):
+            switch connection.read(into: pointer, count: count) {
+            case .bytes(let count): return .bytes(count)
+            case .closed: return .endOfStream
+            case .wantRead: return .wouldBlock(needs: .readable)
+            case .wantWrite: return .wouldBlock(needs: .writable)
+            case .failed(let reason): return .failed(reason)
             }
         }
     }
@@ -54,7 +65,15 @@ enum Transport {
                 case .wouldBlock: return .wouldBlock(needs: .writable)
                 }
             } catch {
-                return .failed
+                return .failed(nil)
+            }
+        case .tls(let connection):
+            switch connection.write(from: pointer, count: count) {
+            case .bytes(let count): return .written(count)
+            case .closed: return .failed(nil)
+            case .wantRead: return .wouldBlock(needs: .readable)
+            case .wantWrite: return .wouldBlock(needs: .writable)
+            case .failed(let reason): return .failed(reason)
             }
         }
     }
@@ -63,6 +82,9 @@ enum Transport {
     func shutdownWrite(_ fd: Int32) {
         switch self {
         case .plain: Posix.shutdownWrite(fd)
+        case .tls(let connection):
+            connection.closeNotify()
+            Posix.shutdownWrite(fd)
         }
     }
 }
@@ -72,9 +94,9 @@ enum Transport {
 /// into I/O buffers. The client and the upstream side share it, each with its own failure rules.
 ///
 /// A short read means the socket is drained: no extra read to see EAGAIN — unless the peer's
-/// FIN was reported (`hangupSeen`), after which no further edge will announce the end. (A TLS
-/// transport can hold decrypted bytes beyond a short read: it must then report them as more
-/// bytes, not rely on this rule.)
+/// FIN was reported (`hangupSeen`), after which no further edge will announce the end. Not so
+/// with TLS: OpenSSL hands over one record per read (and writes one per call in partial-write
+/// mode), so a TLS stream keeps reading and writing until the session says it would block.
 struct SocketStream {
     var transport: Transport = .plain
     var readable = false
@@ -86,10 +108,15 @@ struct SocketStream {
     /// The transport's last read waits for writability, or its last write for readability.
     private var readNeedsWritable = false
     private var writeNeedsReadable = false
+    /// TLS: the handshake finished (reported once by `read` as `.handshakeDone`).
+    private(set) var established = false
+    /// TLS: why the session failed (nil: plain, or not a TLS failure).
+    private(set) var tlsFailure: TLSFailure?
 
     init(transport: Transport = .plain, writable: Bool) {
         self.transport = transport
         self.writable = writable
+        established = !transport.isTLS
     }
 
     /// Records an epoll event's readiness.
@@ -115,6 +142,8 @@ struct SocketStream {
     enum ReadResult: Equatable {
         /// Bytes were appended to the buffer.
         case bytes(Int)
+        /// TLS: the handshake just finished (no bytes yet, but the connection moved on).
+        case handshakeDone
         case endOfStream
         /// Nothing to read now (or no room in the buffer).
         case nothing
@@ -129,7 +158,8 @@ struct SocketStream {
         switch transport.read(fd, into: buffer.writableBytes.baseAddress!, count: space) {
         case .bytes(let count):
             buffer.end += count
-            if count < space && !hangupSeen { readable = false }
+            if count < space && !hangupSeen && !transport.isTLS { readable = false }
+            if !established { established = true }
             return .bytes(count)
         case .endOfStream:
             peerClosed = true
@@ -142,9 +172,14 @@ struct SocketStream {
                 // pass instead of waiting for one.
                 if writable { readable = true } else { readNeedsWritable = true }
             }
+            if !established, case .tls(let connection) = transport, connection.handshakeDone {
+                established = true
+                return .handshakeDone
+            }
             return .nothing
-        case .failed:
+        case .failed(let reason):
             readable = false
+            tlsFailure = reason
             return .failed
         }
     }
@@ -162,7 +197,7 @@ struct SocketStream {
         switch transport.write(fd, from: buffer.readableBytes.baseAddress!, count: pending) {
         case .written(let count):
             buffer.consume(count)
-            if count < pending { writable = false }
+            if count < pending && !transport.isTLS { writable = false }
             return .wrote(count)
         case .wouldBlock(let needs):
             writable = false
@@ -170,12 +205,22 @@ struct SocketStream {
                 if readable { writable = true } else { writeNeedsReadable = true }
             }
             return .nothing
-        case .failed:
+        case .failed(let reason):
+            tlsFailure = reason
             return .failed
         }
     }
 
     func shutdownWrite(_ fd: Int32) {
         transport.shutdownWrite(fd)
+    }
+
+    /// TLS: sends close_notify (unless the session failed) and frees the session. Once, when
+    /// the socket closes.
+    mutating func releaseTransport() {
+        guard case .tls(let connection) = transport else { return }
+        if tlsFailure == nil && !peerClosed { connection.closeNotify() }
+        connection.free()
+        transport = .plain
     }
 }

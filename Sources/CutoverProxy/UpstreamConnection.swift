@@ -96,7 +96,7 @@ package final class UpstreamConnection: Channel {
         switch stream.read(fd, into: &input) {
         case .bytes(let count):
             return count
-        case .endOfStream, .nothing:
+        case .endOfStream, .nothing, .handshakeDone:
             return 0
         case .failed:
             failed = true

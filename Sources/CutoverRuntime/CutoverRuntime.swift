@@ -2,6 +2,7 @@ import CutoverConfig
 import CutoverControl
 import CutoverProxy
 import CutoverSystem
+import CutoverTLS
 import Foundation
 
 /// One running cutover: the data plane (`ProxyServer`), the control plane (`ControlPlane`) and
@@ -44,6 +45,24 @@ public final class CutoverRuntime: @unchecked Sendable {
         controlPlane = try ControlPlane(config: config, configPath: configPath, state: state, logger: logger, audit: audit,
                                         probe: probe)
         server = ProxyServer(config: config, publisher: controlPlane.publisher, logger: logger, servers: controlPlane.registry)
+        if let settings = config.tls {
+            let context = try TLSServerContext(settings: settings, configPath: config.path)
+            for warning in context.warnings { logger.log(.warning, warning) }
+            server.replaceTLS(context)
+        }
+        // A reload loads the certificates first: a bad one refuses the reload, and nothing changes.
+        controlPlane.reloadPreparers.append { [server, logger] next in
+            guard let settings = next.tls else { return { server.replaceTLS(nil) } }
+            let context = try TLSServerContext(settings: settings, configPath: next.path)
+            for warning in context.warnings { logger.log(.warning, warning) }
+            return {
+                server.replaceTLS(context)
+                logger.log(.info, "TLS: \(context.certificates.count) certificate(s) loaded; new connections use them")
+            }
+        }
+        controlPlane.tlsCertificates = { [server] in
+            server.tlsContext?.certificates.map { ($0.label, $0.expiresAt) } ?? []
+        }
     }
 
     public func start() throws {

@@ -1,0 +1,449 @@
+#include "CCutoverTLS.h"
+#include <openssl/ssl.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <openssl/evp.h>
+#include <openssl/core_names.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <ctype.h>
+
+static void set_error(char *error, size_t size, const char *what) {
+    if (!error || size == 0) return;
+    unsigned long code = ERR_get_error();
+    // The innermost reason is the most useful one ("no such file", "key values mismatch").
+    unsigned long last = code;
+    while (code) { last = code; code = ERR_get_error(); }
+    if (last) {
+        char reason[256];
+        ERR_error_string_n(last, reason, sizeof reason);
+        const char *text = ERR_reason_error_string(last);
+        snprintf(error, size, "%s: %s", what, text ? text : reason);
+    } else {
+        snprintf(error, size, "%s", what);
+    }
+    ERR_clear_error();
+}
+
+void ctls_last_error(char *out, size_t size) { set_error(out, size, "OpenSSL"); }
+
+// MARK: Session ticket keys
+
+typedef struct {
+    unsigned char name[16];
+    unsigned char aes[32];
+    unsigned char hmac[32];
+    int64_t made;
+} ticket_key;
+
+#define TICKET_KEYS 4
+static pthread_mutex_t ticket_lock = PTHREAD_MUTEX_INITIALIZER;
+static ticket_key ticket_keys[TICKET_KEYS];  // newest first
+static int ticket_count = 0;
+static const int64_t ticket_rotate = 12 * 3600, ticket_keep = 24 * 3600;
+
+static int64_t steady_seconds(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec;
+}
+
+static int rotate_locked(int64_t now, int64_t rotate_seconds, int64_t keep_seconds) {
+    // Forget keys past their keeping time, then make a new one when the newest is due.
+    while (ticket_count > 0 && now - ticket_keys[ticket_count - 1].made >= keep_seconds) ticket_count--;
+    if (ticket_count == 0 || now - ticket_keys[0].made >= rotate_seconds) {
+        ticket_key fresh;
+        if (RAND_bytes(fresh.name, sizeof fresh.name) != 1 || RAND_bytes(fresh.aes, sizeof fresh.aes) != 1 ||
+            RAND_bytes(fresh.hmac, sizeof fresh.hmac) != 1) {
+            return ticket_count;  // no randomness now: keep what there is (tickets are an optimisation)
+        }
+        fresh.made = now;
+        if (ticket_count == TICKET_KEYS) ticket_count--;
+        memmove(&ticket_keys[1], &ticket_keys[0], sizeof(ticket_key) * (size_t)ticket_count);
+        ticket_keys[0] = fresh;
+        ticket_count++;
+    }
+    return ticket_count;
+}
+
+int ctls_ticket_keys_rotate(int64_t now, int64_t rotate_seconds, int64_t keep_seconds) {
+    pthread_mutex_lock(&ticket_lock);
+    int count = rotate_locked(now, rotate_seconds, keep_seconds);
+    pthread_mutex_unlock(&ticket_lock);
+    return count;
+}
+
+static int ticket_callback(SSL *ssl, unsigned char key_name[16], unsigned char *iv, EVP_CIPHER_CTX *cipher,
+                           EVP_MAC_CTX *mac, int encrypt) {
+    (void)ssl;
+    pthread_mutex_lock(&ticket_lock);
+    rotate_locked(steady_seconds(), ticket_rotate, ticket_keep);
+    int result = 0;
+    ticket_key key;
+    int index = -1;
+    if (encrypt) {
+        if (ticket_count > 0) index = 0;
+    } else {
+        for (int i = 0; i < ticket_count; i++) {
+            if (memcmp(ticket_keys[i].name, key_name, 16) == 0) { index = i; break; }
+        }
+    }
+    if (index >= 0) key = ticket_keys[index];
+    pthread_mutex_unlock(&ticket_lock);
+    if (index < 0) return encrypt ? -1 : 0;  // decrypt: unknown key, a full handshake follows
+
+    OSSL_PARAM params[3];
+    params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key.hmac, sizeof key.hmac);
+    params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0);
+    params[2] = OSSL_PARAM_construct_end();
+    if (encrypt) {
+        if (RAND_bytes(iv, 16) != 1) return -1;
+        memcpy(key_name, key.name, 16);
+        if (EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), NULL, key.aes, iv) != 1) return -1;
+        result = 1;
+    } else {
+        if (EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), NULL, key.aes, iv) != 1) return -1;
+        result = index == 0 ? 1 : 2;  // 2: valid, but issue a ticket under the current key
+    }
+    if (EVP_MAC_CTX_set_params(mac, params) != 1) return -1;
+    return result;
+}
+
+// MARK: Contexts
+
+static const unsigned char session_id_context[] = "cutover";
+
+ctls_ctx *ctls_server_context(const char *chain_path, const char *key_path, int min_version, const char *ciphers,
+                              int session_tickets, long session_cache, char *error, size_t error_size) {
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) { set_error(error, error_size, "cannot create a TLS context"); return NULL; }
+    SSL_CTX_set_min_proto_version(ctx, min_version == 13 ? TLS1_3_VERSION : TLS1_2_VERSION);
+    // Writes return after each record (the loop keeps writing), buffers move between calls
+    // (the I/O buffers compact), and an idle connection gives its record buffers back.
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF |
+                                 SSL_OP_NO_COMPRESSION);
+    if (!session_tickets) SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    // TLS 1.3 sends tickets after the handshake; one is enough for a browser tab's connections.
+    SSL_CTX_set_num_tickets(ctx, session_tickets ? 1 : 0);
+    SSL_CTX_set_session_id_context(ctx, session_id_context, sizeof session_id_context - 1);
+    if (session_cache > 0) {
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+        SSL_CTX_sess_set_cache_size(ctx, session_cache);
+    } else {
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    }
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_callback);
+    if (ciphers && SSL_CTX_set_cipher_list(ctx, ciphers) != 1) {
+        set_error(error, error_size, "ciphers: no usable cipher in the list");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    if (SSL_CTX_use_certificate_chain_file(ctx, chain_path) != 1) {
+        set_error(error, error_size, "cannot load the certificate chain");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key_path, SSL_FILETYPE_PEM) != 1) {
+        set_error(error, error_size, "cannot load the private key");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        set_error(error, error_size, "the private key does not match the certificate");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+void ctls_context_free(ctls_ctx *ctx) { SSL_CTX_free(ctx); }
+
+static void append_name(char *out, size_t size, size_t *used, const unsigned char *name, int length) {
+    if (length <= 0) return;
+    if (*used > 0 && *used + 1 < size) out[(*used)++] = '\n';
+    for (int i = 0; i < length && *used + 1 < size; i++) out[(*used)++] = (char)tolower(name[i]);
+    out[*used] = 0;
+}
+
+size_t ctls_context_names(ctls_ctx *ctx, char *out, size_t size) {
+    size_t used = 0;
+    if (size == 0) return 0;
+    out[0] = 0;
+    X509 *leaf = SSL_CTX_get0_certificate(ctx);
+    if (!leaf) return 0;
+    GENERAL_NAMES *names = X509_get_ext_d2i(leaf, NID_subject_alt_name, NULL, NULL);
+    int dns = 0;
+    if (names) {
+        for (int i = 0; i < sk_GENERAL_NAME_num(names); i++) {
+            GENERAL_NAME *name = sk_GENERAL_NAME_value(names, i);
+            if (name->type != GEN_DNS) continue;
+            append_name(out, size, &used, ASN1_STRING_get0_data(name->d.dNSName), ASN1_STRING_length(name->d.dNSName));
+            dns++;
+        }
+        GENERAL_NAMES_free(names);
+    }
+    if (dns == 0) {
+        // No DNS SAN: the subject's common name, as clients did before SANs.
+        X509_NAME *subject = X509_get_subject_name(leaf);
+        int index = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+        if (index >= 0) {
+            ASN1_STRING *cn = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, index));
+            append_name(out, size, &used, ASN1_STRING_get0_data(cn), ASN1_STRING_length(cn));
+        }
+    }
+    return used;
+}
+
+static int64_t asn1_seconds(const ASN1_TIME *time) {
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    if (!time || ASN1_TIME_to_tm(time, &tm) != 1) return 0;
+    return (int64_t)timegm(&tm);
+}
+
+int64_t ctls_context_not_after(ctls_ctx *ctx) {
+    X509 *leaf = SSL_CTX_get0_certificate(ctx);
+    return leaf ? asn1_seconds(X509_get0_notAfter(leaf)) : 0;
+}
+
+int64_t ctls_context_not_before(ctls_ctx *ctx) {
+    X509 *leaf = SSL_CTX_get0_certificate(ctx);
+    return leaf ? asn1_seconds(X509_get0_notBefore(leaf)) : 0;
+}
+
+// MARK: SNI and ALPN
+
+typedef struct {
+    char *name;  // lowercased; "*.example.net" keeps its "*."
+    SSL_CTX *ctx;
+    int owned;   // the table holds a reference (not for the front context: it owns the table)
+} sni_entry;
+
+struct ctls_sni {
+    sni_entry *entries;
+    int count;
+    int capacity;
+    SSL_CTX *fallback;
+    int fallback_owned;
+};
+
+// Once installed, the table belongs to its front context (ex_data): it lives exactly as long as
+// the front does — as long as the proxy or any connection started from it holds a reference —
+// so a handshake in flight during a reload still finds it.
+static int sni_index = -1;
+static pthread_once_t sni_index_once = PTHREAD_ONCE_INIT;
+static void sni_release(void *parent, void *table, CRYPTO_EX_DATA *data, int index, long argl, void *argp) {
+    (void)parent; (void)data; (void)index; (void)argl; (void)argp;
+    ctls_sni_free(table);
+}
+static void sni_make_index(void) { sni_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, sni_release); }
+
+ctls_sni *ctls_sni_new(void) { return calloc(1, sizeof(ctls_sni)); }
+
+int ctls_sni_add(ctls_sni *sni, const char *name, ctls_ctx *ctx) {
+    if (sni->count == sni->capacity) {
+        int capacity = sni->capacity ? sni->capacity * 2 : 8;
+        sni_entry *grown = realloc(sni->entries, sizeof(sni_entry) * (size_t)capacity);
+        if (!grown) return -1;
+        sni->entries = grown;
+        sni->capacity = capacity;
+    }
+    char *copy = strdup(name);
+    if (!copy) return -1;
+    for (char *c = copy; *c; c++) *c = (char)tolower((unsigned char)*c);
+    SSL_CTX_up_ref(ctx);
+    sni->entries[sni->count++] = (sni_entry){copy, ctx, 1};
+    return 0;
+}
+
+void ctls_sni_set_default(ctls_sni *sni, ctls_ctx *ctx) {
+    if (ctx) SSL_CTX_up_ref(ctx);
+    if (sni->fallback && sni->fallback_owned) SSL_CTX_free(sni->fallback);
+    sni->fallback = ctx;
+    sni->fallback_owned = ctx != NULL;
+}
+
+ctls_ctx *ctls_sni_lookup(ctls_sni *sni, const char *name) {
+    if (!name || !*name) return sni->fallback;
+    char lowered[256];
+    size_t length = strlen(name);
+    if (length >= sizeof lowered) return sni->fallback;
+    for (size_t i = 0; i <= length; i++) lowered[i] = (char)tolower((unsigned char)name[i]);
+    if (length > 0 && lowered[length - 1] == '.') lowered[--length] = 0;  // a trailing root dot
+    for (int i = 0; i < sni->count; i++) {
+        if (sni->entries[i].name[0] != '*' && strcmp(sni->entries[i].name, lowered) == 0) return sni->entries[i].ctx;
+    }
+    // A wildcard covers exactly one label: "*.example.net" matches "a.example.net" only.
+    const char *dot = strchr(lowered, '.');
+    if (dot && dot != lowered) {
+        for (int i = 0; i < sni->count; i++) {
+            const char *pattern = sni->entries[i].name;
+            if (pattern[0] == '*' && pattern[1] == '.' && strcmp(pattern + 1, dot) == 0) return sni->entries[i].ctx;
+        }
+    }
+    return sni->fallback;
+}
+
+void ctls_sni_free(ctls_sni *sni) {
+    if (!sni) return;
+    for (int i = 0; i < sni->count; i++) {
+        free(sni->entries[i].name);
+        if (sni->entries[i].owned) SSL_CTX_free(sni->entries[i].ctx);
+    }
+    free(sni->entries);
+    if (sni->fallback && sni->fallback_owned) SSL_CTX_free(sni->fallback);
+    free(sni);
+}
+
+static int servername_callback(SSL *ssl, int *alert, void *arg) {
+    ctls_sni *sni = arg;
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    SSL_CTX *chosen = ctls_sni_lookup(sni, name);
+    if (!chosen) {
+        SSL_set_app_data(ssl, (void *)(intptr_t)CTLS_FAILURE_UNKNOWN_NAME);
+        *alert = SSL_AD_UNRECOGNIZED_NAME;
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    if (chosen != SSL_get_SSL_CTX(ssl)) SSL_set_SSL_CTX(ssl, chosen);
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static int alpn_callback(SSL *ssl, const unsigned char **out, unsigned char *out_length, const unsigned char *in,
+                         unsigned int in_length, void *arg) {
+    (void)arg;
+    // Walk the client's list (length-prefixed names) for http/1.1; anything else is refused
+    // with no_application_protocol rather than answered in a protocol we do not speak.
+    unsigned int offset = 0;
+    while (offset < in_length) {
+        unsigned int length = in[offset];
+        if (offset + 1 + length > in_length) break;
+        if (length == 8 && memcmp(in + offset + 1, "http/1.1", 8) == 0) {
+            *out = in + offset + 1;
+            *out_length = 8;
+            return SSL_TLSEXT_ERR_OK;
+        }
+        offset += 1 + length;
+    }
+    SSL_set_app_data(ssl, (void *)(intptr_t)CTLS_FAILURE_NO_ALPN);
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+void ctls_sni_install(ctls_sni *sni, ctls_ctx *front) {
+    // The front owns the table: the table's references to the front would be a cycle.
+    for (int i = 0; i < sni->count; i++) {
+        if (sni->entries[i].ctx == front && sni->entries[i].owned) {
+            sni->entries[i].owned = 0;
+            SSL_CTX_free(front);
+        }
+    }
+    if (sni->fallback == front && sni->fallback_owned) {
+        sni->fallback_owned = 0;
+        SSL_CTX_free(front);
+    }
+    pthread_once(&sni_index_once, sni_make_index);
+    SSL_CTX_set_ex_data(front, sni_index, sni);
+    SSL_CTX_set_tlsext_servername_callback(front, servername_callback);
+    SSL_CTX_set_tlsext_servername_arg(front, sni);
+    // OpenSSL reads ALPN from the context chosen by SNI: every certificate's context answers.
+    SSL_CTX_set_alpn_select_cb(front, alpn_callback, NULL);
+    for (int i = 0; i < sni->count; i++) SSL_CTX_set_alpn_select_cb(sni->entries[i].ctx, alpn_callback, NULL);
+    if (sni->fallback) SSL_CTX_set_alpn_select_cb(sni->fallback, alpn_callback, NULL);
+}
+
+// MARK: Connections
+
+ctls_ssl *ctls_accept(ctls_ctx *front, int fd) {
+    SSL *ssl = SSL_new(front);
+    if (!ssl) { ERR_clear_error(); return NULL; }
+    if (SSL_set_fd(ssl, fd) != 1) { ERR_clear_error(); SSL_free(ssl); return NULL; }
+    SSL_set_accept_state(ssl);
+    return ssl;
+}
+
+void ctls_free(ctls_ssl *ssl) { SSL_free(ssl); }
+
+static int classify(SSL *ssl, int error) {
+    intptr_t noted = (intptr_t)SSL_get_app_data(ssl);
+    unsigned long code = ERR_peek_last_error();
+    ERR_clear_error();
+    if (noted) return (int)noted;
+    if (error == SSL_ERROR_SYSCALL || error == SSL_ERROR_ZERO_RETURN) return CTLS_FAILURE_PEER_CLOSED;
+    switch (ERR_GET_REASON(code)) {
+    case SSL_R_HTTP_REQUEST:
+    case SSL_R_HTTPS_PROXY_REQUEST:
+        return CTLS_FAILURE_PLAINTEXT_HTTP;
+    case SSL_R_WRONG_VERSION_NUMBER:
+    case SSL_R_PACKET_LENGTH_TOO_LONG:
+    case SSL_R_RECORD_LENGTH_MISMATCH:
+    case SSL_R_BAD_PACKET_LENGTH:
+    case SSL_R_LENGTH_MISMATCH:
+    case SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC:
+    case SSL_R_BAD_RECORD_TYPE:
+    case SSL_R_UNEXPECTED_RECORD:
+    case SSL_R_UNEXPECTED_MESSAGE:
+    case SSL_R_LENGTH_TOO_SHORT:
+    case SSL_R_BAD_LENGTH:
+    case SSL_R_ENCRYPTED_LENGTH_TOO_LONG:
+    case SSL_R_DATA_LENGTH_TOO_LONG:
+        return CTLS_FAILURE_BAD_RECORD;
+    case SSL_R_UNSUPPORTED_PROTOCOL:
+    case SSL_R_VERSION_TOO_LOW:
+    case SSL_R_TLSV1_ALERT_PROTOCOL_VERSION:
+        return CTLS_FAILURE_VERSION;
+    case SSL_R_NO_SHARED_CIPHER:
+        return CTLS_FAILURE_NO_SHARED_CIPHER;
+    case SSL_R_NO_APPLICATION_PROTOCOL:
+        return CTLS_FAILURE_NO_ALPN;
+    case SSL_R_UNEXPECTED_EOF_WHILE_READING:
+        return CTLS_FAILURE_PEER_CLOSED;
+    default:
+        return CTLS_FAILURE_OTHER;
+    }
+}
+
+static int outcome(SSL *ssl, int result) {
+    if (result > 0) return result;
+    int error = SSL_get_error(ssl, result);
+    switch (error) {
+    case SSL_ERROR_WANT_READ:
+        return CTLS_WANT_READ;
+    case SSL_ERROR_WANT_WRITE:
+        return CTLS_WANT_WRITE;
+    case SSL_ERROR_ZERO_RETURN:
+        if (SSL_is_init_finished(ssl)) return CTLS_CLOSED;
+        return CTLS_FAILED - classify(ssl, error);
+    case SSL_ERROR_SYSCALL:
+        // EOF or a reset. After the handshake an EOF is the end of the stream (HTTP framing,
+        // not close_notify, says whether a message was complete).
+        if (SSL_is_init_finished(ssl) && ERR_peek_error() == 0) { ERR_clear_error(); return CTLS_CLOSED; }
+        return CTLS_FAILED - classify(ssl, error);
+    default:
+        return CTLS_FAILED - classify(ssl, error);
+    }
+}
+
+int ctls_read(ctls_ssl *ssl, void *buffer, int count) { return outcome(ssl, SSL_read(ssl, buffer, count)); }
+
+int ctls_write(ctls_ssl *ssl, const void *buffer, int count) { return outcome(ssl, SSL_write(ssl, buffer, count)); }
+
+void ctls_close_notify(ctls_ssl *ssl) {
+    if (SSL_is_init_finished(ssl) && !(SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN)) {
+        (void)SSL_shutdown(ssl);
+    }
+    ERR_clear_error();
+}
+
+int ctls_handshake_done(ctls_ssl *ssl) { return SSL_is_init_finished(ssl); }
+int ctls_pending(ctls_ssl *ssl) { return SSL_pending(ssl); }
+const char *ctls_version_name(ctls_ssl *ssl) { return SSL_is_init_finished(ssl) ? SSL_get_version(ssl) : NULL; }
+const char *ctls_cipher_name(ctls_ssl *ssl) {
+    const SSL_CIPHER *cipher = SSL_get_current_cipher(ssl);
+    return cipher ? SSL_CIPHER_get_name(cipher) : NULL;
+}
+int ctls_session_reused(ctls_ssl *ssl) { return SSL_session_reused(ssl); }
