@@ -92,7 +92,7 @@ let package = Package(
         .testTarget(name: "CutoverRoutingTests", dependencies: ["CutoverRouting", "CutoverConfig", "CutoverSystem", "CutoverTestSupport"]),
         .testTarget(name: "CutoverProxyTests", dependencies: ["CutoverProxy", "CutoverHTTP", "CutoverMetrics"]),
         .testTarget(name: "CutoverConfigTests", dependencies: ["CutoverConfig"]),
-        .testTarget(name: "CutoverTLSTests", dependencies: ["CutoverTLS", "CutoverConfig"]),
+        .testTarget(name: "CutoverTLSTests", dependencies: ["CutoverTLS", "CutoverConfig", "CutoverTestSupport"]),
         .testTarget(name: "CutoverReleaseTests", dependencies: ["CutoverRelease", "CutoverConfig", "CutoverTestSupport"]),
         .testTarget(name: "CutoverMetricsTests", dependencies: ["CutoverMetrics", "CutoverTestSupport"]),
         .testTarget(name: "CutoverControlTests", dependencies: ["CutoverControl", "CutoverConfig", "CutoverSystem"]),

@@ -44,11 +44,15 @@ public final class TLSServerContext: @unchecked Sendable {
         _ = ctls_ticket_keys_rotate(monotonicMilliseconds() / 1_000, 12 * 3_600, 24 * 3_600)
         for certificate in settings.certificates {
             for path in [certificate.chainPath, certificate.keyPath] {
+                if FileIO.kind(of: path) == .missing {
+                    release()
+                    throw failure(certificate.line, "certificate: no such file: \(path)")
+                }
                 do {
                     _ = try FileIO.readWhole(path, maxBytes: 1 << 20)
                 } catch {
                     release()
-                    throw failure(certificate.line, "certificate: cannot read \(path): \(error)")
+                    throw failure(certificate.line, "certificate: cannot read it: \(error)")
                 }
             }
             var error = [CChar](repeating: 0, count: 512)
@@ -56,7 +60,8 @@ public final class TLSServerContext: @unchecked Sendable {
                                                     settings.ciphers, settings.sessionTickets ? 1 : 0, settings.sessionCache,
                                                     &error, error.count) else {
                 release()
-                let reason = String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                var reason = String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                if reason.hasSuffix("key values mismatch") { reason = "the private key does not match the certificate" }
                 let line = reason.hasPrefix("ciphers:") ? settings.ciphersLine : certificate.line
                 throw failure(line, reason.hasPrefix("ciphers:") ? reason : "certificate \(certificate.chainPath): \(reason)")
             }
@@ -74,10 +79,10 @@ public final class TLSServerContext: @unchecked Sendable {
                 release()
                 throw failure(certificate.line, "certificate \(certificate.chainPath) (\(entry.label)) expired on \(Self.date(entry.expiresAt))")
             }
-            if ctls_context_not_before(context) > nowSeconds {
+            let validFrom = ctls_context_not_before(context)
+            if validFrom > nowSeconds {
                 release()
-                throw failure(certificate.line,
-                              "certificate \(certificate.chainPath) (\(entry.label)) is not valid before \(Self.date(ctls_context_not_before(context)))")
+                throw failure(certificate.line, "certificate \(certificate.chainPath) (\(entry.label)) is not valid before \(Self.date(validFrom))")
             }
             if entry.expiresAt - nowSeconds < Self.expiryWarningSeconds {
                 warnings.append("\(configPath):\(certificate.line): certificate \(entry.label) expires on \(Self.date(entry.expiresAt)) "

@@ -4,6 +4,7 @@ import CutoverControl
 import CutoverDemo
 import CutoverRuntime
 import CutoverSystem
+import CutoverTLS
 import Foundation
 import Glibc
 
@@ -191,13 +192,21 @@ do {
         guard arguments.positional.isEmpty else { throw UsageError(message: "unexpected '\(arguments.positional[0])'") }
         let path = arguments.value("-c", "--config", default: "conf/cutover.conf")!
         let config = loadConfig(path)
+        var certificates = ""
         do {
             _ = try RoutingTable(config: config, activeColor: config.initialColor, registry: ServerRegistry())
+            // Every certificate and key is loaded as `run` would: a missing file, a key that does
+            // not match, an expired certificate or a chain that does not parse is FILE:LINE.
+            if let settings = config.tls {
+                let context = try TLSServerContext(settings: settings, configPath: config.path)
+                for warning in context.warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
+                certificates = ", \(context.certificates.count) certificate(s) (\(context.certificates.flatMap(\.names).joined(separator: " ")))"
+            }
         } catch {
             fail(error.description, code: 1)
         }
         let servers = config.apps.reduce(0) { $0 + $1.blue.count + $1.green.count }
-        print("\(path): ok — \(config.listen.count) listener(s), \(config.apps.count) app(s), \(servers) server(s), initial color \(config.initialColor.rawValue)")
+        print("\(path): ok — \(config.listen.count) listener(s), \(config.apps.count) app(s), \(servers) server(s), initial color \(config.initialColor.rawValue)\(certificates)")
     case "run":
         let arguments = try Arguments(rest, valueOptions: ["-c", "--config"], flagOptions: ["--reset-state"])
         guard arguments.positional.isEmpty else { throw UsageError(message: "unexpected '\(arguments.positional[0])'") }
