@@ -330,6 +330,24 @@ extension ControlPlane {
             out.family("cutover_notify_dropped_total", .counter, "Events dropped because the notification queue was full.")
             out.sample("cutover_notify_dropped_total", [], Double(notifications.dropped))
         }
+        let certificates = tlsCertificates()
+        if !certificates.isEmpty, let counters {
+            let now = Double(realtimeNanoseconds()) / 1e9
+            out.family("cutover_tls_certificate_expiry_seconds", .gauge, "Seconds until the certificate served for a name expires.")
+            for certificate in certificates { out.sample("cutover_tls_certificate_expiry_seconds", [("name", certificate.name)], Double(certificate.expiresAt) - now) }
+            out.family("cutover_tls_handshakes_total", .counter, "Completed TLS handshakes, by version and whether the session was resumed.")
+            for version in DataPlaneCounters.TLSVersionLabel.allCases {
+                for resumed in [false, true] {
+                    out.sample("cutover_tls_handshakes_total", [("version", version.label), ("resumed", resumed ? "true" : "false")],
+                               Double(counters.tlsCount(.handshake(version: version, resumed: resumed))))
+                }
+            }
+            out.family("cutover_tls_handshake_failures_total", .counter,
+                       "TLS connections that ended before their handshake did, by reason (plaintext_http: an HTTP request on the TLS port).")
+            for (index, reason) in DataPlaneCounters.tlsFailureReasons.enumerated().dropFirst() {
+                out.sample("cutover_tls_handshake_failures_total", [("reason", reason)], Double(counters.tlsCount(.failure(reason: index))))
+            }
+        }
         out.family("cutover_active_color", .gauge, "1 for the color that receives traffic.")
         for color in Color.allCases { out.sample("cutover_active_color", [("color", color.rawValue)], color == control.active ? 1 : 0) }
         out.family("cutover_color_ready", .gauge, "1 when the color passes the switch gate's readiness (min_healthy for ready_after).")

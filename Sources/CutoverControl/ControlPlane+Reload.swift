@@ -28,6 +28,7 @@ public struct ReloadPlan: Sendable, Equatable {
         if next.auditLog != running.auditLog { changed.append("audit_log") }
         if next.accessLog != running.accessLog { changed.append("access_log") }
         if next.metricsListen != running.metricsListen { changed.append("metrics_listen") }
+        if (next.tls?.redirectHTTP ?? []) != (running.tls?.redirectHTTP ?? []) { changed.append("tls redirect_http") }
         restartRequired = changed
         var applied = next
         applied.stateFile = running.stateFile

@@ -171,6 +171,31 @@ public enum LocalResponse {
         writer.write("\n")
     }
 
+    /// `308 Permanent Redirect` to `https://HOST[:PORT]TARGET` (308 keeps the method and body,
+    /// unlike 301). `host` is the request's authority without its port; `port` 443 is left out.
+    public static func writeHTTPSRedirect(host: UnsafeRawBufferPointer, port: UInt16, target: UnsafeRawBufferPointer, close: Bool,
+                                          into writer: inout ByteWriter) {
+        writer.write("HTTP/1.1 308 Permanent Redirect\r\nLocation: https://")
+        writer.write(host)
+        if port != 443 {
+            writer.write(":")
+            writer.writeDecimal(UInt64(port))
+        }
+        writer.write(target)
+        writer.write(close ? "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" : "\r\nContent-Length: 0\r\n\r\n")
+    }
+
+    /// The host part of an authority (`example.com:8080` → `example.com`, `[::1]:80` → `[::1]`).
+    public static func hostOfAuthority(_ authority: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+        var end = authority.count
+        if authority.first == 0x5B {  // [IPv6]
+            if let close = authority.firstIndex(of: 0x5D) { end = close + 1 }
+        } else if let colon = authority.firstIndex(of: 0x3A) {
+            end = colon
+        }
+        return UnsafeRawBufferPointer(rebasing: authority[0..<end])
+    }
+
     public static func reasonPhrase(_ status: Int) -> StaticString {
         switch status {
         case 100: return "Continue"

@@ -127,6 +127,9 @@ package final class LoopMetrics {
 public enum ListenerKind: String, Sendable, Hashable, Comparable {
     case main
     case preview
+    /// `redirect_http`: every request is answered with a 308 to the same URL in https; nothing
+    /// is routed (so no figures are kept by it).
+    case redirect
 
     public static func < (lhs: ListenerKind, rhs: ListenerKind) -> Bool { lhs.rawValue < rhs.rawValue }
 }

@@ -183,11 +183,11 @@ final class ClientConnection: Channel {
         guard stream.readable, !stream.peerClosed else { return false }
         loop.buffers.acquire(into: &input)
         input.compactIfNeeded(minimumSpace: input.capacity / 4)
-        switch stream.read(fd, into: &input) {
-        case .bytes, .endOfStream:
-            return true
-        case .handshakeDone:
-            worker.tlsHandshakeFinished(stream)
+        let wasEstablished = stream.established
+        let result = stream.read(fd, into: &input)
+        if !wasEstablished && stream.established { worker.tlsHandshakeFinished(stream) }
+        switch result {
+        case .bytes, .endOfStream, .handshakeDone:
             return true
         case .nothing:
             return false
@@ -281,6 +281,11 @@ final class ClientConnection: Channel {
         var path = UnsafeRawBufferPointer(rebasing: source[head.path.lowerBound..<head.path.upperBound])
         if path.first != 0x2F { path = Self.rootPath }  // absolute-form without a path, or "*"
         let keepAliveIfBodiless = machine.request.keepAlive && !head.hasBody
+        if listener == .redirect {
+            input.consume(consumed)
+            redirectToHTTPS(authority: authority, target: path, keepAlive: keepAliveIfBodiless)
+            return
+        }
         guard let appIndex = routing.matcher.match(authority: authority, path: path) else {
             input.consume(consumed)
             respondLocally(status: 404, message: "no app is configured for this host and path", keepAlive: keepAliveIfBodiless)
@@ -843,6 +848,32 @@ final class ClientConnection: Channel {
         record.headBytesOut &+= Int32(truncatingIfNeeded: writer.count)
         record.status = UInt16(status)
         recordExchange(error: error)
+        machine.answeredLocally(keepAlive: keepAlive)
+        if !keepAlive { startClosing() }
+    }
+
+    /// `redirect_http`: the same URL in https, on the first TLS listener's port.
+    private func redirectToHTTPS(authority: UnsafeRawBufferPointer, target: UnsafeRawBufferPointer, keepAlive requestedKeepAlive: Bool) {
+        guard !authority.isEmpty else {
+            respondLocally(status: 400, message: "a redirect to https needs a Host", keepAlive: false)
+            return
+        }
+        let keepAlive = machine.localAnswerKeepsAlive(requested: requestedKeepAlive, draining: worker.endsKeepAlive)
+        loop.buffers.acquire(into: &output)
+        output.compactIfNeeded(minimumSpace: output.capacity / 2)
+        var writer = ByteWriter(output.writableBytes)
+        LocalResponse.writeHTTPSRedirect(host: LocalResponse.hostOfAuthority(authority), port: worker.httpsPort, target: target,
+                                         close: !keepAlive, into: &writer)
+        guard !writer.overflowed else {
+            record.status = 308
+            recordExchange()
+            close()
+            return
+        }
+        output.end += writer.count
+        record.headBytesOut &+= Int32(truncatingIfNeeded: writer.count)
+        record.status = 308
+        recordExchange()
         machine.answeredLocally(keepAlive: keepAlive)
         if !keepAlive { startClosing() }
     }

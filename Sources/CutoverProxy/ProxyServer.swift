@@ -21,6 +21,8 @@ public final class ProxyServer: @unchecked Sendable {
     public private(set) var listenAddresses: [SocketAddress] = []
     /// The bound `preview_listen` addresses (ports the kernel picked included).
     public private(set) var previewAddresses: [SocketAddress] = []
+    /// The bound `redirect_http` addresses.
+    public private(set) var redirectAddresses: [SocketAddress] = []
 
     /// Apps and servers by number, as loops name them in records.
     public let apps = AppRegistry()
@@ -83,7 +85,9 @@ public final class ProxyServer: @unchecked Sendable {
         if config.listen.contains(where: \.tls) && shared.tls.withLock({ $0 }) == nil {
             throw StartupError("listen … tls: no certificates loaded (ProxyServer.replaceTLS before start)")
         }
-        for (endpoint, kind) in config.listen.map({ ($0, ListenerKind.main) }) + config.previewListen.map({ ($0, .preview) }) {
+        let redirects = config.tls?.redirectHTTP ?? []
+        for (endpoint, kind) in config.listen.map({ ($0, ListenerKind.main) }) + config.previewListen.map({ ($0, .preview) })
+            + redirects.map({ ($0, .redirect) }) {
             guard var address = SocketAddress.resolve(host: endpoint.host, port: endpoint.port) else {
                 throw ConfigError(file: config.path, line: endpoint.line, message: "cannot resolve listen address '\(endpoint.host)'")
             }
@@ -99,7 +103,15 @@ public final class ProxyServer: @unchecked Sendable {
                 }
                 try worker.addListener(fd: fd, kind: kind, tls: endpoint.tls)
             }
-            if kind == .main { listenAddresses.append(address) } else { previewAddresses.append(address) }
+            switch kind {
+            case .main:
+                listenAddresses.append(address)
+                if endpoint.tls && !config.listen.prefix(while: { $0 != endpoint }).contains(where: \.tls) {
+                    shared.httpsPort.store(address.port, ordering: .relaxed)
+                }
+            case .preview: previewAddresses.append(address)
+            case .redirect: redirectAddresses.append(address)
+            }
         }
         for worker in workers {
             let done = DispatchSemaphore(value: 0)

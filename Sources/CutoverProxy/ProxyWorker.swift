@@ -34,6 +34,8 @@ final class SharedProxyState: Sendable {
     /// The certificates new TLS connections start from (a reload replaces it; connections keep
     /// the one they started with). Read once per accepted TLS connection, never per request.
     let tls = Mutex<TLSServerContext?>(nil)
+    /// The first TLS listener's port: where `redirect_http` listeners send clients.
+    let httpsPort = Atomic<UInt16>(443)
 
     init(maxClients: Int) {
         self.maxClients = maxClients
@@ -134,6 +136,8 @@ final class ProxyWorker {
     }
 
     // MARK: Accepting
+
+    var httpsPort: UInt16 { shared.httpsPort.load(ordering: .relaxed) }
 
     /// The handshake deadline of the TLS context connections were last accepted with.
     private(set) var tlsHandshakeTimeoutMs = 10_000

@@ -52,7 +52,8 @@ public final class CutoverRuntime: @unchecked Sendable {
         }
         // A reload loads the certificates first: a bad one refuses the reload, and nothing changes.
         controlPlane.reloadPreparers.append { [server, logger] next in
-            guard let settings = next.tls else { return { server.replaceTLS(nil) } }
+            // Without a tls block, the TLS listeners (gone only with a restart) keep their certificates.
+            guard let settings = next.tls else { return {} }
             let context = try TLSServerContext(settings: settings, configPath: next.path)
             for warning in context.warnings { logger.log(.warning, warning) }
             return {

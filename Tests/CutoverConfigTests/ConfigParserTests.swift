@@ -287,7 +287,7 @@ final class ConfigParserTests: XCTestCase {
             (m + "timeouts\n{\n}\n", "t.conf:7: timeouts: expected '{' at the end of the line"),
             (m + "{\n", "t.conf:7: '{' must follow a block name on the same line"),
             (m + "limits\n", "t.conf:7: limits: expected '{' at the end of the line"),
-            (m + "workers 4 {\n}\n", "t.conf:7: 'workers' is not a block (blocks are timeouts, limits, health, gate, app, plan and watch)"),
+            (m + "workers 4 {\n}\n", "t.conf:7: 'workers' is not a block (blocks are timeouts, limits, health, gate, tls, app, plan and watch)"),
             (m + "timeouts extra {\n}\n", "t.conf:7: timeouts: unexpected extra value 'extra'"),
             // Unknown directives.
             (m + "worker 4\n", "t.conf:7: unknown directive 'worker'"),
@@ -297,7 +297,7 @@ final class ConfigParserTests: XCTestCase {
             (m + "app b {\n host b\n weight 5\n}\n", "t.conf:9: unknown directive 'weight' in app 'b'"),
             // Values: missing, extra, duplicate.
             (m + "workers\n", "t.conf:7: workers: missing value"),
-            (m + "listen 127.0.0.1:8081 127.0.0.1:8082\n", "t.conf:7: listen: unexpected extra value '127.0.0.1:8082'"),
+            (m + "listen 127.0.0.1:8081 127.0.0.1:8082\n", "t.conf:7: listen: unexpected '127.0.0.1:8082' (only 'tls' may follow the address)"),
             (m + "workers 2\nworkers 3\n", "t.conf:8: duplicate 'workers' (first at line 7)"),
             (m + "timeouts {\n}\ntimeouts {\n}\n", "t.conf:9: duplicate 'timeouts' (first at line 7)"),
             (m + "health {\n rise 2\n rise 3\n}\n", "t.conf:9: duplicate 'rise' (first at line 8)"),
@@ -496,6 +496,70 @@ final class ConfigParserTests: XCTestCase {
             + " pin header X-Tenant \(many[5_000...].joined(separator: ",")) blue\n}\n"
         XCTAssertThrowsError(try ConfigParser.parse(tooMany, path: "t.conf")) { error in
             XCTAssertEqual("\(error)", "t.conf:7: pin: app 'a' pins more than 10000 values")
+        }
+    }
+
+    // MARK: TLS
+
+    func testTheTLSBlock() throws {
+        let apps = "app a {\n host *\n blue 127.0.0.1:1\n green 127.0.0.1:2\n}\n"
+        let config = try ConfigParser.parse("""
+            listen 127.0.0.1:8443 tls
+            listen 127.0.0.1:8080
+            tls {
+                certificate certs/site.pem certs/site.key
+                certificate /etc/cutover/wild.pem /etc/cutover/wild.key
+                default_certificate Example.com
+                min_version 1.3
+                ciphers ECDHE+AESGCM:!aNULL
+                session_tickets off
+                session_cache off
+                handshake_timeout 5s
+                redirect_http listen 127.0.0.1:8081
+            }
+            """ + "\n" + apps, path: "/etc/cutover/cutover.conf")
+        XCTAssertEqual(config.listen.map(\.tls), [true, false])
+        let tls = try XCTUnwrap(config.tls)
+        XCTAssertEqual(tls.certificates, [.init(chainPath: "/etc/cutover/certs/site.pem", keyPath: "/etc/cutover/certs/site.key", line: 4),
+                                          .init(chainPath: "/etc/cutover/wild.pem", keyPath: "/etc/cutover/wild.key", line: 5)])
+        XCTAssertEqual(tls.defaultName, "example.com")
+        XCTAssertEqual(tls.minVersion, .tls13)
+        XCTAssertEqual(tls.ciphers, "ECDHE+AESGCM:!aNULL")
+        XCTAssertFalse(tls.sessionTickets)
+        XCTAssertEqual(tls.sessionCache, 0)
+        XCTAssertEqual(tls.handshakeTimeoutMs, 5_000)
+        XCTAssertEqual(tls.redirectHTTP.map(\.port), [8081])
+        let defaults = try XCTUnwrap(try ConfigParser.parse("listen 127.0.0.1:8443 tls\ntls {\n certificate a.pem a.key\n}\n" + apps, path: "t.conf").tls)
+        XCTAssertEqual(defaults.minVersion, .tls12)
+        XCTAssertNil(defaults.ciphers)
+        XCTAssertTrue(defaults.sessionTickets)
+        XCTAssertEqual(defaults.sessionCache, 20_000)
+        XCTAssertEqual(defaults.handshakeTimeoutMs, 10_000)
+    }
+
+    func testBadTLSLinesNameTheirLine() {
+        let apps = "app a {\n host *\n blue 127.0.0.1:1\n green 127.0.0.1:2\n}\n"
+        let cases: [(String, String)] = [
+            ("listen 127.0.0.1:8443 tls\n" + apps, "t.conf:1: listen 127.0.0.1:8443 tls: no 'tls { }' block with its certificates"),
+            ("listen 127.0.0.1:8443 ssl\n" + apps, "t.conf:1: listen: unexpected 'ssl' (only 'tls' may follow the address)"),
+            ("listen 127.0.0.1:8443\ntls {\n certificate a.pem a.key\n}\n" + apps, "t.conf:2: tls: no 'listen ADDRESS tls' uses this block"),
+            ("listen 127.0.0.1:8443 tls\ntls {\n}\n" + apps, "t.conf:2: tls: no certificate (add 'certificate CHAIN.pem KEY.pem')"),
+            ("listen 127.0.0.1:8443 tls\ntls {\n certificate a.pem\n}\n" + apps,
+             "t.conf:3: certificate: expected CHAIN.pem KEY.pem (the certificate chain, then its private key)"),
+            ("listen 127.0.0.1:8443 tls\ntls {\n certificate a.pem a.key\n min_version 1.1\n}\n" + apps,
+             "t.conf:4: min_version: expected 1.2 or 1.3, got '1.1'"),
+            ("listen 127.0.0.1:8443 tls\ntls {\n certificate a.pem a.key\n session_tickets maybe\n}\n" + apps,
+             "t.conf:4: session_tickets: expected on or off, got 'maybe'"),
+            ("listen 127.0.0.1:8443 tls\ntls {\n certificate a.pem a.key\n redirect_http 127.0.0.1:80\n}\n" + apps,
+             "t.conf:4: redirect_http: expected 'listen ADDRESS' (a plain listener that answers 308 to https)"),
+            ("listen 127.0.0.1:8443 tls\ntls {\n certificate a.pem a.key\n ocsp on\n}\n" + apps, "t.conf:4: unknown directive 'ocsp' in tls block"),
+            ("listen 127.0.0.1:8443 tls\ntls {\n certificate a.pem a.key\n min_version 1.2\n min_version 1.3\n}\n" + apps,
+             "t.conf:5: duplicate 'min_version' (first at line 4)"),
+        ]
+        for (text, expected) in cases {
+            XCTAssertThrowsError(try ConfigParser.parse(text, path: "t.conf"), expected) { error in
+                XCTAssertEqual("\(error)", expected)
+            }
         }
     }
 
