@@ -58,6 +58,9 @@ package struct AccessRecord {
     var kind: AccessRecordKind = .request
     /// The listener a request came in on.
     var listener: ListenerKind = .main
+    /// A TLS connection's protocol version and cipher: libssl's static strings (nil: plain).
+    var tlsVersion: UnsafePointer<CChar>? = nil
+    var tlsCipher: UnsafePointer<CChar>? = nil
     /// A mirror line's differences: `ShadowDifference` bits.
     var differences: UInt8 = 0
     /// Pool index + 1 (0: none).
@@ -208,11 +211,20 @@ extension AccessLogRing {
         record.pointee.generatedID = generatedID
         record.pointee.kind = .request
         record.pointee.listener = .main
+        record.pointee.tlsVersion = nil
+        record.pointee.tlsCipher = nil
     }
 
-    /// Marks a filled record as a preview listener's request.
-    package func markPreview(_ slot: Int32) {
-        record(slot).pointee.listener = .preview
+    /// Marks a filled record as a preview (or redirect) listener's request.
+    package func markListener(_ slot: Int32, _ kind: ListenerKind) {
+        record(slot).pointee.listener = kind
+    }
+
+    /// Marks a filled record as a TLS connection's request; `version` and `cipher` must be
+    /// static strings (libssl's names live as long as the process).
+    package func markTLS(_ slot: Int32, version: UnsafePointer<CChar>?, cipher: UnsafePointer<CChar>?) {
+        record(slot).pointee.tlsVersion = version
+        record(slot).pointee.tlsCipher = cipher
     }
 
     /// Finishes a mirror line (loop thread): the copy's server, pool, status and latency next
@@ -458,7 +470,17 @@ struct AccessLogFormatter {
             appendNumber(Int64(record.pointee.status))
         }
         if record.pointee.kind == .request {
-            append(record.pointee.listener == .preview ? ",\"listener\":\"preview\"" : ",\"listener\":\"main\"")
+            switch record.pointee.listener {
+            case .main: append(",\"listener\":\"main\"")
+            case .preview: append(",\"listener\":\"preview\"")
+            case .redirect: append(",\"listener\":\"redirect\"")
+            }
+            if let version = record.pointee.tlsVersion, let cipher = record.pointee.tlsCipher {
+                append(",\"tls_version\":")
+                appendString(UnsafeRawBufferPointer(start: version, count: strlen(version)))
+                append(",\"tls_cipher\":")
+                appendString(UnsafeRawBufferPointer(start: cipher, count: strlen(cipher)))
+            }
         }
         let appID = Int(record.pointee.appID)
         append(",\"app\":")

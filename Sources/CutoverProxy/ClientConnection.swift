@@ -782,7 +782,10 @@ final class ClientConnection: Channel {
             log.fillRequest(slot, method: bytes(head.methodName), host: authority, target: bytes(head.target),
                             requestID: bytes(head.requestID), generatedID: id, client: client)
         }
-        if listener == .preview { log.markPreview(slot) }
+        if listener != .main { log.markListener(slot, listener) }
+        if case .tls(let connection) = stream.transport {
+            log.markTLS(slot, version: connection.versionName, cipher: connection.cipherName)
+        }
     }
 
     private func finishAccessRecord(_ log: AccessLogRing, sample: RequestSample, error: WindowedStats.Outcome?, now: Int64) {

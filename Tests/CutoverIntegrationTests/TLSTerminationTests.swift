@@ -43,6 +43,7 @@ final class TLSTerminationTests: XCTestCase {
             listen 127.0.0.1:0 tls
             listen 127.0.0.1:0
             workers 2
+            access_log access.log
             tls {
             \(tls)
                 handshake_timeout 1s
@@ -111,6 +112,17 @@ final class TLSTerminationTests: XCTestCase {
         let plain = try RawHTTPClient(port: plainPort, timeout: 5).request("GET", "/", host: "example.com")
         XCTAssertEqual(plain.bodyString, "blue http\n")
         XCTAssertEqual(metric("cutover_tls_handshakes_total", "version=\"TLSv1.3\",resumed=\"false\""), 5)
+        // The access log names the listener, and the TLS version and cipher of TLS requests.
+        let deadline = Date().addingTimeInterval(10)
+        var lines: [String] = []
+        while lines.count < 6 && Date() < deadline {
+            usleep(50_000)
+            lines = ((try? String(contentsOfFile: folder.appendingPathComponent("access.log").path, encoding: .utf8)) ?? "")
+                .split(separator: "\n").map(String.init)
+        }
+        XCTAssertEqual(lines.filter { $0.contains("\"listener\":\"main\",\"tls_version\":\"TLSv1.3\",\"tls_cipher\":\"TLS_") }.count, 5,
+                       lines.joined(separator: "\n"))
+        XCTAssertEqual(lines.filter { !$0.contains("tls_version") }.count, 1, "the plain request")
     }
 
     func testThePlainRedirectListenerSendsClientsToHTTPS() throws {
@@ -176,24 +188,24 @@ final class TLSTerminationTests: XCTestCase {
         let garbage = try RawHTTPClient(port: tlsPort, timeout: 5)
         try garbage.send(Array([0x16, 0x03, 0x01, 0x00, 0x05, 0xde, 0xad, 0xbe, 0xef, 0x00] + patternBytes(2_000)))
         XCTAssertEqual(try garbage.readUntilClose().count, 7, "a fatal alert record, then the close")
-        // A truncated client hello that never completes: closed at handshake_timeout (1 s).
+        // 2,000 truncated client hellos that never complete: closed at handshake_timeout (1 s).
         let hello = try probe(["--client-hello"])
         let bytes = try XCTUnwrap(Data(base64Encoded: try XCTUnwrap(hello["hello"] as? String)))
         var halfOpen: [RawHTTPClient] = []
-        for _ in 0..<50 {
+        for _ in 0..<2_000 {
             let client = try RawHTTPClient(port: tlsPort, timeout: 5)
             try client.send(Array(bytes.prefix(bytes.count / 2)))
             halfOpen.append(client)
         }
-        // Meanwhile, a normal client is served.
-        XCTAssertEqual(try probe(["--name", "example.com"])["status"] as? Int, 200)
+        // Meanwhile, normal clients are served.
+        for _ in 0..<3 { XCTAssertEqual(try probe(["--name", "example.com"])["status"] as? Int, 200) }
         let started = Date()
         XCTAssertEqual(try halfOpen[0].readUntilClose().count, 0)
         XCTAssertLessThan(Date().timeIntervalSince(started), 3, "closed at the handshake deadline")
         for client in halfOpen.dropFirst() { XCTAssertEqual(try client.readUntilClose().count, 0) }
         XCTAssertEqual(metric("cutover_tls_handshake_failures_total", "reason=\"plaintext_http\""), 1)
         XCTAssertEqual(metric("cutover_tls_handshake_failures_total", "reason=\"bad_record\""), 1)
-        XCTAssertEqual(metric("cutover_tls_handshake_failures_total", "reason=\"timeout\""), 50)
+        XCTAssertEqual(metric("cutover_tls_handshake_failures_total", "reason=\"timeout\""), 2_000)
     }
 
     func testAReloadServesNewCertificatesAndKeepsEstablishedConnections() throws {
