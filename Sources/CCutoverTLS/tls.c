@@ -5,6 +5,8 @@
 #include <openssl/evp.h>
 #include <openssl/core_names.h>
 #include <openssl/rand.h>
+#include <openssl/pem.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -447,3 +449,49 @@ const char *ctls_cipher_name(ctls_ssl *ssl) {
     return cipher ? SSL_CIPHER_get_name(cipher) : NULL;
 }
 int ctls_session_reused(ctls_ssl *ssl) { return SSL_session_reused(ssl); }
+
+// MARK: Self-signed certificates (cutover demo --tls)
+
+int ctls_make_self_signed(const char *chain_path, const char *key_path, const char *name, int days, char *error, size_t error_size) {
+    ERR_clear_error();
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    X509 *certificate = X509_new();
+    int ok = 0;
+    FILE *out = NULL;
+    if (!key || !certificate) goto done;
+    ASN1_INTEGER *serial = X509_get_serialNumber(certificate);
+    unsigned char random[8];
+    if (RAND_bytes(random, sizeof random) != 1) goto done;
+    uint64_t number = 0;
+    for (size_t i = 0; i < sizeof random; i++) number = (number << 8) | random[i];
+    ASN1_INTEGER_set_uint64(serial, number >> 1);
+    X509_set_version(certificate, 2);
+    X509_gmtime_adj(X509_getm_notBefore(certificate), -60);
+    X509_gmtime_adj(X509_getm_notAfter(certificate), (long)days * 86400);
+    X509_set_pubkey(certificate, key);
+    X509_NAME *subject = X509_get_subject_name(certificate);
+    X509_NAME_add_entry_by_txt(subject, "CN", MBSTRING_ASC, (const unsigned char *)name, -1, -1, 0);
+    X509_set_issuer_name(certificate, subject);
+    char san[512];
+    snprintf(san, sizeof san, "DNS:%s,IP:127.0.0.1", name);
+    X509V3_CTX v3;
+    X509V3_set_ctx_nodb(&v3);
+    X509V3_set_ctx(&v3, certificate, certificate, NULL, NULL, 0);
+    X509_EXTENSION *extension = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, san);
+    if (!extension) goto done;
+    X509_add_ext(certificate, extension, -1);
+    X509_EXTENSION_free(extension);
+    if (!X509_sign(certificate, key, EVP_sha256())) goto done;
+    out = fopen(key_path, "w");
+    if (!out || !PEM_write_PrivateKey(out, key, NULL, NULL, 0, NULL, NULL)) goto done;
+    fclose(out);
+    out = fopen(chain_path, "w");
+    if (!out || !PEM_write_X509(out, certificate)) goto done;
+    ok = 1;
+done:
+    if (out) fclose(out);
+    if (!ok) set_error(error, error_size, "cannot make a self-signed certificate");
+    X509_free(certificate);
+    EVP_PKEY_free(key);
+    return ok ? 0 : -1;
+}

@@ -5,11 +5,13 @@
 /// access log and /metrics, a preview listener, a sticky cookie for canaries, and short health
 /// windows so the runbook can be followed in seconds.
 public enum DemoConfig {
+    /// `tls`: a TLS listener and the certificate and key files it serves (`cutover demo --tls`).
     public static func text(listen: String, bluePort: UInt16, greenPort: UInt16, metricsListen: String = "127.0.0.1:9108",
-                            previewListen: String? = "127.0.0.1:8081") -> String {
+                            previewListen: String? = "127.0.0.1:8081", tls: (listen: String, chain: String, key: String)? = nil) -> String {
         """
         # cutover demo: embedded configuration
         listen \(listen)
+        \(tls.map { "listen \($0.listen) tls\ntls {\n    certificate \($0.chain) \($0.key)\n    default_certificate localhost\n}" } ?? "")
         \(previewListen.map { "preview_listen \($0)" } ?? "")
         workers auto
         admin_socket run/cutover.sock

@@ -220,3 +220,15 @@ public enum TLSTicketKeys {
         Int(ctls_ticket_keys_rotate(nowSeconds, rotateSeconds, keepSeconds))
     }
 }
+
+/// A self-signed certificate for demos: an ECDSA P-256 key and a certificate for `name` and
+/// 127.0.0.1, written as PEM files.
+public enum SelfSignedCertificate {
+    public static func write(chainPath: String, keyPath: String, name: String, days: Int = 30) throws(ConfigError) {
+        var error = [CChar](repeating: 0, count: 512)
+        guard ctls_make_self_signed(chainPath, keyPath, name, Int32(days), &error, error.count) == 0 else {
+            let reason = String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            throw ConfigError(file: "<demo>", line: 0, message: reason)
+        }
+    }
+}

@@ -20,10 +20,12 @@ let usage = """
       cutover run   [-c FILE] [--reset-state]   run the proxy (default config: conf/cutover.conf)
       cutover check [-c FILE]                   validate a config: exit 0, or 1 with FILE:LINE: message
       cutover demo  [--listen ADDR] [--blue-port N] [--green-port N] [--metrics-listen ADDR]
-                    [--preview-listen ADDR|off]  the proxy on its embedded default with built-in blue
+                    [--preview-listen ADDR|off] [--tls [--tls-listen ADDR]]
+                                                the proxy on its embedded default with built-in blue
                                                 (:8091) and green (:8092) upstreams, an admin socket,
-                                                an access log, /metrics on 127.0.0.1:9108 and the
-                                                preview listener on 127.0.0.1:8081
+                                                an access log, /metrics on 127.0.0.1:9108, the
+                                                preview listener on 127.0.0.1:8081 and, with --tls,
+                                                HTTPS on 127.0.0.1:8443 (a self-signed certificate)
     Operating a running proxy (over its admin socket):
       cutover status | health | history [n]
       cutover switch <blue|green> [--watch DURATION] [--force] [--reason TEXT]
@@ -217,8 +219,9 @@ do {
         let runtime = makeRuntime(config: config, path: path, logger: logger, resetState: arguments.flags.contains("--reset-state"))
         serve(runtime, logger: logger, signals: signals)
     case "demo":
-        let arguments = try Arguments(rest, valueOptions: ["--listen", "--blue-port", "--green-port", "--metrics-listen", "--preview-listen"],
-                                      flagOptions: ["--reset-state"])
+        let arguments = try Arguments(rest, valueOptions: ["--listen", "--blue-port", "--green-port", "--metrics-listen", "--preview-listen",
+                                                           "--tls-listen"],
+                                      flagOptions: ["--reset-state", "--tls"])
         guard arguments.positional.isEmpty else { throw UsageError(message: "unexpected '\(arguments.positional[0])'") }
         let listen = arguments.value("--listen", default: "127.0.0.1:8080")!
         guard let bluePort = UInt16(arguments.value("--blue-port", default: "8091")!),
@@ -238,9 +241,26 @@ do {
         // Files go where the sample config keeps them (conf/run/ in the repository) so that
         // `cutover status` and friends find the demo's admin socket without options.
         let base = FileManager.default.fileExists(atPath: "conf/cutover.conf") ? "conf" : "."
+        // --tls: a certificate made now (ECDSA P-256, self-signed, for localhost and 127.0.0.1)
+        // in the run folder, served on --tls-listen.
+        var tls: (listen: String, chain: String, key: String)?
+        let tlsListen = arguments.value("--tls-listen", default: "127.0.0.1:8443")!
+        if arguments.flags.contains("--tls") {
+            let folder = base + "/run"
+            try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            let previous = umask(0o077)
+            defer { umask(previous) }
+            do {
+                try SelfSignedCertificate.write(chainPath: folder + "/demo-tls.pem", keyPath: folder + "/demo-tls.key", name: "localhost")
+            } catch {
+                fail("cutover demo --tls: \(error.message)", code: 1)
+            }
+            tls = (tlsListen, "run/demo-tls.pem", "run/demo-tls.key")
+        }
         let text = DemoConfig.text(listen: listen, bluePort: blue.port, greenPort: green.port,
                                    metricsListen: arguments.value("--metrics-listen", default: "127.0.0.1:9108")!,
-                                   previewListen: arguments.value("--preview-listen", default: "127.0.0.1:8081").flatMap { $0 == "off" ? nil : $0 })
+                                   previewListen: arguments.value("--preview-listen", default: "127.0.0.1:8081").flatMap { $0 == "off" ? nil : $0 },
+                                   tls: tls)
         let config: Config
         do {
             config = try ConfigParser.parse(text, path: "<demo>", baseDirectory: base)
@@ -249,6 +269,7 @@ do {
         }
         logger.log(.info, "demo upstreams: blue on 127.0.0.1:\(blue.port), green on 127.0.0.1:\(green.port)")
         logger.log(.info, "try: curl -i http://\(listen)/   (answers 'blue'), then: swift run cutover status")
+        if tls != nil { logger.log(.info, "TLS: curl -k https://\(tlsListen)/   (a self-signed certificate for localhost, made for this run)") }
         let runtime = makeRuntime(config: config, path: nil, logger: logger, resetState: arguments.flags.contains("--reset-state"))
         serve(runtime, logger: logger, signals: signals, extraStop: {
             blue.stop()

@@ -176,6 +176,25 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(lines.allSatisfy { $0.contains("\"color\":\"blue\"") && $0.contains("\"app\":\"demo\"") }, "\(lines)")
     }
 
+    func testDemoWithTLSServesHTTPSWithACertificateItMade() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cutover-demo-tls-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let demo = try RunningProxy(arguments: ["demo", "--tls", "--tls-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--blue-port", "0",
+                                                "--green-port", "0", "--metrics-listen", "127.0.0.1:0", "--preview-listen", "off"],
+                                    directory: folder)
+        let log = try XCTUnwrap(demo.waitForLog("listening on ")?.split(separator: "\n").first { $0.contains("listening on ") }.map(String.init))
+        let ports = log.components(separatedBy: "127.0.0.1:").dropFirst().compactMap { UInt16($0.prefix { $0.isNumber }) }
+        XCTAssertEqual(ports.count, 2, log)
+        XCTAssertNotNil(demo.waitForLog("curl -k https://"), "the demo says how to try it")
+        XCTAssertEqual(try run(executable: "/usr/bin/curl", ["-sk", "https://127.0.0.1:\(ports[1])/"]), "blue\n")
+        let certificate = try run(executable: "/bin/sh", ["-c", "echo | openssl s_client -connect 127.0.0.1:\(ports[1]) 2>/dev/null"])
+        XCTAssertTrue(certificate.contains("subject=CN = localhost"), certificate)
+        let key = try FileManager.default.attributesOfItem(atPath: folder.appendingPathComponent("run/demo-tls.key").path)
+        XCTAssertEqual((key[.posixPermissions] as? NSNumber)?.intValue, 0o600, "the demo's private key is not readable by others")
+        XCTAssertEqual(demo.terminate(), 0)
+    }
+
     func testRunReloadsRoutingOnSIGHUP() throws {
         let first = try TestUpstream.named("first")
         let second = try TestUpstream.named("second")

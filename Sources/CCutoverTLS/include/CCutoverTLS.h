@@ -84,6 +84,10 @@ const char *ctls_cipher_name(ctls_ssl *ssl);
 /// 1 when the session was resumed (ticket or cache).
 int ctls_session_reused(ctls_ssl *ssl);
 
+/// Writes a new ECDSA P-256 key (mode 0600 is the caller's umask's business) and a self-signed
+/// certificate for `name` and 127.0.0.1, valid for `days`. 0, or -1 with the reason in `error`.
+int ctls_make_self_signed(const char *chain_path, const char *key_path, const char *name, int days, char *error, size_t error_size);
+
 /// The latest OpenSSL error on this thread as text (and clears the queue).
 void ctls_last_error(char *out, size_t size);
 
