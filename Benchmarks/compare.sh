@@ -313,4 +313,6 @@ python3 Benchmarks/render_report.py "$WORK" "$OUT" "$ROUNDS" "$DURATION" "$CONNS
 # The cost of progressive routing (sticky split, 5 % mirroring) against plain routing: its own
 # section of the report, same rounds and duration.
 OUT="$OUT" ROUNDS="$ROUNDS" DURATION="$DURATION" CONNS="$CONNS" Benchmarks/routing-cost.sh
+# TLS termination against the same peers (ECDSA and RSA certificates): its own section.
+OUT="$OUT" ROUNDS="$(( ROUNDS < 5 ? ROUNDS : 5 ))" DURATION="$DURATION" CONNS="$CONNS" Benchmarks/tls-compare.sh
 echo "wrote $OUT" >&2

@@ -495,3 +495,49 @@ done:
     EVP_PKEY_free(key);
     return ok ? 0 : -1;
 }
+
+// MARK: Upstream (client) connections
+
+ctls_ctx *ctls_client_context(const char *ca_file, char *error, size_t error_size) {
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) { set_error(error, error_size, "cannot create a TLS context"); return NULL; }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_COMPRESSION);
+    static const unsigned char alpn[] = "\x08http/1.1";
+    SSL_CTX_set_alpn_protos(ctx, alpn, sizeof alpn - 1);
+    if (ca_file) {
+        if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+            set_error(error, error_size, "cannot load the CA file");
+            SSL_CTX_free(ctx);
+            return NULL;
+        }
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    }
+    return ctx;
+}
+
+ctls_ssl *ctls_connect(ctls_ctx *ctx, int fd, const char *server_name, const char *verify_name) {
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl) { ERR_clear_error(); return NULL; }
+    if (SSL_set_fd(ssl, fd) != 1) { ERR_clear_error(); SSL_free(ssl); return NULL; }
+    SSL_set_connect_state(ssl);
+    // SNI only for names (RFC 6066: never an IP address literal).
+    if (server_name && *server_name && !strchr(server_name, ':') && strspn(server_name, "0123456789.") != strlen(server_name)) {
+        SSL_set_tlsext_host_name(ssl, server_name);
+    }
+    if (verify_name && *verify_name) {
+        X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
+        // An address is checked against the certificate's IP entries, a name against its DNS ones.
+        if (X509_VERIFY_PARAM_set1_ip_asc(param, verify_name) != 1) {
+            ERR_clear_error();
+            SSL_set1_host(ssl, verify_name);
+        }
+    }
+    return ssl;
+}
+
+long ctls_verify_result(ctls_ssl *ssl) { return SSL_get_verify_result(ssl); }

@@ -157,6 +157,8 @@ public struct AppConfig: Sendable, Equatable {
     public var pins: [PinRule] = []
     /// Copies of requests to the candidate, compared with the primary's responses.
     public var mirror = MirrorSettings()
+    /// TLS to this app's servers (both colors, health checks included); nil: plain HTTP.
+    public var upstreamTLS: UpstreamTLS? = nil
 
     public init(name: String, line: Int = 0, hosts: [String], pathPrefix: String? = nil,
                 healthPath: String = "/", verifyPaths: [String] = [],
@@ -334,4 +336,20 @@ public struct TLSSettings: Sendable, Equatable {
     public var line = 0
 
     public init() {}
+}
+
+/// `upstream_tls verify CAFILE [sni NAME]` or `upstream_tls insecure`: how cutover speaks TLS
+/// to an app's servers (a green stack on another host).
+public struct UpstreamTLS: Sendable, Equatable {
+    /// The CA certificates a server's certificate must chain to; nil: not verified (`insecure`).
+    public var caFile: String?
+    /// The name sent as SNI and checked in the certificate; nil: the server's address.
+    public var serverName: String?
+    public var line: Int
+
+    public init(caFile: String?, serverName: String? = nil, line: Int = 0) {
+        self.caFile = caFile
+        self.serverName = serverName
+        self.line = line
+    }
 }

@@ -560,6 +560,20 @@ private struct Reader {
             case "path": app.pathPrefix = try d.path(try d.oneValue())
             case "health_path": app.healthPath = try d.path(try d.oneValue())
             case "health_host": app.healthHost = String(try d.oneValue()).lowercased()
+            case "upstream_tls":
+                switch (d.args.first, d.args.count) {
+                case ("insecure", 1):
+                    app.upstreamTLS = UpstreamTLS(caFile: nil, line: d.line)
+                case ("verify", 2):
+                    app.upstreamTLS = UpstreamTLS(caFile: Directive.resolve(d.args[1], baseDirectory), line: d.line)
+                case ("verify", 4) where d.args[2] == "sni":
+                    app.upstreamTLS = UpstreamTLS(caFile: Directive.resolve(d.args[1], baseDirectory), serverName: String(d.args[3]).lowercased(),
+                                                  line: d.line)
+                case ("insecure", 3) where d.args[1] == "sni":
+                    app.upstreamTLS = UpstreamTLS(caFile: nil, serverName: String(d.args[2]).lowercased(), line: d.line)
+                default:
+                    throw d.error("upstream_tls: expected 'verify CAFILE [sni NAME]' or 'insecure [sni NAME]'")
+                }
             case "verify": app.verifyPaths = try d.values().map { (v) throws(ConfigError) in try d.path(v) }
             case "blue": app.blue = try d.servers()
             case "green": app.green = try d.servers()

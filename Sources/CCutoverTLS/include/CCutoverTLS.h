@@ -88,6 +88,15 @@ int ctls_session_reused(ctls_ssl *ssl);
 /// certificate for `name` and 127.0.0.1, valid for `days`. 0, or -1 with the reason in `error`.
 int ctls_make_self_signed(const char *chain_path, const char *key_path, const char *name, int days, char *error, size_t error_size);
 
+/// A client context for upstream connections: certificates verified against `ca_file` (NULL:
+/// not verified, `upstream_tls insecure`), TLS 1.2 or later, ALPN http/1.1.
+ctls_ctx *ctls_client_context(const char *ca_file, char *error, size_t error_size);
+/// A client connection on a connected non-blocking socket: SNI `server_name` (skipped for an
+/// address) and, with verification, the name (or address) the certificate must carry.
+ctls_ssl *ctls_connect(ctls_ctx *ctx, int fd, const char *server_name, const char *verify_name);
+/// X509_V_OK (0), or why the peer's certificate was refused.
+long ctls_verify_result(ctls_ssl *ssl);
+
 /// The latest OpenSSL error on this thread as text (and clears the queue).
 void ctls_last_error(char *out, size_t size);
 
