@@ -60,7 +60,7 @@ let package = Package(
         .target(
             name: "CutoverControl",
             dependencies: ["CutoverLoop", "CutoverRouting", "CutoverMetrics", "CutoverConfig", "CutoverSystem", "CutoverHTTP",
-                           "CutoverRelease"]
+                           "CutoverRelease", "CutoverTLS"]
         ),
         // Wiring: starts both planes from a config and links them.
         // Release plans as values: the sequential tests and the plan's state machine, no I/O.

@@ -7,7 +7,10 @@
 #include <openssl/rand.h>
 #include <openssl/pem.h>
 #include <stdio.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -482,8 +485,15 @@ int ctls_make_self_signed(const char *chain_path, const char *key_path, const ch
     X509_add_ext(certificate, extension, -1);
     X509_EXTENSION_free(extension);
     if (!X509_sign(certificate, key, EVP_sha256())) goto done;
-    out = fopen(key_path, "w");
-    if (!out || !PEM_write_PrivateKey(out, key, NULL, NULL, 0, NULL, NULL)) goto done;
+    {
+        // The key is readable by its owner only, whatever the umask.
+        int fd = open(key_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0) goto done;
+        fchmod(fd, 0600);
+        out = fdopen(fd, "w");
+        if (!out) { close(fd); goto done; }
+    }
+    if (!PEM_write_PrivateKey(out, key, NULL, NULL, 0, NULL, NULL)) goto done;
     fclose(out);
     out = fopen(chain_path, "w");
     if (!out || !PEM_write_X509(out, certificate)) goto done;
@@ -541,3 +551,8 @@ ctls_ssl *ctls_connect(ctls_ctx *ctx, int fd, const char *server_name, const cha
 }
 
 long ctls_verify_result(ctls_ssl *ssl) { return SSL_get_verify_result(ssl); }
+
+const char *ctls_verify_error(ctls_ssl *ssl) {
+    long result = SSL_get_verify_result(ssl);
+    return result == X509_V_OK ? NULL : X509_verify_cert_error_string(result);
+}

@@ -1,6 +1,7 @@
 import CutoverHTTP
 import CutoverLoop
 import CutoverSystem
+import CutoverTLS
 import Foundation
 import Synchronization
 
@@ -11,12 +12,20 @@ public struct ProbeRequest: Sendable, Equatable {
     public var host: String
     public var path: String
     public var timeoutMs: Int
+    /// `upstream_tls`: the check speaks TLS (and verifies) as proxied requests do.
+    public var tls: UpstreamTLSTarget?
 
-    public init(address: SocketAddress, host: String, path: String, timeoutMs: Int) {
+    public init(address: SocketAddress, host: String, path: String, timeoutMs: Int, tls: UpstreamTLSTarget? = nil) {
         self.address = address
         self.host = host
         self.path = path
         self.timeoutMs = timeoutMs
+        self.tls = tls
+    }
+
+    public static func == (lhs: ProbeRequest, rhs: ProbeRequest) -> Bool {
+        lhs.address == rhs.address && lhs.host == rhs.host && lhs.path == rhs.path && lhs.timeoutMs == rhs.timeoutMs
+            && lhs.tls.map { ObjectIdentifier($0.context) } == rhs.tls.map { ObjectIdentifier($0.context) }
     }
 }
 
@@ -254,6 +263,10 @@ private final class CheckScheduler: Channel {
 /// One non-blocking `GET` on the control loop: connect, send, read the response head; the
 /// whole of it bounded by the request's deadline. Reasons read as an operator would say them:
 /// "refused", "timeout (connect)", "status 503", "closed without a response".
+private struct ProbeFailure: Error {
+    var reason: String
+}
+
 private final class ProbeConnection: Channel {
     private enum Phase {
         case connecting, sending, receiving, done
@@ -268,6 +281,8 @@ private final class ProbeConnection: Channel {
     private var received: [UInt8] = []
     private var parser = ResponseHeadParser(limits: HTTPLimits(maxHeaderBytes: 8192))
     private static let maxHead = 8192
+    /// `upstream_tls`: the session the request and response go through.
+    private var tls: TLSConnection?
 
     static func start(_ request: ProbeRequest, loop: EventLoop, done: @escaping @Sendable (CheckOutcome) -> Void) {
         let fd: Int32
@@ -286,6 +301,14 @@ private final class ProbeConnection: Channel {
             return
         }
         let probe = ProbeConnection(fd: fd, loop: loop, request: request, connected: connected, done: done)
+        if let target = request.tls {
+            guard let session = target.context.connect(fd: fd, serverName: target.serverName, verifyName: target.verifyName) else {
+                Posix.close(fd)
+                done(.failure(reason: "tls: out of memory"))
+                return
+            }
+            probe.tls = session
+        }
         do {
             try loop.register(probe)
         } catch {
@@ -325,31 +348,70 @@ private final class ProbeConnection: Channel {
         }
     }
 
+    /// One send: bytes taken, nil to wait for the next event, or the failure's reason.
+    private func send() -> Result<Int?, ProbeFailure> {
+        if let tls {
+            let outcome = bytes.withUnsafeBytes { tls.write(from: $0.baseAddress! + sent, count: $0.count - sent) }
+            switch outcome {
+            case .bytes(let count): return .success(count)
+            case .wantRead, .wantWrite: return .success(nil)
+            case .closed, .failed: return .failure(ProbeFailure(reason: tlsReason(tls)))
+            }
+        }
+        let result = bytes.withUnsafeBytes { buffer in
+            Result { () throws(IOError) in try Posix.sendNoSignal(fd, buffer.baseAddress! + sent, buffer.count - sent) }
+        }
+        switch result {
+        case .success(.processed(let count)): return .success(count)
+        case .success(.wouldBlock): return .success(nil)
+        case .failure: return .failure(ProbeFailure(reason: "reset"))
+        }
+    }
+
+    /// One receive into `chunk`: bytes (0: end of stream), nil to wait, or the failure's reason.
+    private func receive(_ chunk: inout [UInt8]) -> Result<Int?, ProbeFailure> {
+        if let tls {
+            let outcome = chunk.withUnsafeMutableBytes { tls.read(into: $0.baseAddress!, count: $0.count) }
+            switch outcome {
+            case .bytes(let count): return .success(count)
+            case .closed: return .success(0)
+            case .wantRead, .wantWrite: return .success(nil)
+            case .failed: return .failure(ProbeFailure(reason: tlsReason(tls)))
+            }
+        }
+        let result = chunk.withUnsafeMutableBytes { raw in
+            Result { () throws(IOError) in try Posix.receive(fd, raw.baseAddress!, raw.count) }
+        }
+        switch result {
+        case .success(.processed(let read)): return .success(read)
+        case .success(.wouldBlock): return .success(nil)
+        case .failure: return .failure(ProbeFailure(reason: "reset"))
+        }
+    }
+
+    private func tlsReason(_ tls: TLSConnection) -> String {
+        "tls: " + (tls.verifyFailure ?? (tls.handshakeDone ? "connection failed" : "handshake failed"))
+    }
+
     fileprivate func advance() {
         while phase == .sending {
-            let result = bytes.withUnsafeBytes { buffer in
-                Result { () throws(IOError) in try Posix.sendNoSignal(fd, buffer.baseAddress! + sent, buffer.count - sent) }
-            }
-            switch result {
-            case .success(.processed(let count)):
+            switch send() {
+            case .success(let count?):
                 sent += count
                 if sent == bytes.count { phase = .receiving }
-            case .success(.wouldBlock):
+            case .success(nil):
                 return
-            case .failure:
-                return finish(.failure(reason: "reset"))
+            case .failure(let failure):
+                return finish(.failure(reason: failure.reason))
             }
         }
         var chunk = [UInt8](repeating: 0, count: 4096)
         while phase == .receiving {
-            let result = chunk.withUnsafeMutableBytes { raw in
-                Result { () throws(IOError) in try Posix.receive(fd, raw.baseAddress!, raw.count) }
-            }
             let count: Int
-            switch result {
-            case .success(.processed(let read)): count = read
-            case .success(.wouldBlock): return
-            case .failure: return finish(.failure(reason: "reset"))
+            switch receive(&chunk) {
+            case .success(let read?): count = read
+            case .success(nil): return
+            case .failure(let failure): return finish(.failure(reason: failure.reason))
             }
             if count == 0 {
                 return finish(.failure(reason: received.isEmpty ? "closed without a response" : "bad response (truncated)"))
@@ -374,6 +436,11 @@ private final class ProbeConnection: Channel {
     private func finish(_ outcome: CheckOutcome) {
         guard phase != .done else { return }
         phase = .done
+        if let tls {
+            tls.closeNotify()
+            tls.free()
+            self.tls = nil
+        }
         loop.closeChannel(self)
         done(outcome)
     }

@@ -157,7 +157,8 @@ extension ControlPlane {
                     let host = Self.checkHost(app, server: endpoint.description)
                     return app.verifyPaths.map { path in
                         (VerifyResult(app: app.name, server: endpoint.description, path: path, outcome: .failure(reason: "not run")),
-                         ProbeRequest(address: address, host: host, path: path, timeoutMs: config.health.timeoutMs))
+                         ProbeRequest(address: address, host: host, path: path, timeoutMs: config.health.timeoutMs,
+                                      tls: upstreamTLS[endpoint.description]))
                     }
                 }
             }

@@ -2,6 +2,7 @@ import CutoverConfig
 import CutoverMetrics
 import CutoverRouting
 import CutoverSystem
+import CutoverTLS
 import Foundation
 import Synchronization
 
@@ -58,6 +59,13 @@ public final class ControlPlane: @unchecked Sendable {
     /// TLS certificates served now (name, notAfter in seconds since 1970), for
     /// `cutover_tls_certificate_expiry_seconds`. Set by the runtime.
     public var tlsCertificates: @Sendable () -> [(name: String, expiresAt: Int64)] = { [] }
+    /// `upstream_tls` by server (`host:port`): health checks and verify requests speak TLS to
+    /// those servers as the data plane does. Set by the runtime.
+    public var upstreamTLS: [String: UpstreamTLSTarget] {
+        get { upstreamTLSTargets.withLock { $0 } }
+        set { upstreamTLSTargets.withLock { $0 = newValue } }
+    }
+    private let upstreamTLSTargets = Mutex<[String: UpstreamTLSTarget]>([:])
 
     /// Guards the state below; never held across I/O that waits on the network. Always taken
     /// through `withLock` (no early unlocks). An NSLock rather than `Mutex`: it is a pthread

@@ -458,10 +458,14 @@ final class ClientConnection: Channel {
     /// server's passive health only for live requests (`forCopy` false): a mirrored copy never
     /// marks a server down.
     private func acquireUpstream(_ server: ServerEntry, pool: PoolID, forCopy: Bool = false) -> UpstreamConnection? {
-        if let idle = worker.upstreamPool.take(serverID: server.id) { return idle }
+        let tls = worker.upstreamTLS(for: server)
+        if let idle = worker.upstreamPool.take(serverID: server.id) {
+            if idle.tlsContext == tls.map({ ObjectIdentifier($0.context) }) { return idle }
+            idle.close()  // made under `upstream_tls` settings a reload has replaced
+        }
         do {
             return try UpstreamConnection.connect(
-                to: server, pool: pool, loop: loop, idlePool: worker.upstreamPool, counters: worker.counters)
+                to: server, pool: pool, loop: loop, idlePool: worker.upstreamPool, counters: worker.counters, tls: tls)
         } catch {
             worker.log(.warning, "connect to \(server.name) failed: \(error)")
             if !forCopy { worker.counters.connectFailed(serverID: server.id) }
@@ -726,7 +730,11 @@ final class ClientConnection: Channel {
             record.serverID = Int32(truncatingIfNeeded: server.id)
             return
         }
-        worker.log(.warning, "upstream \(failedUpstream.server.name): \(reason)")
+        if let tlsFailure = failedUpstream.tlsFailure {
+            worker.log(.warning, "upstream \(failedUpstream.server.name): \(reason): \(tlsFailure)")
+        } else {
+            worker.log(.warning, "upstream \(failedUpstream.server.name): \(reason)")
+        }
         closeUpstream()
         failExchange(status: 502, message: "upstream connection failed", error: kind)
     }

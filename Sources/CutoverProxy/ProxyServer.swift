@@ -134,6 +134,13 @@ public final class ProxyServer: @unchecked Sendable {
         shared.tls.withLock { $0 = context }
     }
 
+    /// `upstream_tls` targets by server name (start, and every reload); connections already
+    /// open keep their session.
+    public func replaceUpstreamTLS(_ targets: [String: UpstreamTLSTarget]) {
+        shared.upstreamTLS.withLock { $0 = targets }
+        shared.anyUpstreamTLS.store(!targets.isEmpty, ordering: .relaxed)
+    }
+
     /// The certificates TLS connections start from now.
     public var tlsContext: TLSServerContext? { shared.tls.withLock { $0 } }
 

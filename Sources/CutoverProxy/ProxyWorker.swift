@@ -36,6 +36,10 @@ final class SharedProxyState: Sendable {
     let tls = Mutex<TLSServerContext?>(nil)
     /// The first TLS listener's port: where `redirect_http` listeners send clients.
     let httpsPort = Atomic<UInt16>(443)
+    /// `upstream_tls` by server name (`host:port` as configured); read once per new upstream
+    /// connection, and only when some app has it.
+    let upstreamTLS = Mutex<[String: UpstreamTLSTarget]>([:])
+    let anyUpstreamTLS = Atomic<Bool>(false)
 
     init(maxClients: Int) {
         self.maxClients = maxClients
@@ -138,6 +142,12 @@ final class ProxyWorker {
     // MARK: Accepting
 
     var httpsPort: UInt16 { shared.httpsPort.load(ordering: .relaxed) }
+
+    /// How to speak TLS to `server` (nil: plain).
+    func upstreamTLS(for server: ServerEntry) -> UpstreamTLSTarget? {
+        guard shared.anyUpstreamTLS.load(ordering: .relaxed) else { return nil }
+        return shared.upstreamTLS.withLock { $0[server.name] }
+    }
 
     /// The handshake deadline of the TLS context connections were last accepted with.
     private(set) var tlsHandshakeTimeoutMs = 10_000

@@ -4,6 +4,7 @@ import CutoverLoop
 import CutoverMetrics
 import CutoverRouting
 import CutoverSystem
+import CutoverTLS
 
 /// A connection to one upstream server, owned by one loop. While it carries a request its
 /// `owner` drives it; while idle it sits in the loop's `UpstreamIdlePool` and any event on it
@@ -44,16 +45,26 @@ package final class UpstreamConnection: Channel {
     unowned(unsafe) let counters: DataPlaneCounters
     /// The pool that opened this connection (for the per-pool connection count).
     let pool: PoolID
+    /// The `upstream_tls` context it was made with (nil: plain): a reload that changes it makes
+    /// pooled connections made under the old settings unusable.
+    let tlsContext: ObjectIdentifier?
 
     package init(fd: Int32, loop: EventLoop, server: ServerEntry, pool: PoolID, connected: Bool,
-         idlePool: UpstreamIdlePool, counters: DataPlaneCounters) {
+         idlePool: UpstreamIdlePool, counters: DataPlaneCounters, tls: TLSConnection? = nil, tlsContext: ObjectIdentifier? = nil) {
         self.server = server
+        self.tlsContext = tlsContext
         self.idlePool = idlePool
         self.counters = counters
         self.pool = pool
         phase = connected ? .open : .connecting
-        stream = SocketStream(writable: connected)
+        stream = SocketStream(transport: tls.map { .tls($0) } ?? .plain, writable: connected)
         super.init(fd: fd, loop: loop)
+    }
+
+    /// TLS to the server: why its certificate was refused, if it was.
+    var tlsFailure: String? {
+        guard case .tls(let connection) = stream.transport, stream.tlsFailure != nil || !stream.established else { return nil }
+        return connection.verifyFailure ?? stream.tlsFailure.map { "TLS handshake failed (\($0.label))" }
     }
 
     package override func handle(events: UInt32) {
@@ -151,6 +162,7 @@ package final class UpstreamConnection: Channel {
         owner = nil
         shadowOwner = nil
         releaseBuffers()
+        stream.releaseTransport()
         loop.closeChannel(self)
     }
 
@@ -158,19 +170,30 @@ package final class UpstreamConnection: Channel {
     /// failures (no descriptors, network unreachable): the caller treats those like a refused
     /// connect.
     static func connect(
-        to server: ServerEntry, pool: PoolID, loop: EventLoop, idlePool: UpstreamIdlePool, counters: DataPlaneCounters
+        to server: ServerEntry, pool: PoolID, loop: EventLoop, idlePool: UpstreamIdlePool, counters: DataPlaneCounters,
+        tls: UpstreamTLSTarget? = nil
     ) throws(IOError) -> UpstreamConnection {
         let fd = try Posix.socket(family: server.address.family)
-        do {
+        var session: TLSConnection?
+        do throws(IOError) {
             try Posix.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
             let connected = try Posix.connect(fd, server.address)
+            if let tls {
+                // The handshake starts with the first write (the request), once connected.
+                guard let connection = tls.context.connect(fd: fd, serverName: tls.serverName, verifyName: tls.verifyName) else {
+                    throw IOError(errnoCode: ENOMEM, function: "SSL_new")
+                }
+                session = connection
+            }
             let connection = UpstreamConnection(
                 fd: fd, loop: loop, server: server, pool: pool, connected: connected, idlePool: idlePool,
-                counters: counters)
+                counters: counters, tls: session, tlsContext: tls.map { ObjectIdentifier($0.context) })
             try loop.register(connection)
+            session = nil  // the connection owns it now
             counters.add(1, .upstreamConnections(pool), loop: loop.index)
             return connection
         } catch {
+            session?.free()
             Posix.close(fd)
             throw error
         }

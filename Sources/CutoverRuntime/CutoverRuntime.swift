@@ -50,7 +50,17 @@ public final class CutoverRuntime: @unchecked Sendable {
             for warning in context.warnings { logger.log(.warning, warning) }
             server.replaceTLS(context)
         }
+        let upstreamTargets = try UpstreamTLSTarget.targets(for: config)
+        server.replaceUpstreamTLS(upstreamTargets)
+        controlPlane.upstreamTLS = upstreamTargets
         // A reload loads the certificates first: a bad one refuses the reload, and nothing changes.
+        controlPlane.reloadPreparers.append { [server, controlPlane] next in
+            let targets = try UpstreamTLSTarget.targets(for: next)
+            return {
+                server.replaceUpstreamTLS(targets)
+                controlPlane.upstreamTLS = targets
+            }
+        }
         controlPlane.reloadPreparers.append { [server, logger] next in
             // Without a tls block, the TLS listeners (gone only with a restart) keep their certificates.
             guard let settings = next.tls else { return {} }

@@ -232,3 +232,67 @@ public enum SelfSignedCertificate {
         }
     }
 }
+
+/// The client side, for `upstream_tls`: one context per app (its CA file, or none for
+/// `insecure`), shared by the loops; each upstream connection is a `TLSConnection` from it.
+public final class TLSClientContext: @unchecked Sendable {
+    private let context: OpaquePointer
+    public let verifies: Bool
+
+    public init(settings: UpstreamTLS, configPath: String) throws(ConfigError) {
+        if let caFile = settings.caFile, FileIO.kind(of: caFile) == .missing {
+            throw ConfigError(file: configPath, line: settings.line, message: "upstream_tls: no such file: \(caFile)")
+        }
+        var error = [CChar](repeating: 0, count: 512)
+        guard let context = ctls_client_context(settings.caFile, &error, error.count) else {
+            let reason = String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            throw ConfigError(file: configPath, line: settings.line, message: "upstream_tls \(settings.caFile ?? ""): \(reason)")
+        }
+        self.context = context
+        verifies = settings.caFile != nil
+    }
+
+    deinit { ctls_context_free(context) }
+
+    /// A client session on a connected (or connecting) non-blocking socket; the handshake runs in
+    /// its first writes and reads.
+    public func connect(fd: Int32, serverName: String?, verifyName: String?) -> TLSConnection? {
+        ctls_connect(context, fd, serverName, verifies ? verifyName : nil).map(TLSConnection.init)
+    }
+}
+
+/// What a new connection to one upstream server needs: the app's client context and the names.
+public struct UpstreamTLSTarget: Sendable {
+    public let context: TLSClientContext
+    /// Sent as SNI (unless an address).
+    public let serverName: String?
+    /// The name (or address) the certificate must carry, when the context verifies.
+    public let verifyName: String?
+
+    public init(context: TLSClientContext, serverName: String?, verifyName: String?) {
+        self.context = context
+        self.serverName = serverName
+        self.verifyName = verifyName
+    }
+
+    /// Every server of every app with `upstream_tls`, by its configured name (`host:port`).
+    public static func targets(for config: Config) throws(ConfigError) -> [String: UpstreamTLSTarget] {
+        var targets: [String: UpstreamTLSTarget] = [:]
+        for app in config.apps {
+            guard let settings = app.upstreamTLS else { continue }
+            let context = try TLSClientContext(settings: settings, configPath: config.path)
+            for server in app.blue + app.green {
+                let name = settings.serverName ?? server.host
+                targets[server.description] = UpstreamTLSTarget(context: context, serverName: name, verifyName: name)
+            }
+        }
+        return targets
+    }
+}
+
+extension TLSConnection {
+    /// Why a client handshake failed, in words (for logs and health check reasons).
+    public var verifyFailure: String? {
+        ctls_verify_error(ssl).map { "certificate verify failed: \(String(cString: $0))" }
+    }
+}

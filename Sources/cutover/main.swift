@@ -248,8 +248,6 @@ do {
         if arguments.flags.contains("--tls") {
             let folder = base + "/run"
             try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-            let previous = umask(0o077)
-            defer { umask(previous) }
             do {
                 try SelfSignedCertificate.write(chainPath: folder + "/demo-tls.pem", keyPath: folder + "/demo-tls.key", name: "localhost")
             } catch {

@@ -537,6 +537,25 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertEqual(defaults.handshakeTimeoutMs, 10_000)
     }
 
+    func testUpstreamTLS() throws {
+        func app(_ line: String) throws -> AppConfig {
+            let config = try ConfigParser.parse("listen 127.0.0.1:1\napp a {\n host *\n \(line)\n blue 127.0.0.1:1\n green 10.0.0.2:443\n}\n",
+                                                path: "/etc/cutover/c.conf")
+            return config.apps[0]
+        }
+        XCTAssertEqual(try app("upstream_tls verify ca.pem").upstreamTLS, UpstreamTLS(caFile: "/etc/cutover/ca.pem", line: 4))
+        XCTAssertEqual(try app("upstream_tls verify /ca.pem sni Green.Internal").upstreamTLS,
+                       UpstreamTLS(caFile: "/ca.pem", serverName: "green.internal", line: 4))
+        XCTAssertEqual(try app("upstream_tls insecure").upstreamTLS, UpstreamTLS(caFile: nil, line: 4))
+        XCTAssertNil(try app("health_path /").upstreamTLS)
+        for bad in ["upstream_tls", "upstream_tls verify", "upstream_tls verify ca.pem green.internal", "upstream_tls on",
+                    "upstream_tls insecure ca.pem"] {
+            XCTAssertThrowsError(try app(bad), bad) { error in
+                XCTAssertEqual("\(error)", "/etc/cutover/c.conf:4: upstream_tls: expected 'verify CAFILE [sni NAME]' or 'insecure [sni NAME]'")
+            }
+        }
+    }
+
     func testBadTLSLinesNameTheirLine() {
         let apps = "app a {\n host *\n blue 127.0.0.1:1\n green 127.0.0.1:2\n}\n"
         let cases: [(String, String)] = [

@@ -245,6 +245,124 @@ final class TLSTerminationTests: XCTestCase {
         XCTAssertTrue(rest.contains("\"second\": 200"), "the established connection survived the reload: \(rest)")
     }
 
+    /// `upstream_tls`: green is a TLS server on another "host" (a Python server with a
+    /// certificate from a test CA). Verified against the CA, with SNI, pooled like plain
+    /// connections, health-checked over TLS; a wrong CA is refused (502, server down, the reason).
+    func testUpstreamTLSVerifiesReusesAndRefusesAWrongCA() throws {
+        try certificates.makeCA("ca")
+        try certificates.makeCA("other")
+        try certificates.sign("green", ca: "ca", subjectAltNames: ["DNS:green.internal", "IP:127.0.0.1"])
+        try Self.upstreamScript.write(to: folder.appendingPathComponent("upstream.py"), atomically: true, encoding: .utf8)
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        server.arguments = ["python3", folder.appendingPathComponent("upstream.py").path, certificates.path("green.pem"), certificates.path("green.key")]
+        let announced = Pipe()
+        server.standardOutput = announced
+        try server.run()
+        defer { server.terminate() }
+        var line = Data()
+        while !line.contains(0x0A) { line.append(announced.fileHandleForReading.availableData) }
+        let greenPort = try XCTUnwrap(UInt16(String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)))
+        let blue = try TestUpstream.named("blue")
+        upstreams = [blue]
+        let path = folder.appendingPathComponent("upstream.conf").path
+        func write(_ tls: String) throws {
+            try """
+                listen 127.0.0.1:0
+                workers 1
+                initial_color green
+                health {
+                    interval 100ms
+                    rise 1
+                    fall 1
+                }
+                app web {
+                    host *
+                    upstream_tls \(tls)
+                    blue 127.0.0.1:\(blue.port)
+                    green 127.0.0.1:\(greenPort)
+                }
+                """.write(toFile: path, atomically: true, encoding: .utf8)
+        }
+        try write("verify ca.pem sni green.internal")
+        let runtime = try CutoverRuntime(config: try ConfigParser.load(path: path), configPath: path, logger: Logger(minimumLevel: .error))
+        try runtime.start()
+        self.runtime = runtime
+        let port = runtime.server.listenAddresses[0].port
+        let client = try RawHTTPClient(port: port, timeout: 10)
+        let first = try client.request("GET", "/a", host: "shop.example")
+        let second = try client.request("GET", "/b", host: "shop.example")
+        XCTAssertEqual(first.status, 200, first.bodyString)
+        XCTAssertTrue(first.bodyString.hasPrefix("green-tls sni=green.internal conn="), first.bodyString)
+        XCTAssertEqual(first.bodyString.split(separator: " ").last, second.bodyString.split(separator: " ").last,
+                       "the second request reuses the pooled TLS connection")
+        func greenHealth() -> JSON? {
+            runtime.controlPlane.execute("health", actor: .current())["servers"]?.arrayValue?.first { $0["color"] == "green" }
+        }
+        let deadline = Date().addingTimeInterval(10)
+        while greenHealth()?["health"] != "up" && Date() < deadline { usleep(50_000) }
+        XCTAssertEqual(greenHealth()?["health"], "up", "health checks speak TLS too: \(String(describing: greenHealth()))")
+
+        // A CA that did not sign green's certificate: refused, by requests and checks alike.
+        try write("verify other.pem sni green.internal")
+        guard case .reloaded = runtime.controlPlane.reload(actor: .current()) else { return XCTFail("reload failed") }
+        while greenHealth()?["health"] != "down" && Date() < deadline.addingTimeInterval(10) { usleep(50_000) }
+        let reason = greenHealth()?["last_result"]?.stringValue ?? ""
+        XCTAssertTrue(reason.contains("certificate verify failed"), reason)
+        let refused = try RawHTTPClient(port: port, timeout: 10).request("GET", "/c", host: "shop.example")
+        XCTAssertTrue(refused.status == 502 || refused.status == 503, "\(refused.status) \(refused.bodyString)")
+        // A name the certificate does not carry is refused too; `insecure` takes any certificate.
+        try write("verify ca.pem sni wrong.internal")
+        guard case .reloaded = runtime.controlPlane.reload(actor: .current()) else { return XCTFail("reload failed") }
+        let later = Date().addingTimeInterval(10)
+        while !(greenHealth()?["last_result"]?.stringValue ?? "").contains("hostname mismatch") && Date() < later { usleep(50_000) }
+        XCTAssertTrue((greenHealth()?["last_result"]?.stringValue ?? "").contains("hostname mismatch"), "\(String(describing: greenHealth()))")
+        try write("insecure")
+        guard case .reloaded = runtime.controlPlane.reload(actor: .current()) else { return XCTFail("reload failed") }
+        while greenHealth()?["health"] != "up" && Date() < later.addingTimeInterval(10) { usleep(50_000) }
+        let insecure = try RawHTTPClient(port: port, timeout: 10).request("GET", "/e", host: "shop.example")
+        XCTAssertTrue(insecure.bodyString.hasPrefix("green-tls sni=None"), "insecure sends no SNI for an address: \(insecure.status) \(insecure.bodyString)")
+    }
+
+    /// An HTTPS upstream in Python: prints its port, answers `green-tls sni=NAME conn=N`.
+    static let upstreamScript = #"""
+        import http.server, socket, ssl, sys, threading
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[1], sys.argv[2])
+        names = {}
+        def remember(sock, name, ctx):
+            names[id(sock)] = name
+        context.sni_callback = remember
+        counter = [0]
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            def setup(self):
+                super().setup()
+                counter[0] += 1
+                self.number = counter[0]
+            def do_GET(self):
+                body = ("green-tls sni=%s conn=%d" % (names.get(id(self.connection)), self.number)).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            def log_message(self, *args):
+                pass
+        class Server(http.server.ThreadingHTTPServer):
+            def get_request(self):
+                raw, address = self.socket.accept()
+                try:
+                    return context.wrap_socket(raw, server_side=True), address
+                except (ssl.SSLError, OSError):
+                    raw.close()
+                    raise
+            def handle_error(self, request, address):
+                pass
+        server = Server(("127.0.0.1", 0), Handler)
+        print(server.server_address[1], flush=True)
+        server.serve_forever()
+        """#
+
     /// A TLS client in Python: prints one JSON line with what it saw.
     static let probeScript = #"""
         import base64, json, socket, ssl, sys

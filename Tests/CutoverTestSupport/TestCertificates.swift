@@ -25,6 +25,22 @@ package final class TestCertificates: @unchecked Sendable {
         return (path("\(name).pem"), path("\(name).key"))
     }
 
+    /// Makes a CA (`NAME.pem`, `NAME.key`) that signs certificates made by `sign`.
+    package func makeCA(_ name: String) throws {
+        try Self.openssl(["req", "-x509", "-nodes", "-days", "30", "-subj", "/CN=\(name) test CA", "-newkey", "ec",
+                          "-pkeyopt", "ec_paramgen_curve:P-256", "-keyout", path("\(name).key"), "-out", path("\(name).pem")])
+    }
+
+    /// Makes `NAME.pem` and `NAME.key` signed by the CA `ca`, for `subjectAltName` entries such
+    /// as `DNS:green.internal` and `IP:127.0.0.1`.
+    package func sign(_ name: String, ca: String, subjectAltNames: [String]) throws {
+        try Self.openssl(["req", "-nodes", "-subj", "/CN=\(name)", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                          "-keyout", path("\(name).key"), "-out", path("\(name).csr")])
+        try "subjectAltName=\(subjectAltNames.joined(separator: ","))\n".write(toFile: path("\(name).ext"), atomically: true, encoding: .utf8)
+        try Self.openssl(["x509", "-req", "-in", path("\(name).csr"), "-CA", path("\(ca).pem"), "-CAkey", path("\(ca).key"),
+                          "-CAcreateserial", "-days", "30", "-extfile", path("\(name).ext"), "-out", path("\(name).pem")])
+    }
+
     /// Runs the `openssl` command; throws with its output when it fails.
     package static func openssl(_ arguments: [String]) throws {
         let process = Process()

@@ -84,7 +84,7 @@ const char *ctls_cipher_name(ctls_ssl *ssl);
 /// 1 when the session was resumed (ticket or cache).
 int ctls_session_reused(ctls_ssl *ssl);
 
-/// Writes a new ECDSA P-256 key (mode 0600 is the caller's umask's business) and a self-signed
+/// Writes a new ECDSA P-256 key (mode 0600) and a self-signed
 /// certificate for `name` and 127.0.0.1, valid for `days`. 0, or -1 with the reason in `error`.
 int ctls_make_self_signed(const char *chain_path, const char *key_path, const char *name, int days, char *error, size_t error_size);
 
@@ -96,6 +96,8 @@ ctls_ctx *ctls_client_context(const char *ca_file, char *error, size_t error_siz
 ctls_ssl *ctls_connect(ctls_ctx *ctx, int fd, const char *server_name, const char *verify_name);
 /// X509_V_OK (0), or why the peer's certificate was refused.
 long ctls_verify_result(ctls_ssl *ssl);
+/// Why the peer's certificate was refused, in OpenSSL's words (NULL: it was not).
+const char *ctls_verify_error(ctls_ssl *ssl);
 
 /// The latest OpenSSL error on this thread as text (and clears the queue).
 void ctls_last_error(char *out, size_t size);
