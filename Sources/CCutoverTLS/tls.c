@@ -99,14 +99,14 @@ static int ticket_callback(SSL *ssl, unsigned char key_name[16], unsigned char *
     }
     if (index >= 0) key = ticket_keys[index];
     pthread_mutex_unlock(&ticket_lock);
-    if (index < 0) return encrypt ? -1 : 0;  // decrypt: unknown key, a full handshake follows
+    if (index < 0) return 0;  // encrypt: no ticket this time; decrypt: unknown key, a full handshake follows
 
     OSSL_PARAM params[3];
     params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key.hmac, sizeof key.hmac);
     params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0);
     params[2] = OSSL_PARAM_construct_end();
     if (encrypt) {
-        if (RAND_bytes(iv, 16) != 1) return -1;
+        if (RAND_bytes(iv, 16) != 1) return 0;
         memcpy(key_name, key.name, 16);
         if (EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), NULL, key.aes, iv) != 1) return -1;
         result = 1;
@@ -122,6 +122,11 @@ static int ticket_callback(SSL *ssl, unsigned char key_name[16], unsigned char *
 
 static const unsigned char session_id_context[] = "cutover";
 
+static int no_passphrase(char *buffer, int size, int writing, void *data) {
+    (void)buffer; (void)size; (void)writing; (void)data;
+    return 0;
+}
+
 ctls_ctx *ctls_server_context(const char *chain_path, const char *key_path, int min_version, const char *ciphers,
                               int session_tickets, long session_cache, char *error, size_t error_size) {
     ERR_clear_error();
@@ -136,7 +141,22 @@ ctls_ctx *ctls_server_context(const char *chain_path, const char *key_path, int 
     if (!session_tickets) SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
     // TLS 1.3 sends tickets after the handshake; one is enough for a browser tab's connections.
     SSL_CTX_set_num_tickets(ctx, session_tickets ? 1 : 0);
-    SSL_CTX_set_session_id_context(ctx, session_id_context, sizeof session_id_context - 1);
+    // Sessions resume only under the certificate and settings they were made with: the
+    // context id is a digest of both (a ticket made for one name never resumes under another
+    // certificate, nor under a reload's stricter ciphers).
+    {
+        char material[4096];
+        snprintf(material, sizeof material, "cutover|%s|%s|%d|%s", chain_path, key_path, min_version, ciphers ? ciphers : "");
+        unsigned char digest[EVP_MAX_MD_SIZE];
+        unsigned int length = 0;
+        if (EVP_Digest(material, strlen(material), digest, &length, EVP_sha256(), NULL) == 1) {
+            SSL_CTX_set_session_id_context(ctx, digest, length > SSL_MAX_SID_CTX_LENGTH ? SSL_MAX_SID_CTX_LENGTH : length);
+        } else {
+            SSL_CTX_set_session_id_context(ctx, session_id_context, sizeof session_id_context - 1);
+        }
+    }
+    // An encrypted key is refused with an error, never a prompt on the terminal.
+    SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
     if (session_cache > 0) {
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
         SSL_CTX_sess_set_cache_size(ctx, session_cache);
@@ -315,7 +335,10 @@ static int servername_callback(SSL *ssl, int *alert, void *arg) {
         *alert = SSL_AD_UNRECOGNIZED_NAME;
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     }
-    if (chosen != SSL_get_SSL_CTX(ssl)) SSL_set_SSL_CTX(ssl, chosen);
+    if (chosen != SSL_get_SSL_CTX(ssl) && SSL_set_SSL_CTX(ssl, chosen) != chosen) {
+        *alert = SSL_AD_INTERNAL_ERROR;
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
     return SSL_TLSEXT_ERR_OK;
 }
 
@@ -424,22 +447,36 @@ static int outcome(SSL *ssl, int result) {
         if (SSL_is_init_finished(ssl)) return CTLS_CLOSED;
         return CTLS_FAILED - classify(ssl, error);
     case SSL_ERROR_SYSCALL:
-        // EOF or a reset. After the handshake an EOF is the end of the stream (HTTP framing,
-        // not close_notify, says whether a message was complete).
-        if (SSL_is_init_finished(ssl) && ERR_peek_error() == 0) { ERR_clear_error(); return CTLS_CLOSED; }
+        // A reset or a socket error (an EOF without close_notify is ZERO_RETURN here, with
+        // SSL_OP_IGNORE_UNEXPECTED_EOF: HTTP framing, not close_notify, says whether a message
+        // was complete). The session is unusable: no close_notify may follow.
+        SSL_set_quiet_shutdown(ssl, 1);
         return CTLS_FAILED - classify(ssl, error);
     default:
+        SSL_set_quiet_shutdown(ssl, 1);
         return CTLS_FAILED - classify(ssl, error);
     }
 }
 
-int ctls_read(ctls_ssl *ssl, void *buffer, int count) { return outcome(ssl, SSL_read(ssl, buffer, count)); }
+// Each call starts with an empty error queue (it is per thread, and a loop serves many
+// connections): SSL_get_error must not blame this connection for another's leftover error.
+int ctls_read(ctls_ssl *ssl, void *buffer, int count) {
+    ERR_clear_error();
+    return outcome(ssl, SSL_read(ssl, buffer, count));
+}
 
-int ctls_write(ctls_ssl *ssl, const void *buffer, int count) { return outcome(ssl, SSL_write(ssl, buffer, count)); }
+int ctls_write(ctls_ssl *ssl, const void *buffer, int count) {
+    ERR_clear_error();
+    return outcome(ssl, SSL_write(ssl, buffer, count));
+}
 
 void ctls_close_notify(ctls_ssl *ssl) {
-    if (SSL_is_init_finished(ssl) && !(SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN)) {
-        (void)SSL_shutdown(ssl);
+    ERR_clear_error();
+    if (SSL_is_init_finished(ssl) && !SSL_get_quiet_shutdown(ssl) && !(SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN)) {
+        if (SSL_shutdown(ssl) < 0) {
+            // The peer is gone already: still a clean end, so the session stays resumable.
+            SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+        }
     }
     ERR_clear_error();
 }
@@ -537,22 +574,29 @@ ctls_ssl *ctls_connect(ctls_ctx *ctx, int fd, const char *server_name, const cha
     SSL_set_connect_state(ssl);
     // SNI only for names (RFC 6066: never an IP address literal).
     if (server_name && *server_name && !strchr(server_name, ':') && strspn(server_name, "0123456789.") != strlen(server_name)) {
-        SSL_set_tlsext_host_name(ssl, server_name);
+        if (SSL_set_tlsext_host_name(ssl, server_name) != 1) goto refuse;
     }
     if (verify_name && *verify_name) {
         X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
         // An address is checked against the certificate's IP entries, a name against its DNS ones.
         if (X509_VERIFY_PARAM_set1_ip_asc(param, verify_name) != 1) {
             ERR_clear_error();
-            SSL_set1_host(ssl, verify_name);
+            // Never fail open: no name to check means no connection.
+            if (SSL_set1_host(ssl, verify_name) != 1) goto refuse;
         }
     }
+    ERR_clear_error();
     return ssl;
+refuse:
+    ERR_clear_error();
+    SSL_free(ssl);
+    return NULL;
 }
 
 long ctls_verify_result(ctls_ssl *ssl) { return SSL_get_verify_result(ssl); }
 
 const char *ctls_verify_error(ctls_ssl *ssl) {
+    if (SSL_get_verify_mode(ssl) == SSL_VERIFY_NONE) return NULL;  // insecure: nothing was judged
     long result = SSL_get_verify_result(ssl);
     return result == X509_V_OK ? NULL : X509_verify_cert_error_string(result);
 }

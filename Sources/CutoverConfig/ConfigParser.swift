@@ -574,6 +574,10 @@ private struct Reader {
                 default:
                     throw d.error("upstream_tls: expected 'verify CAFILE [sni NAME]' or 'insecure [sni NAME]'")
                 }
+                if let name = app.upstreamTLS?.serverName,
+                   name.utf8.count > 253 || name.isEmpty || !name.utf8.allSatisfy({ $0 == 0x2D || $0 == 0x2E || (0x30...0x39).contains($0) || (0x61...0x7A).contains($0) }) {
+                    throw d.error("upstream_tls: sni '\(name)' is not a host name")
+                }
             case "verify": app.verifyPaths = try d.values().map { (v) throws(ConfigError) in try d.path(v) }
             case "blue": app.blue = try d.servers()
             case "green": app.green = try d.servers()

@@ -25,7 +25,7 @@ public struct ProbeRequest: Sendable, Equatable {
 
     public static func == (lhs: ProbeRequest, rhs: ProbeRequest) -> Bool {
         lhs.address == rhs.address && lhs.host == rhs.host && lhs.path == rhs.path && lhs.timeoutMs == rhs.timeoutMs
-            && lhs.tls.map { ObjectIdentifier($0.context) } == rhs.tls.map { ObjectIdentifier($0.context) }
+            && lhs.tls === rhs.tls
     }
 }
 
@@ -312,6 +312,8 @@ private final class ProbeConnection: Channel {
         do {
             try loop.register(probe)
         } catch {
+            probe.tls?.free()
+            probe.tls = nil
             Posix.close(fd)
             done(.failure(reason: "register: \(error)"))
             return

@@ -2,6 +2,7 @@ import CutoverConfig
 import CutoverMetrics
 import CutoverRouting
 import CutoverSystem
+import CutoverTLS
 import Foundation
 
 extension ControlPlane {
@@ -16,7 +17,7 @@ extension ControlPlane {
             let targets = health.keys.sorted().compactMap { key -> ControlLoop.Target? in
                 guard let app = config.apps.first(where: { $0.name == key.app }), let address = addresses[key]?.address else { return nil }
                 let request = ProbeRequest(address: address, host: Self.checkHost(app, server: key.server), path: app.healthPath,
-                                           timeoutMs: config.health.timeoutMs, tls: upstreamTLS[key.server])
+                                           timeoutMs: config.health.timeoutMs, tls: upstreamTLS[UpstreamTLSTarget.key(app: key.app, server: key.server)])
                 return ControlLoop.Target(key: key, request: request, intervalMs: config.health.intervalMs)
             }
             return (checkerGeneration, targets)

@@ -75,6 +75,9 @@ extension ControlPlane {
                 appendAudit(AuditRecord(event: "reload_failed", actor: actor, details: ["error": error.description]))
                 return .failed(error.description)
             }
+            // Certificates and upstream TLS first: the routing published next must never reach
+            // a server with the settings of before.
+            for commit in commits { commit() }
             let plan = lock.withLock { () -> ReloadPlan in
                 let plan = ReloadPlan(running: config, next: next)
                 config = plan.applied
@@ -87,7 +90,6 @@ extension ControlPlane {
                 })
                 return plan
             }
-            for commit in commits { commit() }
             return .reloaded(apps: next.apps.count, restartRequired: plan.restartRequired)
         }
         guard case .reloaded(_, let restartRequired) = outcome else { return outcome }

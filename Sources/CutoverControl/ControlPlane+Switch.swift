@@ -2,6 +2,7 @@ import CutoverConfig
 import CutoverMetrics
 import CutoverRouting
 import CutoverSystem
+import CutoverTLS
 import Foundation
 import Synchronization
 
@@ -158,7 +159,7 @@ extension ControlPlane {
                     return app.verifyPaths.map { path in
                         (VerifyResult(app: app.name, server: endpoint.description, path: path, outcome: .failure(reason: "not run")),
                          ProbeRequest(address: address, host: host, path: path, timeoutMs: config.health.timeoutMs,
-                                      tls: upstreamTLS[endpoint.description]))
+                                      tls: upstreamTLS[UpstreamTLSTarget.key(app: app.name, server: endpoint.description)]))
                     }
                 }
             }

@@ -59,6 +59,10 @@ public enum HeaderKind: UInt8, Sendable {
     case cookie
     /// The mark of a mirrored copy: only the proxy sets it, a client's is removed.
     case xCutoverMirror
+    /// Other fields upstream frameworks read as the client's scheme or address (`Forwarded`,
+    /// `X-Real-IP`, `X-Forwarded-Ssl`, `X-Forwarded-Scheme`, `X-Forwarded-Port`,
+    /// `Front-End-Https`): cutover is the edge, so a client's are removed, never trusted.
+    case spoofableForwarding
 
     /// Fields the proxy always removes before forwarding (RFC 9110 §7.6.1) or replaces with
     /// values of its own (framing, X-Forwarded-*, X-Request-Id).

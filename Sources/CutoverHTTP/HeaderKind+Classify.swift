@@ -20,6 +20,9 @@ extension HeaderKind {
         case 7:
             if matches("upgrade") { return .upgrade }
             return matches("trailer") ? .trailer : .other
+        case 9:
+            if matches("forwarded") { return .spoofableForwarding }
+            return matches("x-real-ip") ? .spoofableForwarding : .other
         case 10:
             if matches("connection") { return .connection }
             return matches("keep-alive") ? .keepAlive : .other
@@ -27,15 +30,17 @@ extension HeaderKind {
         case 14: return matches("content-length") ? .contentLength : .other
         case 15:
             if matches("x-forwarded-for") { return .xForwardedFor }
+            if matches("x-forwarded-ssl") || matches("front-end-https") { return .spoofableForwarding }
             return .other
         case 16:
             if matches("proxy-connection") { return .proxyConnection }
             if matches("x-forwarded-host") { return .xForwardedHost }
             if matches("x-cutover-mirror") { return .xCutoverMirror }
-            return .other
+            return matches("x-forwarded-port") ? .spoofableForwarding : .other
         case 17:
             if matches("transfer-encoding") { return .transferEncoding }
             return matches("x-forwarded-proto") ? .xForwardedProto : .other
+        case 18: return matches("x-forwarded-scheme") ? .spoofableForwarding : .other
         default: return .other
         }
     }

@@ -311,7 +311,7 @@ final class ClientConnection: Channel {
             return
         }
         record.serverID = Int32(truncatingIfNeeded: server.id)
-        guard let upstream = acquireUpstream(server, pool: pool.pool) else {
+        guard let upstream = acquireUpstream(server, pool: pool.pool, app: pool.app) else {
             input.consume(consumed)
             pool.stats.upstreamFailed(serverID: server.id, kind: .connectFailure)
             respondLocally(status: 502, message: "could not connect to an upstream server", keepAlive: keepAliveIfBodiless,
@@ -420,7 +420,7 @@ final class ClientConnection: Channel {
 
     private func launchCopy(_ role: ShadowComparison.Role, to server: ServerEntry, pool: PoolID, comparison: ShadowComparison,
                             app: LocalApp, method: HTTPMethod, headBytes: UnsafeRawBufferPointer, body: UnsafeRawBufferPointer) -> Bool {
-        guard let connection = acquireUpstream(server, pool: pool, forCopy: true) else { return false }
+        guard let connection = acquireUpstream(server, pool: pool, app: app.name, forCopy: true) else { return false }
         loop.buffers.acquire(into: &connection.output)
         guard connection.output.spaceAtEnd >= headBytes.count - 2 + Self.mirrorMark.utf8CodeUnitCount + body.count else {
             connection.close()  // checked by the caller; never write past a buffer
@@ -457,11 +457,12 @@ final class ClientConnection: Channel {
     /// An idle connection to `server`, or a new one. A failed connect counts against the
     /// server's passive health only for live requests (`forCopy` false): a mirrored copy never
     /// marks a server down.
-    private func acquireUpstream(_ server: ServerEntry, pool: PoolID, forCopy: Bool = false) -> UpstreamConnection? {
-        let tls = worker.upstreamTLS(for: server)
+    private func acquireUpstream(_ server: ServerEntry, pool: PoolID, app: String, forCopy: Bool = false) -> UpstreamConnection? {
+        let tls = worker.upstreamTLS(app: app, server: server)
         if let idle = worker.upstreamPool.take(serverID: server.id) {
-            if idle.tlsContext == tls.map({ ObjectIdentifier($0.context) }) { return idle }
-            idle.close()  // made under `upstream_tls` settings a reload has replaced
+            // Same TLS target or both plain: the same SNI, verification and settings.
+            if idle.tlsTarget === tls { return idle }
+            idle.close()  // made for another app's `upstream_tls`, or settings a reload replaced
         }
         do {
             return try UpstreamConnection.connect(
@@ -711,7 +712,7 @@ final class ClientConnection: Channel {
         }
         if case .retry(let excluding, let headOnly) = machine.retryDecision(attempt),
            let server = pool.next(excluding: excluding ?? -1),
-           let next = acquireUpstream(server, pool: pool.pool) {
+           let next = acquireUpstream(server, pool: pool.pool, app: pool.app) {
             worker.log(.info, "retrying request on \(server.name) after \(reason) on \(failedUpstream.server.name)")
             // The request bytes still sit in the failed connection's output buffer.
             var requestBytes = failedUpstream.output
@@ -865,7 +866,8 @@ final class ClientConnection: Channel {
 
     /// `redirect_http`: the same URL in https, on the first TLS listener's port.
     private func redirectToHTTPS(authority: UnsafeRawBufferPointer, target: UnsafeRawBufferPointer, keepAlive requestedKeepAlive: Bool) {
-        guard !authority.isEmpty else {
+        let host = LocalResponse.hostOfAuthority(authority)
+        guard !host.isEmpty else {
             respondLocally(status: 400, message: "a redirect to https needs a Host", keepAlive: false)
             return
         }
@@ -873,7 +875,7 @@ final class ClientConnection: Channel {
         loop.buffers.acquire(into: &output)
         output.compactIfNeeded(minimumSpace: output.capacity / 2)
         var writer = ByteWriter(output.writableBytes)
-        LocalResponse.writeHTTPSRedirect(host: LocalResponse.hostOfAuthority(authority), port: worker.httpsPort, target: target,
+        LocalResponse.writeHTTPSRedirect(host: host, port: worker.httpsPort, target: target,
                                          close: !keepAlive, into: &writer)
         guard !writer.overflowed else {
             record.status = 308

@@ -36,8 +36,8 @@ final class SharedProxyState: Sendable {
     let tls = Mutex<TLSServerContext?>(nil)
     /// The first TLS listener's port: where `redirect_http` listeners send clients.
     let httpsPort = Atomic<UInt16>(443)
-    /// `upstream_tls` by server name (`host:port` as configured); read once per new upstream
-    /// connection, and only when some app has it.
+    /// `upstream_tls` by app and server (`host:port` as configured); read per upstream
+    /// connection taken, and only when some app has it.
     let upstreamTLS = Mutex<[String: UpstreamTLSTarget]>([:])
     let anyUpstreamTLS = Atomic<Bool>(false)
 
@@ -143,10 +143,10 @@ final class ProxyWorker {
 
     var httpsPort: UInt16 { shared.httpsPort.load(ordering: .relaxed) }
 
-    /// How to speak TLS to `server` (nil: plain).
-    func upstreamTLS(for server: ServerEntry) -> UpstreamTLSTarget? {
+    /// How `app` speaks TLS to `server` (nil: plain).
+    func upstreamTLS(app: String, server: ServerEntry) -> UpstreamTLSTarget? {
         guard shared.anyUpstreamTLS.load(ordering: .relaxed) else { return nil }
-        return shared.upstreamTLS.withLock { $0[server.name] }
+        return shared.upstreamTLS.withLock { $0[UpstreamTLSTarget.key(app: app, server: server.name)] }
     }
 
     /// The handshake deadline of the TLS context connections were last accepted with.

@@ -219,7 +219,10 @@ struct SocketStream {
     /// the socket closes.
     mutating func releaseTransport() {
         guard case .tls(let connection) = transport else { return }
-        if tlsFailure == nil && !peerClosed { connection.closeNotify() }
+        // After a clean end (the peer's close_notify or EOF included) our close_notify goes too,
+        // or at least the session is marked cleanly shut: OpenSSL drops the session of a
+        // connection freed without it from the resumption cache.
+        if tlsFailure == nil { connection.closeNotify() }
         connection.free()
         transport = .plain
     }

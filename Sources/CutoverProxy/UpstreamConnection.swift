@@ -45,14 +45,14 @@ package final class UpstreamConnection: Channel {
     unowned(unsafe) let counters: DataPlaneCounters
     /// The pool that opened this connection (for the per-pool connection count).
     let pool: PoolID
-    /// The `upstream_tls` context it was made with (nil: plain): a reload that changes it makes
-    /// pooled connections made under the old settings unusable.
-    let tlsContext: ObjectIdentifier?
+    /// The `upstream_tls` target it was made with (nil: plain), held so that its identity is
+    /// never reused: a pooled connection serves only requests with the very same target.
+    let tlsTarget: UpstreamTLSTarget?
 
     package init(fd: Int32, loop: EventLoop, server: ServerEntry, pool: PoolID, connected: Bool,
-         idlePool: UpstreamIdlePool, counters: DataPlaneCounters, tls: TLSConnection? = nil, tlsContext: ObjectIdentifier? = nil) {
+         idlePool: UpstreamIdlePool, counters: DataPlaneCounters, tls: TLSConnection? = nil, tlsTarget: UpstreamTLSTarget? = nil) {
         self.server = server
-        self.tlsContext = tlsContext
+        self.tlsTarget = tlsTarget
         self.idlePool = idlePool
         self.counters = counters
         self.pool = pool
@@ -187,7 +187,7 @@ package final class UpstreamConnection: Channel {
             }
             let connection = UpstreamConnection(
                 fd: fd, loop: loop, server: server, pool: pool, connected: connected, idlePool: idlePool,
-                counters: counters, tls: session, tlsContext: tls.map { ObjectIdentifier($0.context) })
+                counters: counters, tls: session, tlsTarget: tls)
             try loop.register(connection)
             session = nil  // the connection owns it now
             counters.add(1, .upstreamConnections(pool), loop: loop.index)

@@ -91,7 +91,7 @@ public struct ReleaseMachine: Sendable {
     /// Evidence of the current step.
     public private(set) var candidateTotal = ArmCounts()
     public private(set) var stableTotal = ArmCounts()
-    private var regression = ErrorRegressionTest()
+    private var regression: ErrorRegressionTest
     /// Per app (stratum), the candidate's recent share of its requests: the regression test's null.
     private var shares: [TrafficShareWindow] = []
     /// One test per `error_rate` condition, in the order of `plan.pauseIf + plan.rollbackIf`.
@@ -102,8 +102,16 @@ public struct ReleaseMachine: Sendable {
     /// The latest observation's latency and shadow figures (for status and evidence).
     public private(set) var latest: ReleaseObservation?
 
+    /// The regression test of `step`, its mixture chosen by the step's candidate weight (the
+    /// last weight set at or before it; a step of pins alone counts as a small canary).
+    static func regressionTest(_ plan: PlanConfig, step: Int) -> ErrorRegressionTest {
+        let weight = plan.steps.prefix(step + 1).compactMap(\.weight).last ?? 0
+        return ErrorRegressionTest(weights: ErrorRegressionTest.weights(forCandidateBasisPoints: weight))
+    }
+
     public init(plan: PlanConfig, nowMs: Int64) {
         self.plan = plan
+        regression = Self.regressionTest(plan, step: 0)
         phase = .running(step: 0)
         lastObservationMs = nowMs
         limitTests = (plan.pauseIf + plan.rollbackIf).map { condition in
@@ -186,7 +194,7 @@ public struct ReleaseMachine: Sendable {
     public mutating func resume() -> Bool {
         guard case .paused(let step, _) = phase else { return false }
         phase = .running(step: step)
-        regression = ErrorRegressionTest()
+        regression = Self.regressionTest(plan, step: step)
         shares.removeAll()  // a weight set by hand while paused is a new share
         limitTests = limitTests.map { ErrorRateLimitTest(limit: $0.limit) }
         perSecond.removeAll()
@@ -234,7 +242,7 @@ public struct ReleaseMachine: Sendable {
         heldMs = 0
         candidateTotal = ArmCounts()
         stableTotal = ArmCounts()
-        regression = ErrorRegressionTest()
+        regression = Self.regressionTest(plan, step: step + 1)
         shares.removeAll()  // the new step's weight is a new share
         limitTests = limitTests.map { ErrorRateLimitTest(limit: $0.limit) }
         perSecond.removeAll()

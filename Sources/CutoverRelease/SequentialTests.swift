@@ -32,15 +32,31 @@ import Foundation
 public struct ErrorRegressionTest: Sendable, Equatable {
     /// Relative risks mixed over (the candidate's error rate as a multiple of the stable one).
     public static let relativeRisks: [Double] = [1.5, 2, 3, 5, 10, 30, 100, 1_000]
-    /// Their weights (summing to 1).
+    /// Their weights (summing to 1) for a small canary (a step at 15 % or less): most of the
+    /// false-alarm budget on the largest effect, so that a failing candidate at weight 10 is
+    /// rolled back on its third error.
     public static let mixtureWeights: [Double] = [0.025, 0.025, 0.05, 0.075, 0.1, 0.075, 0.05, 0.6]
+    /// For a larger share: a failing candidate's errors come fast anyway (five times as many at
+    /// 50 % as at 10 %), so the budget moves to moderate effects, and a run of errors that
+    /// chance puts on a half-share candidate needs to be longer to look like one.
+    public static let largeShareWeights: [Double] = [0.05, 0.05, 0.1, 0.15, 0.25, 0.2, 0.1, 0.1]
+
+    /// The mixture for a step whose candidate weight is `basisPoints` — chosen before the step's
+    /// data, so the test stays a test martingale.
+    public static func weights(forCandidateBasisPoints basisPoints: Int) -> [Double] {
+        basisPoints <= 1_500 ? mixtureWeights : largeShareWeights
+    }
 
     /// ln of each component's likelihood ratio.
     private var logRatios = [Double](repeating: 0, count: ErrorRegressionTest.relativeRisks.count)
+    private let weights: [Double]
     public private(set) var candidateErrors: UInt64 = 0
     public private(set) var stableErrors: UInt64 = 0
 
-    public init() {}
+    public init(weights: [Double] = ErrorRegressionTest.mixtureWeights) {
+        precondition(weights.count == Self.relativeRisks.count)
+        self.weights = weights
+    }
 
     /// Adds one batch, with the candidate's share taken from the batch's own requests.
     public mutating func add(candidateRequests: UInt64, candidateErrors: UInt64, stableRequests: UInt64, stableErrors: UInt64) {
@@ -72,7 +88,7 @@ public struct ErrorRegressionTest: Sendable, Equatable {
     public var likelihoodRatio: Double {
         let largest = logRatios.max() ?? 0
         var sum = 0.0
-        for (logRatio, weight) in zip(logRatios, Self.mixtureWeights) { sum += weight * exp(logRatio - largest) }
+        for (logRatio, weight) in zip(logRatios, weights) { sum += weight * exp(logRatio - largest) }
         return exp(largest) * sum
     }
 

@@ -55,7 +55,7 @@ public final class CutoverRuntime: @unchecked Sendable {
         controlPlane.upstreamTLS = upstreamTargets
         // A reload loads the certificates first: a bad one refuses the reload, and nothing changes.
         controlPlane.reloadPreparers.append { [server, controlPlane] next in
-            let targets = try UpstreamTLSTarget.targets(for: next)
+            let targets = try UpstreamTLSTarget.targets(for: next, previous: controlPlane.upstreamTLS)
             return {
                 server.replaceUpstreamTLS(targets)
                 controlPlane.upstreamTLS = targets

@@ -102,7 +102,11 @@ public final class TLSServerContext: @unchecked Sendable {
         let sni = ctls_sni_new()!
         // Earlier certificates win a name both carry (as nginx's first server block does).
         for (context, certificate) in zip(contexts, loaded) {
-            for name in certificate.names { _ = ctls_sni_add(sni, name, context) }
+            for name in certificate.names where ctls_sni_add(sni, name, context) != 0 {
+                ctls_sni_free(sni)
+                release()
+                throw failure(certificate.line, "certificate \(certificate.chainPath): out of memory")
+            }
         }
         ctls_sni_set_default(sni, fallback)
         let front = fallback ?? contexts[0]
@@ -262,28 +266,41 @@ public final class TLSClientContext: @unchecked Sendable {
 }
 
 /// What a new connection to one upstream server needs: the app's client context and the names.
-public struct UpstreamTLSTarget: Sendable {
+/// A class: a pooled connection is reused only for the very target it was made with (`===`).
+public final class UpstreamTLSTarget: Sendable {
     public let context: TLSClientContext
+    public let settings: UpstreamTLS
     /// Sent as SNI (unless an address).
     public let serverName: String?
     /// The name (or address) the certificate must carry, when the context verifies.
     public let verifyName: String?
 
-    public init(context: TLSClientContext, serverName: String?, verifyName: String?) {
+    public init(context: TLSClientContext, settings: UpstreamTLS, serverName: String?, verifyName: String?) {
         self.context = context
+        self.settings = settings
         self.serverName = serverName
         self.verifyName = verifyName
     }
 
-    /// Every server of every app with `upstream_tls`, by its configured name (`host:port`).
-    public static func targets(for config: Config) throws(ConfigError) -> [String: UpstreamTLSTarget] {
+    /// The key of `targets(for:)`: an app and one of its servers (`host:port`).
+    public static func key(app: String, server: String) -> String { app + "|" + server }
+
+    /// Every server of every app with `upstream_tls`, by app and server. Targets of `previous`
+    /// whose settings did not change are kept, with their pooled connections.
+    public static func targets(for config: Config, previous: [String: UpstreamTLSTarget] = [:]) throws(ConfigError) -> [String: UpstreamTLSTarget] {
         var targets: [String: UpstreamTLSTarget] = [:]
         for app in config.apps {
             guard let settings = app.upstreamTLS else { continue }
-            let context = try TLSClientContext(settings: settings, configPath: config.path)
+            var context: TLSClientContext?
             for server in app.blue + app.green {
+                let key = Self.key(app: app.name, server: server.description)
+                if let kept = previous[key], kept.settings.caFile == settings.caFile, kept.settings.serverName == settings.serverName {
+                    targets[key] = kept
+                    continue
+                }
+                if context == nil { context = try TLSClientContext(settings: settings, configPath: config.path) }
                 let name = settings.serverName ?? server.host
-                targets[server.description] = UpstreamTLSTarget(context: context, serverName: name, verifyName: name)
+                targets[key] = UpstreamTLSTarget(context: context!, settings: settings, serverName: name, verifyName: name)
             }
         }
         return targets

@@ -22,6 +22,12 @@ final class ProxyIntegrationTests: XCTestCase {
             ("Proxy-Connection", "keep-alive"),
             ("X-Forwarded-For", "6.6.6.6"),
             ("X-Forwarded-Proto", "https"),
+            ("Forwarded", "for=6.6.6.6;proto=https"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("X-Forwarded-Ssl", "on"),
+            ("X-Forwarded-Scheme", "https"),
+            ("X-Forwarded-Port", "443"),
+            ("Front-End-Https", "on"),
             ("X-Custom", "kept"),
         ])
         XCTAssertEqual(response.status, 200)
@@ -36,6 +42,10 @@ final class ProxyIntegrationTests: XCTestCase {
         XCTAssertEqual(seen.header("X-Custom"), "kept")
         for hopByHop in ["Connection", "X-Secret", "Keep-Alive", "TE", "Proxy-Connection", "Transfer-Encoding", "Content-Length"] {
             XCTAssertNil(seen.header(hopByHop), "\(hopByHop) must not reach the upstream")
+        }
+        // Frameworks read these as the client's scheme or address: a client's never pass the edge.
+        for spoofable in ["Forwarded", "X-Real-IP", "X-Forwarded-Ssl", "X-Forwarded-Scheme", "X-Forwarded-Port", "Front-End-Https"] {
+            XCTAssertNil(seen.header(spoofable), "\(spoofable) from a client must not reach the upstream")
         }
         let id = try XCTUnwrap(seen.header("X-Request-Id"))
         XCTAssertEqual(id.count, 32)

@@ -137,6 +137,7 @@ final class TLSTerminationTests: XCTestCase {
         let noHost = try RawHTTPClient(port: port, timeout: 5)
         try noHost.send("GET / HTTP/1.0\r\n\r\n")
         XCTAssertEqual(try noHost.readResponse().status, 400)
+        XCTAssertEqual(try RawHTTPClient(port: port, timeout: 5).request("GET", "/", host: ":80").status, 400, "a Host without a name")
         // curl follows it to the TLS listener.
         let curl = try run("/usr/bin/env", ["curl", "-sk", "-L", "--resolve", "example.com:\(port):127.0.0.1",
                                             "--resolve", "example.com:\(tlsPort):127.0.0.1", "http://example.com:\(port)/"])

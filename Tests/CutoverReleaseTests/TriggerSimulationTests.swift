@@ -45,10 +45,10 @@ final class TriggerSimulationTests: XCTestCase {
 
     /// A plan that only rolls back on error regressions and the absolute limit, with holds
     /// longer than the simulated waves (a wave is one step's evidence).
-    private func rollbackOnly(_ base: PlanConfig) -> PlanConfig {
+    private func rollbackOnly(_ base: PlanConfig, share: Double) -> PlanConfig {
         var plan = base
         plan.pauseIf = []
-        plan.steps = [PlanStep(weight: 10_000, holdMs: 86_400_000)]
+        plan.steps = [PlanStep(weight: Int(share * 10_000), holdMs: 86_400_000)]
         return plan
     }
 
@@ -62,12 +62,12 @@ final class TriggerSimulationTests: XCTestCase {
     /// shows tens of false rollbacks here.
     func testHealthyWavesAreNeverRolledBack() throws {
         var generator = SeededGenerator(state: 2026)
-        let plans = [try shipped("canary-by-tenant"), try shipped("canary-to-full")].map(rollbackOnly)
+        let plans = [try shipped("canary-by-tenant"), try shipped("canary-to-full")]
         var falseRollbacks = 0
         let waves = ProcessInfo.processInfo.environment["CUTOVER_HEALTHY_WAVES"].flatMap { Int($0) } ?? 200
         for wave in 0..<waves {
             let share = [0.1, 0.25, 0.5][wave % 3]
-            if run(plans[wave % 2], ticks: 3_000, share: share, candidateRate: { _ in 0.001 }, stableRate: 0.001, generator: &generator) != nil {
+            if run(rollbackOnly(plans[wave % 2], share: share), ticks: 3_000, share: share, candidateRate: { _ in 0.001 }, stableRate: 0.001, generator: &generator) != nil {
                 falseRollbacks += 1
             }
         }
