@@ -137,7 +137,9 @@ public final class ProxyServer: @unchecked Sendable {
     /// `upstream_tls` targets by server name (start, and every reload); connections already
     /// open keep their session.
     public func replaceUpstreamTLS(_ targets: [String: UpstreamTLSTarget]) {
-        shared.upstreamTLS.withLock { $0 = targets }
+        var byApp: [String: [String: UpstreamTLSTarget]] = [:]
+        for target in targets.values { byApp[target.app, default: [:]][target.server] = target }
+        shared.upstreamTLS.withLock { $0 = byApp }
         shared.anyUpstreamTLS.store(!targets.isEmpty, ordering: .relaxed)
     }
 

@@ -38,7 +38,9 @@ final class SharedProxyState: Sendable {
     let httpsPort = Atomic<UInt16>(443)
     /// `upstream_tls` by app and server (`host:port` as configured); read per upstream
     /// connection taken, and only when some app has it.
-    let upstreamTLS = Mutex<[String: UpstreamTLSTarget]>([:])
+    /// By app, then server: looked up with strings the routing snapshot holds (no key built,
+    /// no allocation per request).
+    let upstreamTLS = Mutex<[String: [String: UpstreamTLSTarget]]>([:])
     let anyUpstreamTLS = Atomic<Bool>(false)
 
     init(maxClients: Int) {
@@ -146,7 +148,7 @@ final class ProxyWorker {
     /// How `app` speaks TLS to `server` (nil: plain).
     func upstreamTLS(app: String, server: ServerEntry) -> UpstreamTLSTarget? {
         guard shared.anyUpstreamTLS.load(ordering: .relaxed) else { return nil }
-        return shared.upstreamTLS.withLock { $0[UpstreamTLSTarget.key(app: app, server: server.name)] }
+        return shared.upstreamTLS.withLock { $0[app]?[server.name] }
     }
 
     /// The handshake deadline of the TLS context connections were last accepted with.

@@ -270,14 +270,19 @@ public final class TLSClientContext: @unchecked Sendable {
 public final class UpstreamTLSTarget: Sendable {
     public let context: TLSClientContext
     public let settings: UpstreamTLS
+    /// The app and the server (`host:port` as configured) it serves.
+    public let app: String
+    public let server: String
     /// Sent as SNI (unless an address).
     public let serverName: String?
     /// The name (or address) the certificate must carry, when the context verifies.
     public let verifyName: String?
 
-    public init(context: TLSClientContext, settings: UpstreamTLS, serverName: String?, verifyName: String?) {
+    public init(context: TLSClientContext, settings: UpstreamTLS, app: String, server: String, serverName: String?, verifyName: String?) {
         self.context = context
         self.settings = settings
+        self.app = app
+        self.server = server
         self.serverName = serverName
         self.verifyName = verifyName
     }
@@ -300,7 +305,8 @@ public final class UpstreamTLSTarget: Sendable {
                 }
                 if context == nil { context = try TLSClientContext(settings: settings, configPath: config.path) }
                 let name = settings.serverName ?? server.host
-                targets[key] = UpstreamTLSTarget(context: context!, settings: settings, serverName: name, verifyName: name)
+                targets[key] = UpstreamTLSTarget(context: context!, settings: settings, app: app.name, server: server.description,
+                                                 serverName: name, verifyName: name)
             }
         }
         return targets
