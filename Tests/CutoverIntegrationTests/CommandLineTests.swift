@@ -71,6 +71,32 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(missing.stderr.contains("nope.conf:0: cannot read"), missing.stderr)
     }
 
+    /// `cutover check` loads every certificate as `run` would: each broken one is FILE:LINE with
+    /// its reason (exit 1), a good one is listed with its names.
+    func testCheckLoadsEveryCertificate() throws {
+        let certificates = try TestCertificates()
+        try certificates.make("site", commonName: "site", dnsNames: ["example.com"])
+        try certificates.make("other", commonName: "other", dnsNames: ["other.test"])
+        try "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".write(toFile: certificates.path("garbage.pem"),
+                                                                                       atomically: true, encoding: .utf8)
+        let config = certificates.folder.appendingPathComponent("tls.conf")
+        func check(_ certificate: String) throws -> Outcome {
+            try "listen 127.0.0.1:8443 tls\ntls {\n    certificate \(certificate)\n}\napp a {\n    host *\n    blue 127.0.0.1:1\n    green 127.0.0.1:2\n}\n"
+                .write(to: config, atomically: true, encoding: .utf8)
+            return try run(["check", "-c", config.path])
+        }
+        let good = try check("site.pem site.key")
+        XCTAssertEqual(good.status, 0, good.stderr)
+        XCTAssertTrue(good.stdout.contains("1 certificate(s) (example.com)"), good.stdout)
+        for (certificate, reason) in [("missing.pem site.key", "no such file"), ("site.pem other.key", "the private key does not match"),
+                                      ("garbage.pem site.key", "cannot load the certificate chain")] {
+            let outcome = try check(certificate)
+            XCTAssertEqual(outcome.status, 1, certificate)
+            XCTAssertTrue(outcome.stderr.hasPrefix("\(config.path):3: certificate"), outcome.stderr)
+            XCTAssertTrue(outcome.stderr.contains(reason), outcome.stderr)
+        }
+    }
+
     /// A running cutover process whose stderr is watched for log lines.
     final class RunningProxy: @unchecked Sendable {
         let process = Process()
