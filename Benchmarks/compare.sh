@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+. Benchmarks/common.sh  # launch_proxies, stop_proxies (its bench_setup is not used here)
 ROUNDS=${ROUNDS:-9}
 DURATION=${DURATION:-6}
 CONNS=${CONNS:-50}
@@ -128,21 +129,7 @@ EOF
 
 start_proxies() {
     rm -f "$WORK/cutover.state"
-    "$BIN/cutover" run -c "$WORK/cutover.conf" 2>"$WORK/cutover.log" & CUTOVER_PID=$!
-    nginx -c "$WORK/nginx.conf" -p "$WORK/"
-    haproxy -D -f "$WORK/haproxy.cfg"
-    sleep 1
-    NGINX_PIDS=$(pgrep -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')
-    HAPROXY_PID=$(cat "$WORK/haproxy.pid")
-}
-
-stop_proxies() {
-    kill "$CUTOVER_PID" 2>/dev/null || true
-    kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
-    kill "$HAPROXY_PID" 2>/dev/null || true
-    wait "$CUTOVER_PID" 2>/dev/null || true
-    sleep 0.5
-    rm -f "$WORK/nginx.pid" "$WORK/haproxy.pid"
+    launch_proxies
 }
 
 pids_of() {

@@ -101,21 +101,7 @@ frontend fe
 backend blue
     server b 127.0.0.1:$UP
 EOF
-    "$BIN/cutover" run -c "$WORK/cutover.conf" 2>"$WORK/cutover.log" & CUTOVER_PID=$!
-    nginx -c "$WORK/nginx.conf" -p "$WORK/"
-    haproxy -D -f "$WORK/haproxy.cfg"
-    sleep 1
-    NGINX_PIDS=$(pgrep -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')
-    HAPROXY_PID=$(cat "$WORK/haproxy.pid")
-}
-
-stop_proxies() {
-    kill "$CUTOVER_PID" 2>/dev/null || true
-    kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
-    kill "$HAPROXY_PID" 2>/dev/null || true
-    wait "$CUTOVER_PID" 2>/dev/null || true
-    sleep 0.5
-    rm -f "$WORK/nginx.pid" "$WORK/haproxy.pid"
+    launch_proxies
 }
 
 pids_of() { case $1 in cutover) echo "$CUTOVER_PID" ;; nginx) echo "$NGINX_PIDS" ;; haproxy) echo "$HAPROXY_PID" ;; esac; }
