@@ -140,6 +140,7 @@ public final class ProxyServer: @unchecked Sendable {
         var byApp: [String: [String: UpstreamTLSTarget]] = [:]
         for target in targets.values { byApp[target.app, default: [:]][target.server] = target }
         shared.upstreamTLS.withLock { $0 = byApp }
+        shared.upstreamTLSGeneration.add(1, ordering: .releasing)
         shared.anyUpstreamTLS.store(!targets.isEmpty, ordering: .relaxed)
     }
 

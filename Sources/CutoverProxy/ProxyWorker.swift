@@ -42,6 +42,8 @@ final class SharedProxyState: Sendable {
     /// no allocation per request).
     let upstreamTLS = Mutex<[String: [String: UpstreamTLSTarget]]>([:])
     let anyUpstreamTLS = Atomic<Bool>(false)
+    /// Bumped by every replacement: a loop copies the table once per change, not per request.
+    let upstreamTLSGeneration = Atomic<Int>(0)
 
     init(maxClients: Int) {
         self.maxClients = maxClients
@@ -145,10 +147,20 @@ final class ProxyWorker {
 
     var httpsPort: UInt16 { shared.httpsPort.load(ordering: .relaxed) }
 
-    /// How `app` speaks TLS to `server` (nil: plain).
+    /// This loop's copy of the `upstream_tls` table, and the generation it was taken at.
+    private var upstreamTLSTable: [String: [String: UpstreamTLSTarget]] = [:]
+    private var upstreamTLSSeen = -1
+
+    /// How `app` speaks TLS to `server` (nil: plain). No lock per request: the table is copied
+    /// (a reference, copy-on-write) when its generation changed.
     func upstreamTLS(app: String, server: ServerEntry) -> UpstreamTLSTarget? {
         guard shared.anyUpstreamTLS.load(ordering: .relaxed) else { return nil }
-        return shared.upstreamTLS.withLock { $0[app]?[server.name] }
+        let generation = shared.upstreamTLSGeneration.load(ordering: .acquiring)
+        if generation != upstreamTLSSeen {
+            upstreamTLSTable = shared.upstreamTLS.withLock { $0 }
+            upstreamTLSSeen = generation
+        }
+        return upstreamTLSTable[app]?[server.name]
     }
 
     /// The handshake deadline of the TLS context connections were last accepted with.
