@@ -9,6 +9,7 @@ import PackageDescription
 //   CutoverMetrics ─→ CutoverRouting ─→ CutoverConfig ─→ CutoverSystem ─→ CCutoverSys
 //   CutoverLoop    ─→ CutoverSystem, CutoverHTTP
 //   CutoverProxy   ─→ CutoverTLS ─→ CCutoverTLS ─→ COpenSSL (the system libssl)
+//   CutoverControl, cutover, CutoverBench ─→ CutoverViews (pure: figures to terminal lines, HTML, SVG) ─→ CutoverSystem
 //   CutoverDemo, CutoverBench (tools) ─→ CutoverLoop, CutoverHTTP; the bench also drives the admin socket
 //
 // The data plane (CutoverProxy) and the control plane (CutoverControl) never import each
@@ -49,6 +50,8 @@ let package = Package(
             dependencies: ["CutoverRouting", "CutoverConfig", "CutoverSystem"],
             swiftSettings: dataPlaneSettings
         ),
+        // The operator views as pure functions: figures in, terminal lines, HTML or SVG out.
+        .target(name: "CutoverViews", dependencies: ["CutoverSystem"]),
         // The data plane.
         .target(
             name: "CutoverProxy",
@@ -60,7 +63,7 @@ let package = Package(
         .target(
             name: "CutoverControl",
             dependencies: ["CutoverLoop", "CutoverRouting", "CutoverMetrics", "CutoverConfig", "CutoverSystem", "CutoverHTTP",
-                           "CutoverRelease", "CutoverTLS"]
+                           "CutoverRelease", "CutoverTLS", "CutoverViews"]
         ),
         // Wiring: starts both planes from a config and links them.
         // Release plans as values: the sequential tests and the plan's state machine, no I/O.
@@ -74,13 +77,13 @@ let package = Package(
         ),
         .target(
             name: "CutoverBench",
-            dependencies: ["CutoverControl", "CutoverMetrics", "CutoverLoop", "CutoverHTTP", "CutoverConfig", "CutoverSystem"],
+            dependencies: ["CutoverControl", "CutoverMetrics", "CutoverLoop", "CutoverHTTP", "CutoverConfig", "CutoverSystem", "CutoverViews"],
             swiftSettings: dataPlaneSettings
         ),
         .executableTarget(
             name: "cutover",
             dependencies: ["CutoverRuntime", "CutoverControl", "CutoverDemo", "CutoverRouting", "CutoverConfig", "CutoverSystem",
-                           "CutoverTLS"]
+                           "CutoverTLS", "CutoverViews"]
         ),
         .executableTarget(name: "cutover-bench", dependencies: ["CutoverBench", "CutoverDemo", "CutoverConfig"], path: "Benchmarks/cutover-bench"),
 
@@ -95,6 +98,7 @@ let package = Package(
         .testTarget(name: "CutoverTLSTests", dependencies: ["CutoverTLS", "CutoverConfig", "CutoverTestSupport"]),
         .testTarget(name: "CutoverReleaseTests", dependencies: ["CutoverRelease", "CutoverConfig", "CutoverTestSupport"]),
         .testTarget(name: "CutoverMetricsTests", dependencies: ["CutoverMetrics", "CutoverTestSupport"]),
+        .testTarget(name: "CutoverViewsTests", dependencies: ["CutoverViews", "CutoverSystem"]),
         .testTarget(name: "CutoverControlTests", dependencies: ["CutoverControl", "CutoverConfig", "CutoverSystem"]),
         // Loopback tests: real sockets on 127.0.0.1, real upstreams, the built binaries.
         .testTarget(

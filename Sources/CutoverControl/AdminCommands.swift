@@ -19,6 +19,8 @@ public enum AdminCommand: Equatable, Sendable {
     case verify(Color)
     case history(Int)
     case stats(WindowedStats.Window)
+    /// What `cutover top` and the status page show, with `seconds` of one-a-second history.
+    case overview(seconds: Int)
     case reopen
     /// Basis points (1/100 %) for `color`; nil app: every app in one publish.
     case weight(Color, basisPoints: Int, app: String?, force: Bool, reason: String?)
@@ -38,7 +40,7 @@ public enum AdminCommand: Equatable, Sendable {
             case .status, .report: return false
             default: return true
             }
-        case .help, .status, .health, .verify, .history, .stats, .reopen, .pins: return false
+        case .help, .status, .health, .verify, .history, .stats, .overview, .reopen, .pins: return false
         }
     }
 }
@@ -195,6 +197,12 @@ public enum AdminCommands {
             guard words.count == 1, let window = WindowedStats.Window(rawValue: String(words[0])) else { return nil }
             return .stats(window)
         },
+        AdminCommandSpec(name: "overview", usage: "overview [seconds]",
+                         summary: "everything `cutover top` and the status page show: colors, split, per app and color the last 10 s and a series of the last seconds (default 60, at most 300), servers, the release, the last audit records") { words in
+            if words.isEmpty { return .overview(seconds: 60) }
+            guard words.count == 1, let seconds = Int(words[0]), (1...StatusHistory.capacity).contains(seconds) else { return nil }
+            return .overview(seconds: seconds)
+        },
         AdminCommandSpec(name: "reopen", usage: "reopen", summary: "reopen the access log file (after logrotate moved it)") {
             $0.isEmpty ? .reopen : nil
         },
@@ -324,6 +332,8 @@ extension ControlPlane {
             }
         case .stats(let window):
             return statsReport(window)
+        case .overview(let seconds):
+            return overviewReport(seriesSeconds: seconds)
         case .weight(let color, let basisPoints, let app, let force, let reason):
             return noteManualChange("weight", actor: actor,
                                     AdminReplies.json(setWeight(color, basisPoints: basisPoints, app: app, force: force, reason: reason, actor: actor)))

@@ -50,6 +50,7 @@ extension ControlPlane {
             }
         }
         scheduleReleaseEvaluation()
+        sampleHistory()
         let now = clock()
         lock.withLock {
             if var last = lastSwitch, last.drainedAt == nil, counters.inflight(last.from) == 0 {

@@ -93,6 +93,10 @@ public final class ControlPlane: @unchecked Sendable {
     /// The release plan running, if one is (`release start`).
     var release: ReleaseRun? = nil
     var stopped = false
+    /// One sample a second of each app and color for the operator views; taken off the
+    /// control loop (a reading asks every data-plane loop) by `sampleHistory`.
+    let history = Mutex(StatusHistory())
+    let historySampling = Atomic<Bool>(false)
     let wallAtStart = Date()
     let monoAtStart: Int64
 

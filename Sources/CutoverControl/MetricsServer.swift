@@ -1,17 +1,23 @@
 import CutoverConfig
 import CutoverHTTP
 import CutoverLoop
+import CutoverMetrics
 import CutoverSystem
+import CutoverViews
 import Foundation
 
-/// `metrics_listen`: a small HTTP/1.1 endpoint for Prometheus, apart from the data plane (a
-/// scrape never takes a loop's time beyond the figures it merges). `GET /metrics` is text
-/// exposition format 0.0.4; `GET /healthz` answers 200 while the process runs. Requests are
+/// `metrics_listen`: a small HTTP/1.1 endpoint for Prometheus and people, apart from the data
+/// plane (a scrape never takes a loop's time beyond the figures it merges). `GET /metrics` is
+/// text exposition format 0.0.4; `GET /healthz` answers 200 while the process runs; `GET /`
+/// (and `/status`) is the status page, `GET /status.json` its figures (the `overview` reply).
+/// The page is read-only and served with a policy that allows no script and no fetch. Requests are
 /// parsed by the same strict codec as proxied ones; every answer closes the connection. Clients
 /// are read and answered on the control loop; the exposition (which asks every data-plane loop
 /// for its figures) is built on a command thread.
 public final class MetricsServer: @unchecked Sendable {
     let exposition: @Sendable () -> String?
+    /// The `overview` reply with that many seconds of history; nil: no status page.
+    let overview: (@Sendable (Int) -> JSON)?
     private let logger: Logger
     private let control: ControlLoop
     let commands = CommandThreads(count: 1, name: "cutover-metrics")
@@ -25,9 +31,11 @@ public final class MetricsServer: @unchecked Sendable {
     static let maxHeadBytes = 8 * 1024
 
     /// `exposition` returns nil when the figures are incomplete: the scrape gets a 503.
-    public init(logger: Logger, control: ControlLoop, exposition: @escaping @Sendable () -> String?) {
+    public init(logger: Logger, control: ControlLoop, overview: (@Sendable (Int) -> JSON)? = nil,
+                exposition: @escaping @Sendable () -> String?) {
         self.logger = logger
         self.control = control
+        self.overview = overview
         self.exposition = exposition
     }
 
@@ -66,12 +74,36 @@ public final class MetricsServer: @unchecked Sendable {
     /// The answer to a parsed request: a complete HTTP/1.1 message that closes the connection.
     /// `/metrics` runs the exposition, so call it on a command thread.
     func answer(method: HTTPMethod, path: String) -> [UInt8] {
-        let route = path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? path
-        guard route == "/metrics" || route == "/healthz" else {
-            return Self.message(status: 404, reason: "Not Found", body: "not found: try /metrics or /healthz\n")
+        let parts = path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        let route = parts.first.map(String.init) ?? path
+        let statusRoutes: Set<String> = overview == nil ? [] : ["/", "/status", "/status.json"]
+        guard route == "/metrics" || route == "/healthz" || statusRoutes.contains(route) else {
+            return Self.message(status: 404, reason: "Not Found",
+                                body: "not found: try \(overview == nil ? "" : "/ (the status page), /status.json, ")/metrics or /healthz\n")
         }
         guard method == .get || method == .head else {
             return Self.message(status: 405, reason: "Method Not Allowed", body: "use GET or HEAD\n", extra: "Allow: GET, HEAD\r\n")
+        }
+        if let overview, statusRoutes.contains(route) {
+            // /status.json?seconds=N: the length of the series (default 300, the page's 5 min).
+            var seconds = StatusHistory.capacity
+            if parts.count == 2, let query = parts.last, query.hasPrefix("seconds=") {
+                guard let value = Int(query.dropFirst("seconds=".count)), (1...StatusHistory.capacity).contains(value) else {
+                    return Self.message(status: 400, reason: "Bad Request", body: "seconds: a number from 1 to \(StatusHistory.capacity)\n")
+                }
+                seconds = value
+            }
+            let report = overview(seconds)
+            if route == "/status.json" {
+                return Self.message(status: report["ok"]?.boolValue == true ? 200 : 503, reason: report["ok"]?.boolValue == true ? "OK" : "Service Unavailable",
+                                    body: report.serialized() + "\n", headOnly: method == .head,
+                                    contentType: "application/json", extra: "Cache-Control: no-store\r\n")
+            }
+            guard let figures = try? Overview(report) else {
+                return Self.message(status: 503, reason: "Service Unavailable", body: "figures unavailable: \(report["error"]?.stringValue ?? "no reply")\n")
+            }
+            return Self.message(status: 200, reason: "OK", body: StatusPage.render(figures), headOnly: method == .head,
+                                contentType: "text/html; charset=utf-8", extra: Self.pageHeaders)
         }
         if route == "/healthz" {
             return Self.message(status: 200, reason: "OK", body: "ok\n", headOnly: method == .head)
@@ -83,6 +115,11 @@ public final class MetricsServer: @unchecked Sendable {
                                 body: "figures incomplete: a worker loop did not answer in time\n")
         }
     }
+
+    /// The page needs inline styles and nothing else: no script runs, nothing is fetched, no
+    /// frame may embed it, whatever a hostile name in the figures tried.
+    static let pageHeaders = "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'\r\n"
+        + "X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nReferrer-Policy: no-referrer\r\n"
 
     static func message(status: Int, reason: String, body: String, headOnly: Bool = false,
                         contentType: String = "text/plain; charset=utf-8", extra: String = "") -> [UInt8] {

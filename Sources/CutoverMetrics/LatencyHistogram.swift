@@ -63,6 +63,17 @@ public struct LatencyHistogram: Sendable {
         max = Swift.max(max, other.max)
     }
 
+    /// `count` values known only by their bucket: `lower...upper`, one bucket's bounds.
+    mutating func add(count added: UInt64, lower: UInt64, upper: UInt64) {
+        counts[Self.bucketIndex(lower)] &+= added
+        count &+= added
+        min = Swift.min(min, lower)
+        max = Swift.max(max, upper)
+    }
+
+    /// The sum of a histogram built from differences (see `subtracting`).
+    mutating func setSum(_ value: UInt64) { sum = value }
+
     public mutating func reset() {
         if count > 0 {
             for index in Self.bucketIndex(min)...Self.bucketIndex(max) { counts[index] = 0 }

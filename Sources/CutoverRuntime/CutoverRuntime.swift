@@ -96,7 +96,8 @@ public final class CutoverRuntime: @unchecked Sendable {
         controlPlane.attach(counters: server.counters)
         controlPlane.attach(dataPlane: server.link)
         if let endpoint = config.metricsListen {
-            let metrics = MetricsServer(logger: logger, control: controlPlane.checker) { [controlPlane] in
+            let metrics = MetricsServer(logger: logger, control: controlPlane.checker,
+                                        overview: { [controlPlane] seconds in controlPlane.execute(.overview(seconds: seconds), actor: .current()) }) { [controlPlane] in
                 controlPlane.prometheusExposition()
             }
             do {

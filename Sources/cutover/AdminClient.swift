@@ -1,6 +1,7 @@
 import CutoverConfig
 import CutoverControl
 import CutoverSystem
+import CutoverViews
 import Foundation
 
 /// Sends one admin command over the Unix socket and prints the reply for a terminal (or raw
@@ -51,6 +52,9 @@ enum Pretty {
         }
         switch command {
         case "status": return status(reply)
+        case "overview":
+            guard let overview = try? Overview(reply) else { return reply.serialized() }
+            return TopFrame.render(overview, .init(width: 132, height: 1_000, keys: false)).joined(separator: "\n")
         case "weight", "pin", "unpin", "mirror",
              // A rollback of a canary answers with its changes; a rollback of a switch, below.
              "rollback" where reply["changes"] != nil || reply["unchanged"] != nil:

@@ -42,6 +42,10 @@ let usage = """
       cutover drain <app> <host:port> | undrain <app> <host:port>
       cutover reload | reopen
       cutover stats [10s|1m|5m|total]           per app and color: rps, 5xx, latency percentiles
+      cutover top [--interval DURATION] [--once]  a full-screen view, refreshed every second (keys: s switch,
+                                                r rollback, p/u pause/resume a release, w weight, q quit);
+                                                --once prints one plain frame
+      cutover overview [seconds]                everything top and the status page show (JSON with --json)
         options: -c FILE (its admin_socket) or -s SOCKET; --json prints the raw reply
     Audit trail:
       cutover audit verify [-c FILE]            check the audit log's hash chain
@@ -177,7 +181,7 @@ func adminSocket(_ arguments: Arguments) -> String {
 }
 
 let adminCommands: Set<String> = ["status", "health", "history", "switch", "rollback", "verify", "drain", "undrain", "reload",
-                                    "stats", "reopen", "weight", "pin", "unpin", "pins", "mirror", "release"]
+                                    "stats", "reopen", "weight", "pin", "unpin", "pins", "mirror", "release", "overview"]
 
 let words = Array(CommandLine.arguments.dropFirst())
 guard let command = words.first else { fail(usage, code: 2) }
@@ -284,6 +288,18 @@ do {
         case .broken(let line, let reason):
             fail("\(log):\(line): \(reason)", code: 1)
         }
+    case "top":
+        let arguments = try Arguments(rest, valueOptions: ["-c", "--config", "-s", "--socket", "--interval"], flagOptions: ["--once"])
+        guard arguments.positional.isEmpty else { throw UsageError(message: "unexpected '\(arguments.positional[0])'") }
+        var intervalMs = 1_000
+        if let text = arguments.value("--interval") {
+            guard let ms = ConfigParser.parseDuration(Substring(text)), ms >= 100, ms <= 60_000 else {
+                throw UsageError(message: "--interval: a duration from 100ms to 60s, e.g. 2s")
+            }
+            intervalMs = ms
+        }
+        let top = TopCommand(socket: adminSocket(arguments), intervalMs: intervalMs)
+        exit(arguments.flags.contains("--once") ? top.once() : top.run())
     case let name where adminCommands.contains(name):
         let arguments = try Arguments(rest, valueOptions: ["-c", "--config", "-s", "--socket", "--reason", "--app", "--watch"],
                                       flagOptions: ["--json", "--force"])

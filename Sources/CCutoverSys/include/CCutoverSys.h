@@ -18,5 +18,11 @@ long long cutover_monotonic_ms(void);
 /// CLOCK_MONOTONIC in nanoseconds.
 long long cutover_monotonic_ns(void);
 long long cutover_realtime_ns(void);
+/// TIOCGWINSZ of a terminal. 0 on success, -1 with errno set (not a terminal).
+int cutover_terminal_size(int fd, unsigned short *rows, unsigned short *columns);
+/// Notes SIGWINCH (bit 1) and SIGINT, SIGTERM, SIGHUP (bit 2) in a flag, without SA_RESTART.
+void cutover_watch_terminal_signals(void);
+/// The signals noted since the last call (bits as above), and clears them.
+int cutover_take_terminal_signals(void);
 
 #endif
