@@ -17,6 +17,7 @@ DURATION=${DURATION:-6}
 CONNS=${CONNS:-50}
 IDLE=${IDLE:-5000}
 SWITCHES=${SWITCHES:-100}
+LATENCY_RATE=${LATENCY_RATE:-5000}
 OUT=${OUT:-$ROOT/BENCHMARKS.md}
 
 need=()
@@ -247,14 +248,31 @@ SWITCH_RESULTS=$WORK/switch.txt
 : > "$SWITCH_RESULTS"
 sleep 1.5  # cutover's green must be ready (ready_after 1s) for gated switches; the bench forces anyway
 "$BIN/cutover-bench" switch --proxy "http://127.0.0.1:$PORT_CUTOVER/" --socket "$WORK/cutover.sock" \
-    --switches "$SWITCHES" --interval 100 -c 20 --json >> "$SWITCH_RESULTS"
+    --switches "$SWITCHES" --interval 100 -c 20 --json | tee "$WORK/switch-cutover.json" >> "$SWITCH_RESULTS"
 "$BIN/cutover-bench" switch --proxy "http://127.0.0.1:$PORT_NGINX/" \
     --switch-command "sed s/COLOR/{color}/ $WORK/nginx.conf.template > $WORK/nginx.conf && nginx -c $WORK/nginx.conf -p $WORK/ -s reload" \
-    --switches "$SWITCHES" --interval 100 -c 20 --json >> "$SWITCH_RESULTS"
+    --switches "$SWITCHES" --interval 100 -c 20 --json | tee "$WORK/switch-nginx.json" >> "$SWITCH_RESULTS"
 "$BIN/cutover-bench" switch --proxy "http://127.0.0.1:$PORT_HAPROXY/" \
     --switch-command "echo 'set map $WORK/colors.map active {color}' | socat - UNIX-CONNECT:$WORK/haproxy.sock >/dev/null" \
-    --switches "$SWITCHES" --interval 100 -c 20 --json >> "$SWITCH_RESULTS"
+    --switches "$SWITCHES" --interval 100 -c 20 --json | tee "$WORK/switch-haproxy.json" >> "$SWITCH_RESULTS"
+
+# Latency by percentile at a fixed rate (open loop: each request's latency counts from when it
+# was due, so a stall shows in the tail instead of slowing the client), one proxy after another.
+for name in cutover nginx haproxy; do
+    "$BIN/cutover-bench" load "http://127.0.0.1:$(port_of $name)/" -c 20 -d "${DURATION}s" --rate "$LATENCY_RATE" --json \
+        > "$WORK/latency-$name.json"
+    echo "latency $name at $LATENCY_RATE req/s: $(head -c 300 "$WORK/latency-$name.json")" >&2
+done
 stop_proxies
+
+# The plots BENCHMARKS.md embeds, drawn from the raw reports above.
+PLOTS=$(dirname "$OUT")/Benchmarks/plots
+mkdir -p "$PLOTS"
+"$BIN/cutover-bench" plot percentiles --out "$PLOTS/latency-percentiles.svg" \
+    --title "latency by percentile at $LATENCY_RATE req/s, 20 connections, 1 worker" \
+    cutover="$WORK/latency-cutover.json" nginx="$WORK/latency-nginx.json" haproxy="$WORK/latency-haproxy.json"
+"$BIN/cutover-bench" plot timelines --out "$PLOTS/switch-timelines.svg" --from -200 --to 1000 \
+    cutover="$WORK/switch-cutover.json" nginx="$WORK/switch-nginx.json" haproxy="$WORK/switch-haproxy.json"
 
 # Heap allocations per proxied request in steady state (cutover, 1 worker, LD_PRELOAD shim). The
 # control plane is quiet here (no admin socket, health checks an hour apart) so that the count is
@@ -296,7 +314,7 @@ kill $ALLOC_PID; wait $ALLOC_PID 2>/dev/null || true
 alloc_requests=$(awk '/requests in/ {print $1}' "$WORK/wrk-alloc.out")
 echo "$before $after $alloc_requests" > "$WORK/alloc.txt"
 
-python3 Benchmarks/render_report.py "$WORK" "$OUT" "$ROUNDS" "$DURATION" "$CONNS" "$IDLE" "$SWITCHES"
+LATENCY_RATE="$LATENCY_RATE" python3 Benchmarks/render_report.py "$WORK" "$OUT" "$ROUNDS" "$DURATION" "$CONNS" "$IDLE" "$SWITCHES"
 # The cost of progressive routing (sticky split, 5 % mirroring) against plain routing: its own
 # section of the report, same rounds and duration.
 OUT="$OUT" ROUNDS="$ROUNDS" DURATION="$DURATION" CONNS="$CONNS" Benchmarks/routing-cost.sh

@@ -154,6 +154,35 @@ for name in PROXIES:
         f"{s['first_new_color_us_p50'] / 1000:.2f} / {s['first_new_color_us_max'] / 1000:.2f} ms | "
         f"{s['p99_inside_us'] / 1000:.2f} / {s['p99_outside_us'] / 1000:.2f} ms |")
 add("")
+add("The first second of the switch scenario (from 200 ms before the first switch), answers per 10 ms by")
+add("color; the dashed lines are the moments each switch command was sent. An answer of the old color after")
+add("a dashed line is a stale answer: nginx's old workers keep serving their keep-alive connections after a")
+add("reload, cutover and HAProxy change color within the bucket of the command.")
+add("")
+add("![answers by color around switches: cutover, nginx, HAProxy](Benchmarks/plots/switch-timelines.svg)")
+add("")
+latency = {}
+for name in PROXIES:
+    try:
+        latency[name] = json.loads(open(os.path.join(work, f"latency-{name}.json")).read())
+    except (FileNotFoundError, ValueError):
+        pass
+if len(latency) == len(PROXIES):
+    rate = os.environ.get("LATENCY_RATE", "5000")
+    add("## Latency by percentile")
+    add("")
+    add(f"`cutover-bench load URL -c 20 -d {duration}s --rate {rate}` through each proxy (1 worker), open loop: each")
+    add("request's latency counts from when it was due, so a stall lengthens the tail instead of slowing the client")
+    add("(coordinated omission corrected). The x axis is in \"nines\": 90 %, 99 %, 99.9 %, … each the same width.")
+    add("")
+    add("![latency by percentile: cutover, nginx, HAProxy](Benchmarks/plots/latency-percentiles.svg)")
+    add("")
+    add("| proxy | requests | p50 | p90 | p99 | p99.9 | max |")
+    add("|---|---|---|---|---|---|---|")
+    for name in PROXIES:
+        l = latency[name]["latency_us"]
+        add(f"| {name} | {latency[name]['requests']} | " + " | ".join(f"{l[k] / 1000:.3f} ms" for k in ("p50", "p90", "p99", "p99_9", "max")) + " |")
+    add("")
 add("## What the figures mean, and their noise")
 add("")
 add("- On two shared cores, CPU per request is the steadiest figure: it does not depend on how the scheduler")

@@ -1,6 +1,7 @@
 import CutoverBench
 import CutoverDemo
 import CutoverConfig
+import CutoverSystem
 import Foundation
 import Glibc
 
@@ -14,6 +15,12 @@ let usage = """
         a fast upstream naming its color (X-Color header and body); answers /api/system/status
     cutover-bench switch --proxy URL (--socket PATH | --switch-command CMD) --switches N --interval MS -c CONNS [-t THREADS] [--json]
         load through the proxy while switching N times; CMD gets {color} replaced by the target
+    cutover-bench plot percentiles --out FILE [--title TEXT] NAME=REPORT.json ...
+        latency by percentile (a log "nines" axis) of `load --json` reports, one curve each
+    cutover-bench plot timelines --out FILE [--from MS] [--to MS] NAME=REPORT.json ...
+        `switch --json` runs side by side: answers per 10 ms by color, the switch commands marked,
+        from MS before to MS after each run's first switch (default -200 and 1000)
+    load and switch take --plot FILE: the same SVG for that run.
     DURATION: 10s, 500ms, 2m. Exit codes: 0 ok, 1 failed, 2 usage.
     """
 
@@ -89,11 +96,14 @@ let rest = Array(arguments.dropFirst())
 
 switch command {
 case "load":
-    let options = Options(rest, values: ["-c", "-d", "-t", "--rate", "--method", "--body-size", "-H"], flags: ["--new-conn", "--json"])
+    let options = Options(rest, values: ["-c", "-d", "-t", "--rate", "--method", "--body-size", "-H", "--plot"], flags: ["--new-conn", "--json"])
     guard options.positional.count == 1 else { fail("load needs one URL\n\n\(usage)") }
     let load = loadOptions(url: options.positional[0], options)
     do {
         let report = try LoadGenerator.run(load)
+        if let plot = options.values["--plot"] {
+            writePlot(plot, BenchPlots.percentiles(title: "latency by percentile", reports: [(options.positional[0], report.json)]))
+        }
         print(options.flags.contains("--json") ? report.json.serialized() : report.text)
         exit(report.requests > 0 ? 0 : 1)
     } catch {
@@ -128,7 +138,7 @@ case "upstream":
     sigwait(&signals, &received)
     upstream.stop()
 case "switch":
-    let options = Options(rest, values: ["--proxy", "--socket", "--switch-command", "--switches", "--interval", "-c", "-t"],
+    let options = Options(rest, values: ["--proxy", "--socket", "--switch-command", "--switches", "--interval", "-c", "-t", "--plot"],
                           flags: ["--json"])
     guard let proxy = options.values["--proxy"] else { fail("--proxy is required\n\n\(usage)") }
     let switcher: SwitchBenchmark.Switcher
@@ -143,13 +153,52 @@ case "switch":
                                     switches: options.int("--switches", default: 10), intervalMs: options.int("--interval", default: 500))
     do {
         let report = try benchmark.run()
+        if let plot = options.values["--plot"] { writePlot(plot, BenchPlots.timeline(name: proxy, report.timeline)) }
         print(options.flags.contains("--json") ? report.json.serialized() : report.text)
         exit(report.switchFailures.isEmpty ? 0 : 1)
     } catch {
         fail("\(error)", code: 1)
     }
+case "plot":
+    guard let kind = rest.first, kind == "percentiles" || kind == "timelines" else { fail("plot percentiles|timelines …\n\n\(usage)") }
+    let options = Options(Array(rest.dropFirst()), values: ["--out", "--title", "--from", "--to"], flags: [])
+    guard let out = options.values["--out"] else { fail("plot needs --out FILE") }
+    guard !options.positional.isEmpty else { fail("plot needs NAME=REPORT.json arguments") }
+    var reports: [(String, JSON)] = []
+    for argument in options.positional {
+        guard let equals = argument.firstIndex(of: "=") else { fail("'\(argument)': NAME=REPORT.json") }
+        let path = String(argument[argument.index(after: equals)...])
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { fail("cannot read \(path)", code: 1) }
+        // A report is one JSON line (the last one, when a file holds a run's other output too).
+        guard let line = text.split(separator: "\n").last(where: { $0.hasPrefix("{") }), let json = JSON.parse(String(line)) else {
+            fail("\(path): no JSON report", code: 1)
+        }
+        reports.append((String(argument[..<equals]), json))
+    }
+    if kind == "percentiles" {
+        writePlot(out, BenchPlots.percentiles(title: options.values["--title"] ?? "latency by percentile", reports: reports))
+    } else {
+        var runs: [(name: String, timeline: SwitchTimeline)] = []
+        for (name, json) in reports {
+            guard let timeline = json["timeline"].flatMap(SwitchTimeline.init(json:)) else { fail("\(name): the report has no timeline", code: 1) }
+            runs.append((name, timeline))
+        }
+        guard let from = Int(options.values["--from"] ?? "-200"), let to = Int(options.values["--to"] ?? "1000"), from < to else {
+            fail("--from and --to: milliseconds around the first switch, from < to")
+        }
+        writePlot(out, BenchPlots.timelines(runs, fromMs: from, toMs: to))
+    }
 case "--help", "-h", "help":
     print(usage)
 default:
     fail("unknown command '\(command)'\n\n\(usage)")
+}
+
+
+func writePlot(_ path: String, _ svg: String) {
+    do {
+        try svg.write(toFile: path, atomically: true, encoding: .utf8)
+    } catch {
+        fail("cannot write \(path): \(error)", code: 1)
+    }
 }

@@ -97,7 +97,17 @@ public struct LoadReport: Sendable {
                 "errors": .object(errors.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) }),
                 "latency_us": ["p50": microsJSON(50), "p90": microsJSON(90), "p99": microsJSON(99), "p99_9": microsJSON(99.9),
                                "max": .int(Int64(latency.count == 0 ? 0 : latency.max))],
-                "colors": .object(colors.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) })]
+                "colors": .object(colors.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64($0.value))) }),
+                "percentile_curve": .array(percentileCurve.map { [.double($0.percentile), .int(Int64($0.micros))] })]
+    }
+
+    /// The points of an HdrHistogram-style percentile plot, up to the max.
+    public static let plottedPercentiles: [Double] = [0, 10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90, 92.5, 95, 96, 97, 97.5, 98, 98.5,
+                                                      99, 99.25, 99.5, 99.75, 99.9, 99.925, 99.95, 99.975, 99.99, 99.995, 99.999, 100]
+
+    public var percentileCurve: [(percentile: Double, micros: UInt64)] {
+        guard latency.count > 0 else { return [] }
+        return Self.plottedPercentiles.map { ($0, $0 >= 100 ? latency.max : latency.percentile($0)) }
     }
 }
 

@@ -40,6 +40,9 @@ public struct SwitchBenchmark: Sendable {
         public var commandLatency = LatencyHistogram()
         public var insideWindows = LatencyHistogram()
         public var outsideWindows = LatencyHistogram()
+        /// Answers per `timelineBucketMs` by color from the load's start, and when each switch
+        /// command was sent (ms from the same start): the plot of the run.
+        public var timeline = SwitchTimeline()
 
         public var text: String {
             func ms(_ micros: UInt64) -> String { String(format: "%.3f ms", Double(micros) / 1000) }
@@ -58,7 +61,8 @@ public struct SwitchBenchmark: Sendable {
              "command_us_p50": .int(Int64(commandLatency.percentile(50))),
              "first_new_color_us_p50": .int(Int64(timeToNewColor.percentile(50))),
              "first_new_color_us_max": .int(Int64(timeToNewColor.count == 0 ? 0 : timeToNewColor.max)),
-             "p99_inside_us": .int(Int64(insideWindows.percentile(99))), "p99_outside_us": .int(Int64(outsideWindows.percentile(99)))]
+             "p99_inside_us": .int(Int64(insideWindows.percentile(99))), "p99_outside_us": .int(Int64(outsideWindows.percentile(99))),
+             "timeline": timeline.json]
         }
     }
 
@@ -72,6 +76,7 @@ public struct SwitchBenchmark: Sendable {
         }
 
         let lock = NSLock()
+        var startNs: Int64 = 0
         var entries: [Entry] = []
         var samples: [ResponseSample] = []
         static let windowNs: Int64 = 100_000_000  // a switch window: command sent … reply + 100 ms
@@ -117,6 +122,7 @@ public struct SwitchBenchmark: Sendable {
                 for (index, entry) in entries.enumerated() {
                     if let first = firstNewColor[index] { report.timeToNewColor.record(UInt64((first - entry.sentNs) / 1000)) }
                 }
+                report.timeline = SwitchTimeline(samples: samples, switchesSentNs: entries.map(\.sentNs), startNs: startNs)
             }
         }
     }
@@ -129,6 +135,7 @@ public struct SwitchBenchmark: Sendable {
         let loadResult = LoadResultBox()
         let done = DispatchSemaphore(value: 0)
         let options = load
+        timeline.lock.withLock { timeline.startNs = monotonicNanoseconds() }
         Thread.detachNewThread {
             loadResult.set(Result { try LoadGenerator.run(options, observer: { timeline.observe($0) }) })
             done.signal()
@@ -181,5 +188,65 @@ public struct SwitchBenchmark: Sendable {
         private var result: Result<LoadReport, Error>? = nil
         func set(_ value: Result<LoadReport, Error>) { lock.withLock { result = value } }
         func get() throws -> LoadReport { try lock.withLock { result! }.get() }
+    }
+}
+
+
+/// A switch run as a plot: answers per bucket by color (by when they completed), failures
+/// apart, and the moments the switch commands were sent.
+public struct SwitchTimeline: Sendable {
+    public var bucketMs = 10
+    public var blue: [Int] = []
+    public var green: [Int] = []
+    public var failed: [Int] = []
+    public var switchesMs: [Double] = []
+
+    public init() {}
+
+    init(samples: [ResponseSample], switchesSentNs: [Int64], startNs: Int64) {
+        let bucketNs = Int64(bucketMs) * 1_000_000
+        let last = samples.map(\.completedNs).max() ?? startNs
+        let count = Int(max(0, last - startNs) / bucketNs) + 1
+        blue = Array(repeating: 0, count: count)
+        green = Array(repeating: 0, count: count)
+        failed = Array(repeating: 0, count: count)
+        for sample in samples {
+            let index = Int(max(0, sample.completedNs - startNs) / bucketNs)
+            if sample.error != nil || sample.status >= 500 {
+                failed[index] += 1
+            } else if sample.color == "blue" {
+                blue[index] += 1
+            } else if sample.color == "green" {
+                green[index] += 1
+            }
+        }
+        switchesMs = switchesSentNs.map { Double($0 - startNs) / 1e6 }
+    }
+
+    public var json: JSON {
+        ["bucket_ms": .int(Int64(bucketMs)), "blue": .array(blue.map { .int(Int64($0)) }), "green": .array(green.map { .int(Int64($0)) }),
+         "failed": .array(failed.map { .int(Int64($0)) }), "switches_ms": .array(switchesMs.map { .double(($0 * 1000).rounded() / 1000) })]
+    }
+
+    public init?(json: JSON) {
+        guard let bucket = json["bucket_ms"]?.intValue, let blue = json["blue"]?.arrayValue, let green = json["green"]?.arrayValue,
+              let failed = json["failed"]?.arrayValue, let switches = json["switches_ms"]?.arrayValue else { return nil }
+        bucketMs = Int(bucket)
+        self.blue = blue.map { Int($0.intValue ?? 0) }
+        self.green = green.map { Int($0.intValue ?? 0) }
+        self.failed = failed.map { Int($0.intValue ?? 0) }
+        switchesMs = switches.compactMap(\.doubleValue)
+    }
+
+    /// The part from `fromMs` to `toMs` after the first switch was sent (the whole run when
+    /// nothing was switched), as chart buckets and switch marks.
+    public func window(fromMs: Int, toMs: Int) -> (buckets: [(blue: Int, green: Int, failed: Int)], marks: [Int]) {
+        let origin = switchesMs.first ?? 0
+        let first = max(0, Int((origin + Double(fromMs)) / Double(bucketMs)))
+        let end = min(blue.count, Int((origin + Double(toMs)) / Double(bucketMs)))
+        guard first < end else { return ([], []) }
+        let buckets = (first..<end).map { (blue[$0], green[$0], failed[$0]) }
+        let marks = switchesMs.map { Int($0 / Double(bucketMs)) - first }.filter { $0 >= 0 && $0 < buckets.count }
+        return (buckets, marks)
     }
 }

@@ -362,6 +362,11 @@ extension ControlPlane {
                            Double(outcomes[SwitchResultKey(command: command, result: result)] ?? 0))
             }
         }
+        out.family("cutover_events_total", .counter,
+                   "Changes and release decisions by audit event (switch, rollback, weight, pin, mirror, release_started, release_step, release_paused, auto_rollback, …), whether or not audit_log is on.")
+        for (event, count) in auditEvents.withLock({ $0 }).sorted(by: { $0.key < $1.key }) {
+            out.sample("cutover_events_total", [("event", event)], Double(count))
+        }
         if let counters {
             out.family("cutover_inflight_requests", .gauge, "Requests in flight by the color they were routed to.")
             for color in Color.allCases { out.sample("cutover_inflight_requests", [("color", color.rawValue)], Double(counters.inflight(color))) }

@@ -97,6 +97,10 @@ public final class ControlPlane: @unchecked Sendable {
     /// control loop (a reading asks every data-plane loop) by `sampleHistory`.
     let history = Mutex(StatusHistory())
     let historySampling = Atomic<Bool>(false)
+    /// Changes and decisions by audit event (switch, weight, release_step, auto_rollback, …),
+    /// for `cutover_events_total`: the dashboard's annotations. Its own lock: records are
+    /// appended with and without `lock` held.
+    let auditEvents = Mutex<[String: UInt64]>([:])
     let wallAtStart = Date()
     let monoAtStart: Int64
 
@@ -269,6 +273,7 @@ public final class ControlPlane: @unchecked Sendable {
     @discardableResult
     package func appendAudit(_ record: AuditRecord) -> String? {
         notifier.send(record)
+        auditEvents.withLock { $0[record.event, default: 0] += 1 }
         guard let audit else { return nil }
         do {
             _ = try audit.append(record)

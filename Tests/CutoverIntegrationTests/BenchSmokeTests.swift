@@ -111,6 +111,37 @@ final class BenchSmokeTests: XCTestCase {
         XCTAssertEqual(report["failed"], 0, "\(report)")
         XCTAssertEqual(report["stale"], 0, "\(report)")
         XCTAssertGreaterThan(report["requests"]?.intValue ?? 0, 100)
+
+        // The timeline: every answer in a 10 ms bucket by color, the four switches marked, and
+        // the plots drawn from the report.
+        let timeline = try XCTUnwrap(report["timeline"])
+        let blueAnswers = timeline["blue"]?.arrayValue?.reduce(0) { $0 + ($1.intValue ?? 0) } ?? 0
+        let greenAnswers = timeline["green"]?.arrayValue?.reduce(0) { $0 + ($1.intValue ?? 0) } ?? 0
+        XCTAssertEqual(Int64(blueAnswers + greenAnswers), report["requests"]?.intValue)
+        XCTAssertGreaterThan(greenAnswers, 0)
+        XCTAssertEqual(timeline["switches_ms"]?.arrayValue?.count, 4)
+        let switchReport = folder.appendingPathComponent("switch.json").path
+        try result.json!.serialized().write(toFile: switchReport, atomically: true, encoding: .utf8)
+        let upstreamLoad = try runBench(["load", "http://127.0.0.1:\(blue.port)/", "-c", "2", "-d", "300ms", "--json",
+                                         "--plot", folder.appendingPathComponent("load.svg").path])
+        XCTAssertEqual(upstreamLoad.status, 0, upstreamLoad.stderr)
+        XCTAssertEqual(upstreamLoad.json?["percentile_curve"]?.arrayValue?.last?.arrayValue?.first?.doubleValue, 100)
+        let loadReport = folder.appendingPathComponent("load.json").path
+        try upstreamLoad.json!.serialized().write(toFile: loadReport, atomically: true, encoding: .utf8)
+        let percentiles = folder.appendingPathComponent("percentiles.svg").path
+        XCTAssertEqual(try runBench(["plot", "percentiles", "--out", percentiles, "a=\(loadReport)", "b=\(loadReport)"]).status, 0)
+        let svg = try String(contentsOfFile: percentiles, encoding: .utf8)
+        XCTAssertTrue(svg.hasPrefix("<svg") && svg.contains("99.99%") && svg.contains(">a</text>") && svg.contains(">b</text>"), svg)
+        let timelines = folder.appendingPathComponent("timelines.svg").path
+        XCTAssertEqual(try runBench(["plot", "timelines", "--out", timelines, "--from", "-100", "--to", "500",
+                                     "cutover=\(switchReport)", "again=\(switchReport)"]).status, 0)
+        let panels = try String(contentsOfFile: timelines, encoding: .utf8)
+        XCTAssertEqual(panels.components(separatedBy: "<svg ").count - 1, 3, "a wrapper and two panels")
+        XCTAssertTrue(panels.contains("stroke-dasharray=\"3,2\""), "switches marked")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: folder.appendingPathComponent("load.svg").path))
+        let bad = try runBench(["plot", "timelines", "--out", timelines, "x=\(loadReport)"])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stderr.contains("x: the report has no timeline"), bad.stderr)
     }
 
     func testHistogramPercentilesAgainstASortedOracle() {

@@ -115,12 +115,15 @@ final class ObservabilityTests: XCTestCase {
         XCTAssertEqual(metrics.value("cutover_active_color", ["color": "blue"]), 1)
         XCTAssertEqual(metrics.value("cutover_active_color", ["color": "green"]), 0)
         XCTAssertEqual(metrics.value("cutover_switches_total", ["command": "switch", "result": "ok"]), 0)
+        XCTAssertEqual(metrics.value("cutover_events_total", ["event": "start"]), 1, "one event per audit record: the start")
         XCTAssertEqual(metrics.value("cutover_connections", ["side": "client"]).map { $0 >= 1 }, true)
         XCTAssertEqual(metrics.value("cutover_access_log_dropped_total"), 0)
         XCTAssertNotNil(metrics.value("cutover_upstream_up", ["app": "web", "color": "green", "server": "127.0.0.1:\(green.port)"]))
         XCTAssertEqual(metrics.types["cutover_request_duration_seconds"], "histogram")
         XCTAssertEqual(try get(metricsPort, "/healthz").bodyString, "ok\n")
         XCTAssertEqual(try get(metricsPort, "/other").status, 404)
+        XCTAssertEqual(try get(metricsPort, "/").header("Content-Type"), "text/html; charset=utf-8", "the status page")
+        XCTAssertEqual(try get(metricsPort, "/status.json").header("Content-Type"), "application/json")
         XCTAssertEqual(try get(metricsPort, "/metrics", method: "POST").status, 405)
 
         // The access log: one line per request, every field.
