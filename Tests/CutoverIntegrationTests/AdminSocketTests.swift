@@ -143,7 +143,7 @@ final class AdminSocketTests: XCTestCase {
         let help = try admin.command("help")
         XCTAssertEqual(help["ok"], true)
         XCTAssertEqual(help["commands"]?.arrayValue?.compactMap { $0["command"]?.stringValue.map { String($0.split(separator: " ")[0]) } },
-                       ["help", "status", "switch", "rollback", "weight", "pin", "unpin", "mirror", "release", "pins", "health", "drain", "undrain", "reload", "verify", "stats", "reopen", "history"])
+                       ["help", "status", "switch", "rollback", "weight", "pin", "unpin", "mirror", "release", "pins", "health", "drain", "undrain", "reload", "verify", "stats", "overview", "reopen", "history"])
         XCTAssertEqual(try admin.command("status")["active"], "blue")
         XCTAssertEqual(try admin.command("frobnicate")["error"], "unknown command 'frobnicate'; try 'help'")
         XCTAssertEqual(try admin.command("switch purple")["error"], "usage: switch <blue|green> [watch <duration>] [force] [reason <text…>]")
