@@ -212,7 +212,7 @@ for title, path in (("cutover", "cutover.conf"), ("nginx", "nginx.conf.template"
 kept = ""
 try:
     previous = open(out).read()
-    for marker in ("idle-timers", "routing-cost", "rollback-speed"):
+    for marker in ("idle-timers", "routing-cost", "rollback-speed", "soak", "hot-upgrade"):
         begin, end = previous.find(f"<!-- {marker}:begin -->"), previous.find(f"<!-- {marker}:end -->")
         if begin >= 0 and end >= 0:
             kept += "\n" + previous[begin:end + len(f"<!-- {marker}:end -->")] + "\n"
