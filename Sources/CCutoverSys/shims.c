@@ -75,3 +75,41 @@ int cutover_take_terminal_signals(void) {
     cutover_pending_signals = 0;
     return pending;
 }
+
+// Hot upgrade: start the new binary with some descriptors inherited. fork + execve (nothing
+// but async-signal-safe calls between them in the child): the chosen descriptors lose
+// FD_CLOEXEC in the child only, so no other descriptor leaks into the new process.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/wait.h>
+
+int cutover_spawn(const char *path, char *const argv[], char *const envp[], const int *keep, int keep_count) {
+    pid_t pid = fork();
+    if (pid != 0) return pid;  // the parent (or -1)
+    for (int i = 0; i < keep_count; i++) {
+        int flags = fcntl(keep[i], F_GETFD);
+        if (flags >= 0) fcntl(keep[i], F_SETFD, flags & ~FD_CLOEXEC);
+    }
+    // The child starts with no signal blocked and default handlers for the ones we watch:
+    // the new process sets up its own.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, 0);
+    execve(path, argv, envp);
+    _exit(127);
+}
+
+int cutover_wait_nohang(int pid, int *status) {
+    return waitpid(pid, status, WNOHANG);
+}
+
+int cutover_exit_code(int status) {
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return -1;
+}
+
+int cutover_lock_exclusive(int fd) { return flock(fd, LOCK_EX); }
+int cutover_unlock(int fd) { return flock(fd, LOCK_UN); }
+
+int cutover_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }

@@ -144,6 +144,9 @@ public struct AppConfig: Sendable, Equatable {
     /// Optional path prefix (starts with `/`); `nil` matches every path.
     public var pathPrefix: String?
     public var healthPath: String
+    /// Active health checks (`health_path off`: none; servers are up while the data plane
+    /// reaches them, and a server that failed `fall` connects is tried again one interval later).
+    public var activeChecks = true
     /// Host header of health checks and verify requests; nil: the app's first host name (or
     /// the server's address when the app only has `*`).
     public var healthHost: String? = nil

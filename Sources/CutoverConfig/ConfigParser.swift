@@ -55,6 +55,14 @@ public enum ConfigParser {
 
     /// The longest duration a plan accepts (a year), so that time arithmetic never overflows.
     public static let maxDurationMs = 365 * 86_400_000
+    /// The longest timeout or interval (24 h).
+    public static let maxTimeoutMs = 86_400_000
+
+    /// "24h", "1h", "10m", "30s", "500ms": the largest unit that divides the value.
+    static func describeDuration(_ ms: Int) -> String {
+        for (unit, factor) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] where ms % factor == 0 { return "\(ms / factor)\(unit)" }
+        return "\(ms)ms"
+    }
 
     /// Bytes for `512`, `16k`, `1m`, `2g` (powers of 1024); `nil` otherwise.
     public static func parseSize(_ s: Substring) -> Int? {
@@ -202,6 +210,8 @@ private struct Reader {
     var once = OnceTracker()
     var appLines: [String: Int] = [:]
     var routeOwners: [Route: AppConfig] = [:]
+    /// Where `min_healthy` was set, to blame it when a pool is smaller.
+    var minHealthyLine: Int?
 
     init(file: String, baseDirectory: String, lastLine: Int) {
         self.file = file
@@ -437,16 +447,16 @@ private struct Reader {
         for d in body {
             try once.check(d)
             switch d.name {
-            case "max_connections": l.maxConnections = try d.integer(1...Int.max)
+            case "max_connections": l.maxConnections = try d.integer(1...1_000_000)
             case "max_header_bytes":
                 l.maxHeaderBytes = try d.size(1024...65536, rangeText: "1k..64k")
                 if uriCheckLine.name != "max_uri_bytes" { uriCheckLine = d }
             case "max_headers": l.maxHeaders = try d.integer(1...1000)
             case "max_uri_bytes":
-                l.maxURIBytes = try d.size(1...Int.max, rangeText: "at least 1")
+                l.maxURIBytes = try d.size(1...65536, rangeText: "1..64k")
                 uriCheckLine = d
             case "max_body": l.maxBody = try d.optionalSize()
-            case "upstream_idle_per_server": l.upstreamIdlePerServer = try d.integer(0...Int.max)
+            case "upstream_idle_per_server": l.upstreamIdlePerServer = try d.integer(0...100_000)
             default: throw d.error("unknown directive '\(d.name)' in limits block")
             }
         }
@@ -477,7 +487,7 @@ private struct Reader {
             case "max_p95_ratio": gate.maxP95Ratio = try d.ratio()
             case "min_requests": gate.minRequests = try d.integer(1...1_000_000_000)
             case "max_shadow_diff_rate": gate.maxShadowDiffRate = try d.rate()
-            case "watch": gate.watchMs = try d.duration()
+            case "watch": gate.watchMs = try d.duration(maxMs: 7 * ConfigParser.maxTimeoutMs)
             default: throw d.error("unknown directive '\(d.name)' in gate block")
             }
         }
@@ -487,7 +497,7 @@ private struct Reader {
         return gate
     }
 
-    private func readHealth(_ body: ArraySlice<Directive>) throws(ConfigError) -> HealthSettings {
+    private mutating func readHealth(_ body: ArraySlice<Directive>) throws(ConfigError) -> HealthSettings {
         var h = HealthSettings.defaults
         var once = OnceTracker()
         for d in body {
@@ -495,10 +505,12 @@ private struct Reader {
             switch d.name {
             case "interval": h.intervalMs = try d.duration()
             case "timeout": h.timeoutMs = try d.duration()
-            case "rise": h.rise = try d.integer(1...Int.max)
-            case "fall": h.fall = try d.integer(1...Int.max)
+            case "rise": h.rise = try d.integer(1...1_000)
+            case "fall": h.fall = try d.integer(1...1_000)
             case "ready_after": h.readyAfterMs = try d.duration(allowZero: true)
-            case "min_healthy": h.minHealthy = try d.integer(1...Int.max)
+            case "min_healthy":
+                h.minHealthy = try d.integer(1...1_000)
+                minHealthyLine = d.line
             default: throw d.error("unknown directive '\(d.name)' in health block")
             }
         }
@@ -558,7 +570,13 @@ private struct Reader {
                 app.hosts = try d.hosts()
                 hostLine = d
             case "path": app.pathPrefix = try d.path(try d.oneValue())
-            case "health_path": app.healthPath = try d.path(try d.oneValue())
+            case "health_path":
+                let value = try d.oneValue()
+                if value == "off" {
+                    app.activeChecks = false
+                } else {
+                    app.healthPath = try d.path(value)
+                }
             case "health_host": app.healthHost = String(try d.oneValue()).lowercased()
             case "upstream_tls":
                 switch (d.args.first, d.args.count) {
@@ -619,6 +637,14 @@ private struct Reader {
         if let tls = config.tls, !config.listen.contains(where: \.tls) {
             throw ConfigError(file: file, line: tls.line, message: "tls: no 'listen ADDRESS tls' uses this block")
         }
+        // A pool smaller than min_healthy could never be ready: every switch to it refused.
+        let minHealthy = config.health.minHealthy
+        for app in config.apps {
+            for color in Color.allCases where app.servers(color).count < minHealthy {
+                throw ConfigError(file: file, line: minHealthyLine ?? appLines[app.name] ?? lastLine,
+                                  message: "min_healthy \(minHealthy) is more than app \(app.name)'s \(app.servers(color).count) \(color.rawValue) server(s): \(color.rawValue) could never be ready")
+            }
+        }
         return config
     }
 }
@@ -677,15 +703,22 @@ private extension Directive {
         range.upperBound == Int.max ? "at least \(range.lowerBound)" : "\(range.lowerBound)..\(range.upperBound)"
     }
 
-    func duration(allowZero: Bool = false) throws(ConfigError) -> Int {
+    /// A duration in milliseconds, at most `maxMs` (24 h unless said otherwise): every timeout
+    /// and interval is added to a clock, and a bound here is what keeps that arithmetic far from
+    /// overflow whatever the file says.
+    func duration(allowZero: Bool = false, maxMs: Int = ConfigParser.maxTimeoutMs) throws(ConfigError) -> Int {
         let value = try oneValue()
         guard let ms = ConfigParser.parseDuration(value) else {
             if value.allSatisfy(\.isASCIIDigit) {
                 throw error("\(name): '\(value)' needs a unit (ms, s, m or h), e.g. 500ms or 2s")
             }
+            if value.prefix(while: \.isASCIIDigit).count > 0, ["ms", "s", "m", "h"].contains(value.drop(while: \.isASCIIDigit)) {
+                throw error("\(name): '\(value)' is longer than \(ConfigParser.describeDuration(maxMs)), the longest accepted")
+            }
             throw error("\(name): '\(value)' is not a duration (a number with ms, s, m or h, e.g. 500ms or 2s)")
         }
         if ms == 0 && !allowZero { throw error("\(name): must be greater than 0") }
+        if ms > maxMs { throw error("\(name): '\(value)' is longer than \(ConfigParser.describeDuration(maxMs)), the longest accepted") }
         return ms
     }
 
@@ -983,7 +1016,7 @@ extension Reader {
                 plan.falseAlarm = try line.falseAlarm()
             case "watch":
                 try once.check(line)
-                plan.watchMs = try line.duration(allowZero: true)
+                plan.watchMs = try line.duration(allowZero: true, maxMs: ConfigParser.maxDurationMs)
             default:
                 throw line.error("unknown directive '\(line.name)' in plan '\(name)' (step, pause_if, rollback_if, min_requests, false_alarm, watch)")
             }

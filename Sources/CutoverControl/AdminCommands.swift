@@ -30,11 +30,13 @@ public enum AdminCommand: Equatable, Sendable {
     /// Basis points of the stable pool's requests copied to the candidate; nil app: every app.
     case mirror(basisPoints: Int, app: String?, reason: String?)
     case release(ReleaseCommand)
+    /// A hot upgrade: start `binary` (nil: the one running), hand it the sockets, drain.
+    case upgrade(binary: String?)
 
     /// Commands that change state are recorded with the caller's identity.
     public var changesState: Bool {
         switch self {
-        case .switchColor, .rollback, .drain, .undrain, .reload, .weight, .pin, .unpin, .mirror: return true
+        case .switchColor, .rollback, .drain, .undrain, .reload, .weight, .pin, .unpin, .mirror, .upgrade: return true
         case .release(let command):
             switch command {
             case .status, .report: return false
@@ -203,6 +205,12 @@ public enum AdminCommands {
             guard words.count == 1, let seconds = Int(words[0]), (1...StatusHistory.capacity).contains(seconds) else { return nil }
             return .overview(seconds: seconds)
         },
+        AdminCommandSpec(name: "upgrade", usage: "upgrade [binary <path>]",
+                         summary: "hot upgrade: start the binary (default: the one running, as installed now) with the listening sockets, and when it serves, stop accepting and drain; if it fails to become ready, nothing changes") { words in
+            if words.isEmpty { return .upgrade(binary: nil) }
+            guard words.count == 2, words[0] == "binary", words[1].hasPrefix("/") else { return nil }
+            return .upgrade(binary: String(words[1]))
+        },
         AdminCommandSpec(name: "reopen", usage: "reopen", summary: "reopen the access log file (after logrotate moved it)") {
             $0.isEmpty ? .reopen : nil
         },
@@ -269,7 +277,13 @@ extension ControlPlane {
     }
 
     public func execute(_ command: AdminCommand, actor: AuditActor) -> JSON {
+        if command.changesState, let successor = handedOverTo.withLock({ $0 }) {
+            return ["ok": false, "error": .string("this process handed over to pid \(successor) (hot upgrade) and changes nothing; reconnect to the admin socket")]
+        }
         switch command {
+        case .upgrade(let binary):
+            guard let upgradeHandler else { return ["ok": false, "error": "hot upgrade is for `cutover run` (not the demo or an embedded proxy)"] }
+            return upgradeHandler(binary, actor)
         case .help:
             return AdminCommands.helpReply
         case .status:

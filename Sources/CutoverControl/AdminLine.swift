@@ -1,4 +1,5 @@
 import CutoverSystem
+import Glibc
 
 /// A client of the admin socket: one command line out, one reply line back. Used by the
 /// `cutover` command line and by `cutover-bench switch`.
@@ -23,6 +24,8 @@ public enum AdminLine {
         let fd: Int32
         switch Posix.connectUnix(path) {
         case .success(let connected): fd = connected
+        case .failure(let error) where error.errnoCode == EAGAIN:
+            return .failure(.unreachable("busy: the admin socket's backlog is full; try again"))
         case .failure(let error): return .failure(.unreachable(Posix.describe(error.errnoCode)))
         }
         defer { Posix.close(fd) }
@@ -33,7 +36,12 @@ public enum AdminLine {
             let result = request.withUnsafeBytes { buffer in
                 Result { () throws(IOError) in try Posix.sendNoSignal(fd, buffer.baseAddress! + sent, buffer.count - sent) }
             }
-            guard case .success(.processed(let count)) = result, count > 0 else { return .failure(.noReply("could not send the command")) }
+            guard case .success(.processed(let count)) = result, count > 0 else {
+                // A server that refused this connection a slot wrote why and closed: that reply
+                // may be waiting to be read even though the command could not be sent.
+                if let refusal = readLine(fd), JSON.parse(refusal)?["busy"]?.boolValue == true { return .success(refusal) }
+                return .failure(.noReply("could not send the command"))
+            }
             sent += count
         }
         var reply: [UInt8] = []
@@ -49,6 +57,15 @@ public enum AdminLine {
             }
         }
         return .success(String(decoding: reply.prefix { $0 != 0x0A }, as: UTF8.self))
+    }
+
+    private static func readLine(_ fd: Int32) -> String? {
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        let result = chunk.withUnsafeMutableBytes { buffer in
+            Result { () throws(IOError) in try Posix.receive(fd, buffer.baseAddress!, buffer.count) }
+        }
+        guard case .success(.processed(let count)) = result, count > 0 else { return nil }
+        return String(decoding: chunk[0..<count].prefix { $0 != 0x0A }, as: UTF8.self)
     }
 
     /// Sends a command; nil when the reply says `"ok":true`, else the error text.

@@ -2,6 +2,7 @@ import CCutoverSys
 import CutoverLoop
 import CutoverSystem
 import Foundation
+import Synchronization
 
 /// The admin Unix socket. Clients are read and answered on the control loop (non-blocking, no
 /// thread per client); each command line runs on a small fixed pool of command threads, since a
@@ -10,12 +11,24 @@ import Foundation
 /// connection is closed; a client that sends nothing for `idleTimeoutMs`, does not finish a line
 /// within it, or stops reading its replies, is dropped; at most `maxClients` are served at once.
 /// Other clients and the data plane are never affected.
+///
+/// Slots are kept for operators: a connection must send a complete line within `lineTimeoutMs`
+/// (silent connections cannot sit on the slots), one uid holds at most `maxPerUser` of them
+/// (one script reconnecting in a loop cannot take them all), and root and the proxy's own user
+/// have `reservedSlots` more, so a `rollback` gets in even when every ordinary slot is taken.
+/// A client refused a slot reads `{"ok":false,"busy":true,…}` (the CLI exits 3, "busy").
 public final class AdminServer: @unchecked Sendable {
     public let path: String
     private let handler: @Sendable (String, AuditActor) -> JSON
     private let logger: Logger
     let idleTimeoutMs: Int
+    let lineTimeoutMs: Int
     let maxClients = 32
+    static let maxPerUser = 8
+    static let reservedSlots = 4
+    /// Open connections by uid (the control loop's thread).
+    var clientsByUser: [UInt32: Int] = [:]
+    let ownUID = ProcessIdentity.userID
     private let control: ControlLoop
     /// Runs command lines: two, so a switch waiting for its verify requests never holds up a
     /// `status` or a `rollback`.
@@ -23,19 +36,33 @@ public final class AdminServer: @unchecked Sendable {
     /// Set by `start`, cleared by `stop` (the owner's thread).
     private var listener: Channel?
     var clients = 0
+    /// The listening socket (what a hot upgrade hands on); -1 before `start`.
+    public private(set) var listenerFD: Int32 = -1
+    /// The socket went to a new process: `stop` leaves its file in place.
+    private let handedOver = Atomic<Bool>(false)
 
-    public init(path: String, idleTimeoutMs: Int = 30_000, logger: Logger, control: ControlLoop,
+    public init(path: String, idleTimeoutMs: Int = 30_000, lineTimeoutMs: Int = 5_000, logger: Logger, control: ControlLoop,
                 handler: @escaping @Sendable (String, AuditActor) -> JSON) {
         self.path = path
         self.handler = handler
         self.logger = logger
         self.idleTimeoutMs = idleTimeoutMs
+        self.lineTimeoutMs = min(lineTimeoutMs, idleTimeoutMs)
         self.control = control
     }
 
     /// Binds the socket with `mode` (and `group`, when given). A stale socket file is replaced;
     /// a socket another running cutover answers on is an error.
-    public func start(mode: UInt32, group: String?) throws {
+    public func start(mode: UInt32, group: String?, inheritedFD: Int32? = nil) throws {
+        if let inheritedFD {
+            // A hot upgrade: the old process's socket, its file and permissions as they are.
+            Posix.setNonBlocking(inheritedFD)
+            listenerFD = inheritedFD
+            let box = UncheckedBox(self)
+            listener = control.addListener { loop in AdminListener(fd: inheritedFD, loop: loop, server: box.value) }
+            logger.log(.info, "admin socket \(path) (inherited)")
+            return
+        }
         let folder = (path as NSString).deletingLastPathComponent
         if !folder.isEmpty { try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) }
         guard path.utf8.count < 108 else { throw StartupError("admin socket path is too long (max 107 bytes): \(path)") }
@@ -62,11 +89,13 @@ public final class AdminServer: @unchecked Sendable {
         }
         let fd: Int32
         do {
-            fd = try UnixSocket.listen(path: path, mode: mode, groupID: groupID)
+            // The backlog holds as many waiting connections as there are slots, no more.
+            fd = try UnixSocket.listen(path: path, mode: mode, groupID: groupID, backlog: Int32(maxClients + Self.reservedSlots))
         } catch {
             throw StartupError("admin socket \(path): \(error)")
         }
         Posix.setNonBlocking(fd)
+        listenerFD = fd
         let box = UncheckedBox(self)
         listener = control.addListener { loop in AdminListener(fd: fd, loop: loop, server: box.value) }
         logger.log(.info, "admin socket \(path) (mode \(String(mode, radix: 8)))")
@@ -82,8 +111,22 @@ public final class AdminServer: @unchecked Sendable {
                                    shutDown: { ($0 as? AdminClient)?.close() })
         }
         commands.stop()
-        FileIO.remove(path)
+        if !isHandedOver { FileIO.remove(path) }
     }
+
+    /// The new process of a hot upgrade answers on the socket now: stop accepting and leave
+    /// the file. Connected clients get the reply of a command under way (the `upgrade` itself),
+    /// then their connection closes; their next command goes to the new process.
+    public func handOver() {
+        handedOver.store(true, ordering: .releasing)
+        if let listener {
+            self.listener = nil
+            control.removeListener(listener, closing: { _ in false }, shutDown: { _ in })
+        }
+    }
+
+    /// Read on the control loop by clients deciding whether to stay open after a reply.
+    var isHandedOver: Bool { handedOver.load(ordering: .acquiring) }
 
     /// The reply to one line (on a command thread).
     func reply(to line: [UInt8], actor: AuditActor) -> String {
@@ -101,6 +144,19 @@ public final class AdminServer: @unchecked Sendable {
             reply = ["ok": false, "error": "commands are lines of printable text; try 'help'"]
         }
         return reply.serialized()
+    }
+
+    /// Why a new connection from `actor` gets no slot, or nil when it gets one.
+    func refusal(for actor: AuditActor) -> String? {
+        let operator_ = actor.pid >= 0 && (actor.uid == 0 || actor.uid == ownUID)
+        if clients >= maxClients + (operator_ ? Self.reservedSlots : 0) {
+            return "every admin slot is taken (\(clients) clients); try again"
+        }
+        if !operator_ && (clients >= maxClients || clientsByUser[actor.uid, default: 0] >= Self.maxPerUser) {
+            return clients >= maxClients ? "every admin slot is taken (\(clients) clients); try again"
+                : "user \(actor.user) holds \(Self.maxPerUser) admin connections already; try again"
+        }
+        return nil
     }
 
     /// The caller's identity from SO_PEERCRED, recorded for every state-changing command.
@@ -129,9 +185,9 @@ final class AdminListener: Channel {
             }
             guard case .processed(let (client, _)) = accepted else { return }
             let actor = AdminServer.peer(client)
-            guard server.clients < server.maxClients else {
-                let refusal = Array(((["ok": false, "error": "too many admin clients; try again"] as JSON).serialized() + "\n").utf8)
-                refusal.withUnsafeBytes { _ = try? Posix.write(client, $0.baseAddress!, $0.count) }
+            if let refusal = server.refusal(for: actor) {
+                let reply = Array(((["ok": false, "busy": true, "error": .string(refusal)] as JSON).serialized() + "\n").utf8)
+                reply.withUnsafeBytes { _ = try? Posix.write(client, $0.baseAddress!, $0.count) }
                 Posix.close(client)
                 continue
             }
@@ -139,6 +195,7 @@ final class AdminListener: Channel {
             do {
                 try loop.register(connection)
                 server.clients += 1
+                server.clientsByUser[actor.uid, default: 0] += 1
                 connection.start()
             } catch {
                 Posix.close(client)
@@ -163,6 +220,10 @@ final class AdminClient: Channel {
     private var lineStartedAt: Int64? = nil
     /// When the client last sent anything (loop ms).
     private var lastReceivedAt: Int64 = 0
+    /// Since when the client owes a complete line: its connection, then each reply sent.
+    private var waitingSince: Int64 = 0
+    /// A complete line arrived since `waitingSince`'s connection (a silent connection is not).
+    private var sentALine = false
 
     init(fd: Int32, loop: EventLoop, server: AdminServer, actor: AuditActor) {
         self.server = server
@@ -172,6 +233,7 @@ final class AdminClient: Channel {
 
     func start() {
         lastReceivedAt = loop.now
+        waitingSince = loop.now
         advance()
     }
 
@@ -184,6 +246,11 @@ final class AdminClient: Channel {
         guard !closed, !busy else { return }
         if !output.isEmpty {
             close()  // the client stopped reading its replies
+        } else if !sentALine && loop.now - waitingSince >= Int64(server.lineTimeoutMs) {
+            // Connected and silent (or trickling): a slot is for a command, not a placeholder.
+            answer((["ok": false, "error": .string("no complete command line within \(server.lineTimeoutMs) ms of connecting")] as JSON).serialized())
+            closeWhenFlushed = true
+            advance()
         } else if loop.now - lastReceivedAt >= Int64(server.idleTimeoutMs) {
             close()  // idle, in the middle of a line or not
         } else if lineStartedAt != nil {
@@ -231,10 +298,19 @@ final class AdminClient: Channel {
                 if line.last == 0x0D { line.removeLast() }
                 if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { continue }  // blank lines are ignored
                 lineStartedAt = nil
+                sentALine = true
+                if line.count > AdminCommands.maxLineBytes {
+                    // However it arrived (in one piece or many): the error, then the close.
+                    answer((["ok": false, "error": .string("command line longer than \(AdminCommands.maxLineBytes) bytes")] as JSON).serialized())
+                    closeWhenFlushed = true
+                    break
+                }
                 run(line, last: false)
                 return
             }
-            if pending.count > AdminCommands.maxLineBytes {
+            if closeWhenFlushed {
+                // A line too long was just answered.
+            } else if pending.count > AdminCommands.maxLineBytes {
                 answer((["ok": false, "error": .string("command line longer than \(AdminCommands.maxLineBytes) bytes")] as JSON).serialized())
                 closeWhenFlushed = true
             } else if peerClosed {
@@ -261,6 +337,7 @@ final class AdminClient: Channel {
         let idle = Int64(server.idleTimeoutMs)
         var due = (output.isEmpty ? lastReceivedAt : loop.now) + idle
         if let started = lineStartedAt, output.isEmpty { due = min(due, started + idle) }
+        if !sentALine, output.isEmpty { due = min(due, waitingSince + Int64(server.lineTimeoutMs)) }
         setDeadline(after: Int(max(0, due - loop.now)))
     }
 
@@ -278,7 +355,7 @@ final class AdminClient: Channel {
                 guard !client.closed else { return }
                 client.busy = false
                 client.answer(reply)
-                if last { client.closeWhenFlushed = true }
+                if last || client.server.isHandedOver { client.closeWhenFlushed = true }
                 client.advance()
             }
         }
@@ -309,6 +386,8 @@ final class AdminClient: Channel {
         guard !closed else { return }
         closed = true
         server.clients -= 1
+        let left = server.clientsByUser[actor.uid, default: 1] - 1
+        server.clientsByUser[actor.uid] = left > 0 ? left : nil
         loop.closeChannel(self)
     }
 }

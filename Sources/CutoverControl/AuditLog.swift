@@ -132,7 +132,16 @@ public final class AuditLog: @unchecked Sendable {
     /// its newline.
     @discardableResult
     public func append(_ record: AuditRecord) throws -> String {
+        // Another process may append to the same log (the old and the new process of a hot
+        // upgrade): under an exclusive lock on the file, chained from the line really last.
+        try file.withExclusiveLock {
+            try appendLocked(record)
+        }
+    }
+
+    private func appendLocked(_ record: AuditRecord) throws -> String {
         try withChain { chain throws(AuditLogError) -> String in
+            chain.needsResync = true
             if chain.needsResync { try resync(&chain) }
             let line = AuditLog.encode(record, prev: chain.previousHash)
             // Set before writing: if the write or fsync fails the file may hold a partial
@@ -152,6 +161,26 @@ public final class AuditLog: @unchecked Sendable {
             chain.needsResync = false
             return line
         }
+    }
+
+    /// The SHA-256 of the last record (the next record's "prev"): the anchor a state file keeps.
+    public var lastRecordHash: String? {
+        (try? withChain { chain throws(AuditLogError) -> String? in
+            if chain.needsResync { try resync(&chain) }
+            return chain.previousHash == AuditLog.genesis ? nil : chain.previousHash
+        }) ?? nil
+    }
+
+    /// Whether `hash` is the SHA-256 of one of the log's lines, and which: how `audit verify`
+    /// checks that the log still reaches the record a state file anchored.
+    public static func line(withHash hash: String, path: String) -> Int? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        var number = 0
+        for line in [UInt8](data).split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) where !line.isEmpty {
+            number += 1
+            if SHA256.hex(SHA256.hash(line)) == hash { return number }
+        }
+        return nil
     }
 
     /// The last `count` lines, oldest first, without newlines.

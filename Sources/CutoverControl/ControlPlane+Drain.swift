@@ -119,6 +119,10 @@ extension ControlPlane {
                 }
                 var next = state
                 next.drained = nextDrains.persisted
+                next.auditAnchor = audit?.lastRecordHash
+                if let successor = handedOverTo.withLock({ $0 }) {
+                    return .refused("this process handed over to pid \(successor) (hot upgrade)")
+                }
                 if let path = config.stateFile {
                     do throws(StateFileError) {
                         try StateFile.save(next, path: path)

@@ -15,7 +15,8 @@ extension ControlPlane {
         let (generation, targets): (Int, [ControlLoop.Target]) = lock.withLock {
             checkerGeneration += 1
             let targets = health.keys.sorted().compactMap { key -> ControlLoop.Target? in
-                guard let app = config.apps.first(where: { $0.name == key.app }), let address = addresses[key]?.address else { return nil }
+                guard let app = config.apps.first(where: { $0.name == key.app }), app.activeChecks,
+                      let address = addresses[key]?.address else { return nil }
                 let request = ProbeRequest(address: address, host: Self.checkHost(app, server: key.server), path: app.healthPath,
                                            timeoutMs: config.health.timeoutMs, tls: upstreamTLS[UpstreamTLSTarget.key(app: key.app, server: key.server)])
                 return ControlLoop.Target(key: key, request: request, intervalMs: config.health.intervalMs)
@@ -30,6 +31,14 @@ extension ControlPlane {
         lock.withLock { stopped = true }
         checker.stop()
         notifier.stop()
+    }
+
+    /// After a hot upgrade: no more checks, release evaluations or history samples here (the
+    /// new process runs its own), while the control loop keeps answering the admin clients
+    /// still connected.
+    public func quiesce() {
+        lock.withLock { stopped = true }
+        checker.check([], probe: probe, periodMs: 3_600_000, periodic: {}, report: { _, _ in })
     }
 
     /// Runs ten times a second for the life of the process, so it allocates nothing unless
@@ -53,6 +62,20 @@ extension ControlPlane {
         sampleHistory()
         let now = clock()
         lock.withLock {
+            // Without active checks nothing would bring a server back: one marked down by failed
+            // connects is taken as up again one interval later (and marked down again if the
+            // data plane still cannot reach it) — nginx's fail_timeout.
+            var revived = false
+            for (key, entry) in health where entry.state == .down && now - entry.since >= Int64(config.health.intervalMs) {
+                guard config.apps.first(where: { $0.name == key.app })?.activeChecks == false else { continue }
+                health[key]?.assumeUp(at: now)
+                logger.log(.info, "health: app \(key.app) \(key.color.rawValue) \(key.server) is tried again (no active checks: health_path off)")
+                revived = true
+            }
+            if revived {
+                updateReadiness(at: now)
+                publishRoutabilityLocked()
+            }
             if var last = lastSwitch, last.drainedAt == nil, counters.inflight(last.from) == 0 {
                 last.drainedAt = now
                 lastSwitch = last
@@ -93,7 +116,11 @@ extension ControlPlane {
             for color in Color.allCases {
                 for server in app.servers(color) {
                     let key = ServerKey(app: app.name, color: color, server: server.name)
-                    fresh[key] = health[key] ?? ServerHealth(now: now)
+                    var entry = health[key] ?? ServerHealth(now: now)
+                    if health[key] == nil, config.apps.first(where: { $0.name == app.name })?.activeChecks == false {
+                        entry.assumeUp(at: now)  // no probe will ever say so
+                    }
+                    fresh[key] = entry
                     freshAddresses[key] = (server.address, server.id)
                 }
             }

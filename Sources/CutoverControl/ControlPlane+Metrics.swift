@@ -368,6 +368,13 @@ extension ControlPlane {
             out.sample("cutover_events_total", [("event", event)], Double(count))
         }
         if let counters {
+            out.family("cutover_local_resource_errors_total", .counter,
+                       "Requests answered 503 because the proxy had no descriptor or memory for an upstream connection (never counted against a server or a color).")
+            out.sample("cutover_local_resource_errors_total", [], Double(counters.localResourceFailures))
+            out.family("cutover_idle_upstreams_trimmed_total", .counter, "Idle upstream connections closed because their pool took no traffic any more.")
+            out.sample("cutover_idle_upstreams_trimmed_total", [], Double(counters.idleUpstreamsTrimmed))
+            out.family("cutover_idle_clients_evicted_total", .counter, "Idle client connections closed at max_connections to admit new clients.")
+            out.sample("cutover_idle_clients_evicted_total", [], Double(counters.idleClientsEvicted))
             out.family("cutover_inflight_requests", .gauge, "Requests in flight by the color they were routed to.")
             for color in Color.allCases { out.sample("cutover_inflight_requests", [("color", color.rawValue)], Double(counters.inflight(color))) }
         }

@@ -3,6 +3,7 @@ import CutoverMetrics
 import CutoverSystem
 import CutoverViews
 import Dispatch
+import Glibc
 import Synchronization
 
 extension ControlPlane {
@@ -103,5 +104,31 @@ extension ControlPlane {
         let report = overviewReport(seriesSeconds: 300)
         guard let overview = try? Overview(report) else { return nil }
         return StatusPage.render(overview)
+    }
+}
+
+extension ControlPlane {
+    /// Every server has a first check result (or has no active checks): what "started" means to
+    /// a service manager. Waits at most `timeoutMs`; returns whether health is known.
+    public func waitUntilHealthKnown(timeoutMs: Int) -> Bool {
+        let deadline = monotonicMilliseconds() + Int64(timeoutMs)
+        while true {
+            let known = lock.withLock { !health.values.contains { $0.state == .unknown } }
+            if known { return true }
+            if monotonicMilliseconds() >= deadline { return false }
+            usleep(20_000)
+        }
+    }
+
+    /// One line for `systemctl status`: the active color, a canary's shares, the generation.
+    public var serviceStatus: String {
+        lock.withLock {
+            let canaries = config.apps.compactMap { app -> String? in
+                let share = state.candidateBasisPoints(app.name)
+                return share > 0 ? "\(app.name) \(Format.share(basisPoints: share))" : nil
+            }
+            let canary = canaries.isEmpty ? "" : ", canary \(state.active.other.rawValue) " + canaries.joined(separator: ", ")
+            return "active \(state.active.rawValue)\(canary), generation \(state.generation)"
+        }
     }
 }

@@ -57,7 +57,12 @@ extension ControlPlane {
     /// whose folder could not be synced counts as made (refusing then would let a restart apply
     /// the change silently); any other failure means nothing changed.
     func saveStateDurably(_ next: PersistentState, command: String) -> StateFileError? {
+        if let successor = handedOverTo.withLock({ $0 }) {
+            return StateFileError(path: config.stateFile ?? "state", message: "\(command) refused: this process handed over to pid \(successor) (hot upgrade)")
+        }
         guard let path = config.stateFile else { return nil }
+        var next = next
+        next.auditAnchor = audit?.lastRecordHash
         do {
             try StateFile.save(next, path: path)
         } catch let error where error.newStateInPlace {
@@ -69,15 +74,62 @@ extension ControlPlane {
         return nil
     }
 
-    /// State file durable → publish → audit, for a routing change decided under `switchLock`.
+    /// Audit → state file durable → publish, for a routing change decided under `switchLock`.
+    /// The record goes first: a crash after it leaves a record of a change that may not have
+    /// taken effect (start-up reconciles it, `recovery`), never a change without its record.
     /// Returns the audit error (the change happened) or the state-file error (it did not).
     func commitRoutingChange(_ next: PersistentState, command: String, record: AuditRecord) -> Result<String?, StateFileError> {
-        if let error = saveStateDurably(next, command: command) { return .failure(error) }
+        let auditError = appendAudit(record)
+        if let error = saveStateDurably(next, command: command) {
+            recordNotApplied(record, because: error.description)
+            return .failure(error)
+        }
         lock.withLock {
             state = next
             publishPoliciesLocked()
         }
-        return .success(appendAudit(record))
+        return .success(auditError)
+    }
+
+    /// The change a record announced did not happen (its state file could not be written):
+    /// said in the log at once, so the record does not stand alone.
+    func recordNotApplied(_ record: AuditRecord, because reason: String) {
+        guard audit != nil else { return }
+        let current = persistentState
+        appendAudit(AuditRecord(event: "not_applied", reason: "the \(record.event) recorded just before did not take effect: \(reason)",
+                                actor: record.actor, generation: current.generation,
+                                details: ["event": record.event, "generation": record.generation.map(String.init) ?? ""]))
+    }
+
+    /// At start: the audit log's last generation against the state file's. A record whose
+    /// change never became durable (the process stopped between the two writes), or a change
+    /// durable without its record (an older version, a log that could not be written), gets a
+    /// `recovery` record naming the gap, so the log tells what the proxy runs.
+    public func reconcileAudit() {
+        guard let audit else { return }
+        let records = ((try? audit.tail(200)) ?? []).compactMap { JSON.parse($0) }
+        // Records of changes (and earlier recoveries, which settle a gap): start, stop and
+        // refusals carry the generation they saw, not one they made.
+        let notChanges: Set<String> = ["start", "stop", "refused", "not_applied", "reload", "reload_failed"]
+        guard let last = records.last(where: { $0["generation"]?.intValue != nil && !notChanges.contains($0["event"]?.stringValue ?? "") }),
+              let recorded = last["generation"]?.intValue else { return }
+        // A change that was recorded and then reported as not applied is settled.
+        if let index = records.lastIndex(where: { $0 == last }), records[(index + 1)...].contains(where: { $0["event"]?.stringValue == "not_applied" }) { return }
+        let current = persistentState
+        let running = Int64(current.generation)
+        let what = "active \(current.active.rawValue), generation \(current.generation)"
+        if recorded > running {
+            let event = last["event"]?.stringValue ?? "change"
+            let message = "the \(event) recorded as generation \(recorded) (\(last["time"]?.stringValue ?? "?")) did not take effect: the process stopped before its state file was written; running \(what)"
+            logger.log(.warning, "audit: \(message)")
+            appendAudit(AuditRecord(event: "recovery", to: current.active, reason: message, generation: current.generation,
+                                    details: ["recorded_generation": String(recorded), "state_generation": String(running)]))
+        } else if recorded < running {
+            let message = "generation \(recorded + 1)\(running > recorded + 1 ? "…\(running)" : "") took effect without an audit record (the process stopped before writing it, or the log could not be written); running \(what)"
+            logger.log(.warning, "audit: \(message)")
+            appendAudit(AuditRecord(event: "recovery", to: current.active, reason: message, generation: current.generation,
+                                    details: ["recorded_generation": String(recorded), "state_generation": String(running)]))
+        }
     }
 
     // MARK: weight

@@ -125,8 +125,22 @@ extension ControlPlane {
         if command == "release" { next.releasePlan = nil }
         next.suspendedPins.remove(target)
         if rollback && hasPins(to: current.active, in: current) { next.suspendedPins.insert(current.active) }
+        // The record first, then the state file, then the publish: a crash between any two
+        // leaves a record (start-up says whether it took effect), never a switch without one.
+        // A switch whose record cannot be written is refused; a rollback goes ahead (getting
+        // traffic off a bad release comes first) and its reply says the record is missing.
+        var details: [String: String] = [:]
+        if force { details["gate"] = "skipped (forced)" } else if !verify.isEmpty { details["verify"] = "\(verify.count) passed" }
+        let record = AuditRecord(event: command, from: current.active, to: target, reason: reason, forced: force,
+                                 actor: actor, generation: next.generation, details: details)
+        let auditError = appendAudit(record)
+        if let auditError, !rollback {
+            countSwitch(command, "failed")
+            return .failed("\(command) aborted, the audit log could not be written (no change is made without its record): \(auditError)")
+        }
         if let error = saveStateDurably(next, command: "\(command) to \(target.rawValue)") {
             countSwitch(command, "failed")
+            recordNotApplied(record, because: error.description)
             return .failed("\(command) aborted, the state file could not be written: \(error.description)")
         }
         let started = DispatchTime.now().uptimeNanoseconds
@@ -137,10 +151,6 @@ extension ControlPlane {
         }
         let publishMicros = (DispatchTime.now().uptimeNanoseconds - started) / 1000
         countSwitch(command, "ok")
-        var details: [String: String] = ["publish_us": String(publishMicros)]
-        if force { details["gate"] = "skipped (forced)" } else if !verify.isEmpty { details["verify"] = "\(verify.count) passed" }
-        let auditError = appendAudit(AuditRecord(event: command, from: current.active, to: target, reason: reason, forced: force,
-                                                 actor: actor, generation: next.generation, details: details))
         logger.log(.info, "\(command): \(current.active.rawValue) → \(target.rawValue) (generation \(next.generation)\(force ? ", forced" : ""))")
         return .switched(.init(command: command, from: current.active, to: target, generation: next.generation,
                                publishMicros: publishMicros, forced: force, verify: verify, auditError: auditError))

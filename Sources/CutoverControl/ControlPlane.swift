@@ -101,6 +101,11 @@ public final class ControlPlane: @unchecked Sendable {
     /// for `cutover_events_total`: the dashboard's annotations. Its own lock: records are
     /// appended with and without `lock` held.
     let auditEvents = Mutex<[String: UInt64]>([:])
+    /// Set once a hot upgrade's new process serves: this one changes nothing any more (its
+    /// state file and audit log are the new process's).
+    let handedOverTo = Mutex<Int32?>(nil)
+    /// Runs `upgrade [binary PATH]`: set by the runtime of `cutover run`.
+    public var upgradeHandler: (@Sendable (String?, AuditActor) -> JSON)?
     let wallAtStart = Date()
     let monoAtStart: Int64
 
@@ -271,6 +276,18 @@ public final class ControlPlane: @unchecked Sendable {
     /// Appends an audit record; returns the error text when it could not be written (the reply
     /// of the command says so: the change happened, its record did not).
     @discardableResult
+    /// Runs `body` with every state change held off (a switch, a weight, a drain, a reload, a
+    /// release plan's step wait): what a hot upgrade does while the new process reads the
+    /// state file.
+    public func holdingChanges<R>(_ body: () -> R) -> R {
+        switchLock.withLock(body)
+    }
+
+    /// From now on nothing changes here: the new process (`pid`) owns the state.
+    public func handOver(to pid: Int32) {
+        handedOverTo.withLock { $0 = pid }
+    }
+
     package func appendAudit(_ record: AuditRecord) -> String? {
         notifier.send(record)
         auditEvents.withLock { $0[record.event, default: 0] += 1 }

@@ -63,6 +63,14 @@ public struct ServerHealth: Sendable, Equatable {
         return false
     }
 
+    /// A server without active checks (`health_path off`) is taken to be up: at start, and
+    /// again one interval after failed connects marked it down. The last outcome is kept.
+    public mutating func assumeUp(at now: Int64) {
+        consecutiveFailures = 0
+        consecutiveSuccesses = 0
+        if state != .up { _ = transition(to: .up, at: now) }
+    }
+
     private mutating func transition(to next: State, at now: Int64) -> Bool {
         state = next
         since = now

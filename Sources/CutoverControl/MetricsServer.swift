@@ -25,6 +25,8 @@ public final class MetricsServer: @unchecked Sendable {
     private var listener: Channel?
     var clients = 0
     public private(set) var address: SocketAddress?
+    /// The listening socket (what a hot upgrade hands on).
+    public private(set) var listenerFD: Int32 = -1
 
     static let maxClients = 16
     static let timeoutMs = 5_000
@@ -39,12 +41,15 @@ public final class MetricsServer: @unchecked Sendable {
         self.exposition = exposition
     }
 
-    public func start(_ endpoint: Endpoint) throws {
+    public func start(_ endpoint: Endpoint, inheritedFD: Int32? = nil) throws {
         guard var address = SocketAddress.resolve(host: endpoint.host, port: endpoint.port) else {
             throw StartupError("metrics_listen: cannot resolve '\(endpoint.host)'")
         }
         var fd: Int32 = -1
-        do {
+        if let inheritedFD {
+            fd = inheritedFD  // a hot upgrade: the old process's socket
+            Posix.setNonBlocking(fd)
+        } else { do {
             fd = try Posix.socket(family: address.family)
             try Posix.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
             try Posix.bind(fd, address)
@@ -52,13 +57,14 @@ public final class MetricsServer: @unchecked Sendable {
         } catch {
             if fd >= 0 { Posix.close(fd) }
             throw StartupError("cannot listen on \(address) for metrics: \(error)")
-        }
+        } }
+        listenerFD = fd
         if let bound = Posix.localAddress(fd) { address = bound }
         self.address = address
         let box = UncheckedBox(self)
         let listening = fd
         listener = control.addListener { loop in MetricsListener(fd: listening, loop: loop, server: box.value) }
-        logger.log(.info, "metrics on http://\(address)/metrics")
+        logger.log(.info, "metrics on http://\(address)/metrics\(overview == nil ? "" : ", the status page on http://\(address)/")")
     }
 
     public func stop() {

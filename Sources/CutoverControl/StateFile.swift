@@ -52,6 +52,9 @@ public struct PersistentState: Equatable, Sendable {
     /// The release plan running: its name, the step it reached (1-based) and the hash of the
     /// plan as it was configured then (a changed plan is not resumed).
     public var releasePlan: (name: String, step: Int, hash: String)? = nil
+    /// The SHA-256 of the audit log's last record when this state was saved: `audit verify`
+    /// finds a log cut short below it (not compared by `==`: it is bookkeeping, not state).
+    public var auditAnchor: String? = nil
 
     public static func == (lhs: PersistentState, rhs: PersistentState) -> Bool {
         lhs.active == rhs.active && lhs.previous == rhs.previous && lhs.generation == rhs.generation && lhs.drained == rhs.drained
@@ -170,6 +173,10 @@ public enum StateFile {
         for color in Color.allCases where state.suspendedPins.contains(color) {
             text += "pins_suspended \(color.rawValue)\n"
         }
+        if let anchor = state.auditAnchor {
+            guard StateFile.isHash(anchor) else { throw StateFileError(path: path, message: "cannot save state: invalid audit anchor") }
+            text += "audit_anchor \(anchor)\n"
+        }
         return text
     }
 
@@ -204,7 +211,29 @@ public enum StateFile {
         state.suspendedPins = fields.suspendedPins
         state.mirrors = fields.mirrors
         state.releasePlan = fields.releasePlan
+        state.auditAnchor = fields.auditAnchor
         return state
+    }
+
+    /// 64 lowercase hex digits (a SHA-256).
+    static func isHash(_ text: String) -> Bool {
+        text.utf8.count == 64 && text.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+    }
+
+    /// Removes what an interrupted save left beside the state file (`.NAME.tmp-PID-…`): the
+    /// rename never happened, so those files hold nothing the state file does not. Returns
+    /// the names removed.
+    @discardableResult
+    public static func removeLeftovers(of path: String) -> [String] {
+        let folder = FileIO.parentFolder(of: path)
+        let prefix = "." + (path.split(separator: "/").last.map(String.init) ?? path) + ".tmp-"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        var removed: [String] = []
+        for name in names where name.hasPrefix(prefix) {
+            FileIO.remove(folder + "/" + name)
+            removed.append(name)
+        }
+        return removed
     }
 
     /// The keys seen so far; `apply` returns a problem description instead of throwing so
@@ -219,6 +248,7 @@ public enum StateFile {
         var suspendedPins: Set<Color> = []
         var mirrors: [String: Int] = [:]
         var releasePlan: (name: String, step: Int, hash: String)?
+        var auditAnchor: String?
         private var seen: Set<String> = []
         private static let repeatable: Set<String> = ["drained", "weight", "pin", "pins_suspended", "mirror"]
 
@@ -277,6 +307,9 @@ public enum StateFile {
             case "pins_suspended":
                 guard let color = Color(rawValue: value) else { return "bad color '\(value)' for 'pins_suspended'" }
                 suspendedPins.insert(color)
+            case "audit_anchor":
+                guard StateFile.isHash(value) else { return "bad audit anchor '\(value)' (expected 64 hex digits)" }
+                auditAnchor = value
             default:
                 return "unknown key '\(key)'"
             }

@@ -25,17 +25,26 @@ public struct HeadScanner: Sendable {
         /// The head spans `start ..< end`; `end` is just past the empty line.
         case found(end: Int)
         case bareLineFeed
+        /// The first line just ended (only with `stopAtFirstLine`): `end` is past its LF. The
+        /// next scan goes on from there.
+        case firstLine(end: Int)
     }
 
     /// Scans `buffer[start...]` (the head begins at `start`) for the empty line ending the head.
     @inlinable
-    public mutating func scan(_ buffer: UnsafeRawBufferPointer, start: Int) -> Outcome {
+    public mutating func scan(_ buffer: UnsafeRawBufferPointer, start: Int, stopAtFirstLine: Bool = false) -> Outcome {
         var index = Swift.max(Int(scanned), start)
         let count = buffer.count
         while index < count {
             if buffer[index] == 0x0A {
                 if index == start || buffer[index - 1] != 0x0D { return .bareLineFeed }
-                if firstLineEnd == 0 { firstLineEnd = Int32(truncatingIfNeeded: index + 1) }
+                if firstLineEnd == 0 {
+                    firstLineEnd = Int32(truncatingIfNeeded: index + 1)
+                    if stopAtFirstLine {
+                        scanned = Int32(truncatingIfNeeded: index + 1)
+                        return .firstLine(end: index + 1)
+                    }
+                }
                 // "\r\n\r\n": the line that just ended was empty.
                 if index - start >= 3 && buffer[index - 2] == 0x0A {
                     scanned = Int32(truncatingIfNeeded: index + 1)

@@ -70,9 +70,19 @@ public struct RequestHeadParser: Sendable {
         // once was 431, read in pieces 414; a bare LF past 16 KiB was 400 or 431).
         let lineLimit = start + limits.maxURIBytes + 33
         let headLimit = start + limits.maxHeaderBytes
+        // The request line is checked as soon as it ends, before the scan goes on: "GET /" CRLF
+        // (HTTP/0.9's form, no version) is a 400 at once rather than a connection left waiting
+        // for a head that will never come — and the verdict is the same however the bytes came.
+        var requestLine: (head: RequestHead, next: Int)? = nil
         while true {
             let bound = Swift.min(buffer.count, scanner.hasFirstLine ? headLimit : Swift.min(lineLimit, headLimit))
-            switch scanner.scan(UnsafeRawBufferPointer(rebasing: buffer[0..<bound]), start: start) {
+            switch scanner.scan(UnsafeRawBufferPointer(rebasing: buffer[0..<bound]), start: start, stopAtFirstLine: true) {
+            case .firstLine(let lineEnd):
+                switch parseRequestLine(buffer, start: start, lineEnd: lineEnd) {
+                case .success(let parsed): requestLine = parsed
+                case .failure(let error): return .invalid(error)
+                }
+                continue
             case .bareLineFeed:
                 return .invalid(HTTPParseError(400, "bare LF"))
             case .needMore:
@@ -89,7 +99,7 @@ public struct RequestHeadParser: Sendable {
                 if end - start > limits.maxHeaderBytes {
                     return .invalid(HTTPParseError(431, "request head too large"))
                 }
-                switch parseHead(buffer, start: start, end: end, fields: fields) {
+                switch parseHead(buffer, start: start, end: end, requestLine: requestLine, fields: fields) {
                 case .success(let head): return .complete(head, consumed: end)
                 case .failure(let error): return .invalid(error)
                 }
@@ -99,8 +109,36 @@ public struct RequestHeadParser: Sendable {
 
     @usableFromInline
     func parseHead(
-        _ buffer: UnsafeRawBufferPointer, start: Int, end: Int, fields: UnsafeMutableBufferPointer<HeaderField>
+        _ buffer: UnsafeRawBufferPointer, start: Int, end: Int, requestLine: (head: RequestHead, next: Int)?,
+        fields: UnsafeMutableBufferPointer<HeaderField>
     ) -> Result<RequestHead, HTTPParseError> {
+        // The line was parsed in this call when it ended here; a line that ended in an earlier
+        // read was checked then and is parsed again now (the buffer may have moved).
+        var (head, index): (RequestHead, Int)
+        if let requestLine {
+            (head, index) = requestLine
+        } else {
+            switch parseRequestLine(buffer, start: start, lineEnd: end) {
+            case .success(let parsed): (head, index) = parsed
+            case .failure(let error): return .failure(error)
+            }
+        }
+        let fieldCount: Int
+        switch parseFieldLines(buffer, from: index, to: end - 2, fields: fields, tooManyStatus: 431) {
+        case .success(let count): fieldCount = count
+        case .failure(let error): return .failure(error)
+        }
+        head.fieldCount = fieldCount
+        if let error = applySemantics(buffer, fields: fields, &head) { return .failure(error) }
+        return .success(head)
+    }
+
+    /// method SP request-target SP HTTP-version CRLF, from `start`; `lineEnd` is past its LF (or
+    /// any later bound). Returns the head so far and the index after the line.
+    @usableFromInline
+    func parseRequestLine(
+        _ buffer: UnsafeRawBufferPointer, start: Int, lineEnd end: Int
+    ) -> Result<(head: RequestHead, next: Int), HTTPParseError> {
         var head = RequestHead()
         var index = start
 
@@ -148,15 +186,7 @@ public struct RequestHeadParser: Sendable {
         index += 10
 
         if let error = classifyTarget(buffer, &head) { return .failure(error) }
-
-        let fieldCount: Int
-        switch parseFieldLines(buffer, from: index, to: end - 2, fields: fields, tooManyStatus: 431) {
-        case .success(let count): fieldCount = count
-        case .failure(let error): return .failure(error)
-        }
-        head.fieldCount = fieldCount
-        if let error = applySemantics(buffer, fields: fields, &head) { return .failure(error) }
-        return .success(head)
+        return .success((head, index))
     }
 
     /// origin-form, absolute-form (`http://authority/path`) or `*` (OPTIONS only). Authority-form
@@ -313,7 +343,15 @@ public struct RequestHeadParser: Sendable {
             head.expectContinue = false  // never a 1xx to an HTTP/1.0 client; body follows anyway
         }
         // RFC 9110 §7.8: an Upgrade received in an HTTP/1.0 request is ignored (never tunnelled).
-        if head.version == .http11 && connectionUpgrade && !upgradeValue.isEmpty && !Self.mentionsH2C(buffer, upgradeValue) {
+        // A request with a body is forwarded as a plain request, its Upgrade removed: an upstream
+        // that answered 101 before reading the body would take the body's bytes as tunnel data.
+        var hasBody = false
+        switch head.framing {
+        case .chunked: hasBody = true
+        case .contentLength(let length): hasBody = length > 0
+        default: break
+        }
+        if head.version == .http11 && connectionUpgrade && !upgradeValue.isEmpty && !hasBody && !Self.mentionsH2C(buffer, upgradeValue) {
             head.upgrade = upgradeValue
         }
         return nil

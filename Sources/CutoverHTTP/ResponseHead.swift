@@ -41,16 +41,18 @@ public struct ResponseHeadParser: Sendable {
         // HTTPLimits.maxHeaders holds even when the caller's field storage is larger.
         let fields = fields.count > limits.maxHeaders
             ? UnsafeMutableBufferPointer(rebasing: fields[0..<limits.maxHeaders]) : fields
-        switch scanner.scan(buffer, start: 0) {
+        // The scan never looks past the limit, so bytes beyond it cannot change the verdict: a
+        // bare LF after `maxHeaderBytes` is "too large" whether it came in one read or many.
+        let bound = Swift.min(buffer.count, limits.maxHeaderBytes)
+        switch scanner.scan(UnsafeRawBufferPointer(rebasing: buffer[0..<bound]), start: 0) {
         case .bareLineFeed:
             return .invalid(HTTPParseError(502, "bare LF in response"))
-        case .needMore:
-            if buffer.count >= limits.maxHeaderBytes {
+        case .needMore, .firstLine:
+            if bound >= limits.maxHeaderBytes {
                 return .invalid(HTTPParseError(502, "response head too large"))
             }
             return .needMore
         case .found(let end):
-            if end > limits.maxHeaderBytes { return .invalid(HTTPParseError(502, "response head too large")) }
             switch parseHead(buffer, end: end, requestMethod: requestMethod, fields: fields) {
             case .success(let head): return .complete(head, consumed: end)
             case .failure(let error): return .invalid(error)

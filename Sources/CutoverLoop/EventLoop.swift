@@ -27,7 +27,9 @@ open class Channel {
     /// when that bucket comes due).
     @inline(__always)
     package final func setDeadline(after milliseconds: Int) {
-        deadline = loop.now + Int64(milliseconds)
+        // Clamped to a year: no setting can push the clock arithmetic into overflow (the config
+        // bounds timeouts to 24 h; this is the second fence).
+        deadline = loop.now + Int64(Swift.min(Swift.max(0, milliseconds), 366 * 86_400_000))
         loop.deadlineChanged(self)
     }
 
@@ -114,6 +116,13 @@ public final class EventLoop {
             channel.slot = -1
             throw error
         }
+    }
+
+    /// Forgets a channel whose open file another process shares: out of epoll first.
+    package func closeSharedChannel(_ channel: Channel) {
+        guard channel.slot >= 0 else { return }
+        Epoll.remove(epollFD, fd: channel.fd)
+        closeChannel(channel)
     }
 
     /// Forgets a channel and closes its descriptor (which also removes it from epoll).

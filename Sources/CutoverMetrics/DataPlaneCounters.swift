@@ -30,6 +30,9 @@ public final class DataPlaneCounters: @unchecked Sendable {
     private let loops: Int
     private let perLoop: UnsafeMutablePointer<Atomic<Int>>
     private let connectFailures: UnsafeMutablePointer<Atomic<UInt64>>
+    private let localFailures = Atomic<UInt64>(0)
+    private let trimmed = Atomic<UInt64>(0)
+    private let evicted = Atomic<UInt64>(0)
     /// TLS handshakes (a shared counter each: a handshake costs a millisecond of crypto, an
     /// atomic add is nothing beside it).
     private let tls: UnsafeMutablePointer<Atomic<UInt64>>
@@ -94,6 +97,30 @@ public final class DataPlaneCounters: @unchecked Sendable {
         guard serverID < Self.maxServers else { return }
         connectFailures[serverID].add(1, ordering: .relaxed)
     }
+
+    /// The proxy itself ran out of descriptors or memory for an upstream connection (EMFILE,
+    /// ENFILE, ENOBUFS, ENOMEM): never the server's fault, so counted here and nowhere else.
+    package func localResourceFailed() {
+        localFailures.add(1, ordering: .relaxed)
+    }
+
+    /// Requests answered 503 because the proxy had no descriptor or memory for an upstream
+    /// connection.
+    public var localResourceFailures: UInt64 { localFailures.load(ordering: .relaxed) }
+
+    /// Idle upstream connections closed because their pool took no traffic any more.
+    package func idleTrimmed(_ count: Int) {
+        trimmed.add(UInt64(count), ordering: .relaxed)
+    }
+
+    public var idleUpstreamsTrimmed: UInt64 { trimmed.load(ordering: .relaxed) }
+
+    /// Idle client connections closed at `max_connections` to admit new clients.
+    package func idleClientEvicted() {
+        evicted.add(1, ordering: .relaxed)
+    }
+
+    public var idleClientsEvicted: UInt64 { evicted.load(ordering: .relaxed) }
 
     // MARK: Reading (control plane)
 

@@ -171,9 +171,19 @@ final class ClientConnection: Channel {
             failExchange(status: 504, message: "upstream did not answer in time", error: .timeout)
         case .abort(let status, let error, let termination, let blameUpstream):
             if blameUpstream, let upstream { noteUpstreamFailure(.timeout, upstream) }
-            abort(status: status, error: error, termination: termination)
+            // A client that stopped sending or reading is reset, not flushed to: no second
+            // `client_body` for a final flush, and no orphaned socket holding its unread bytes.
+            abort(status: status, error: error, termination: termination, reset: termination == .clientTimeout)
+        case .reset:
+            resetAndClose()
         }
         drive()
+    }
+
+    /// Closes with RST (SO_LINGER 0): the kernel frees what the client never read.
+    private func resetAndClose() {
+        Posix.resetOnClose(fd)
+        close()
     }
 
     // MARK: Client socket
@@ -218,7 +228,7 @@ final class ClientConnection: Channel {
 
     private func processHead() -> Bool {
         if input.isEmpty {
-            if stream.peerClosed || worker.endsKeepAlive {
+            if stream.peerClosed || worker.closesIdleConnections {
                 // Finish sending what is queued (a half-closed client still gets its responses).
                 if output.isEmpty { close() } else { startClosing() }
                 return true
@@ -311,11 +321,23 @@ final class ClientConnection: Channel {
             return
         }
         record.serverID = Int32(truncatingIfNeeded: server.id)
-        guard let upstream = acquireUpstream(server, pool: pool.pool, app: pool.app) else {
+        let upstream: UpstreamConnection
+        switch acquireUpstream(server, pool: pool.pool, app: pool.app) {
+        case .connection(let connection):
+            upstream = connection
+        case .serverFailed:
             input.consume(consumed)
             pool.stats.upstreamFailed(serverID: server.id, kind: .connectFailure)
             respondLocally(status: 502, message: "could not connect to an upstream server", keepAlive: keepAliveIfBodiless,
                            error: .connectFailure)
+            return
+        case .localResources:
+            // The proxy's own shortage: not the server's failure, not the color's 5xx. The
+            // request is recorded apart (no app figures), and the client told what happened.
+            input.consume(consumed)
+            record.stats = nil
+            worker.counters.localResourceFailed()
+            respondLocally(status: 503, message: "the proxy is out of descriptors or memory; try again", keepAlive: false)
             return
         }
         loop.buffers.acquire(into: &upstream.output)
@@ -420,7 +442,7 @@ final class ClientConnection: Channel {
 
     private func launchCopy(_ role: ShadowComparison.Role, to server: ServerEntry, pool: PoolID, comparison: ShadowComparison,
                             app: LocalApp, method: HTTPMethod, headBytes: UnsafeRawBufferPointer, body: UnsafeRawBufferPointer) -> Bool {
-        guard let connection = acquireUpstream(server, pool: pool, app: app.name, forCopy: true) else { return false }
+        guard case .connection(let connection) = acquireUpstream(server, pool: pool, app: app.name, forCopy: true) else { return false }
         loop.buffers.acquire(into: &connection.output)
         guard connection.output.spaceAtEnd >= headBytes.count - 2 + Self.mirrorMark.utf8CodeUnitCount + body.count else {
             connection.close()  // checked by the caller; never write past a buffer
@@ -454,24 +476,43 @@ final class ClientConnection: Channel {
         UnsafeRawBufferPointer(start: rootPathStorage.utf8Start, count: 1)
     }
 
+    enum Acquired {
+        case connection(UpstreamConnection)
+        /// The server (or the network to it) failed the connect.
+        case serverFailed
+        /// The proxy had no descriptor or memory for a socket: the server was never tried.
+        case localResources
+    }
+
     /// An idle connection to `server`, or a new one. A failed connect counts against the
     /// server's passive health only for live requests (`forCopy` false): a mirrored copy never
-    /// marks a server down.
-    private func acquireUpstream(_ server: ServerEntry, pool: PoolID, app: String, forCopy: Bool = false) -> UpstreamConnection? {
+    /// marks a server down. A local shortage (EMFILE, ENFILE, ENOBUFS, ENOMEM) never does.
+    private func acquireUpstream(_ server: ServerEntry, pool: PoolID, app: String, forCopy: Bool = false) -> Acquired {
         let tls = worker.upstreamTLS(app: app, server: server)
         if let idle = worker.upstreamPool.take(serverID: server.id) {
             // Same TLS target or both plain: the same SNI, verification and settings.
-            if idle.tlsTarget === tls { return idle }
+            if idle.tlsTarget === tls { return .connection(idle) }
             idle.close()  // made for another app's `upstream_tls`, or settings a reload replaced
         }
         do {
-            return try UpstreamConnection.connect(
-                to: server, pool: pool, loop: loop, idlePool: worker.upstreamPool, counters: worker.counters, tls: tls)
+            return .connection(try UpstreamConnection.connect(
+                to: server, pool: pool, loop: loop, idlePool: worker.upstreamPool, counters: worker.counters, tls: tls))
         } catch {
+            if error.isLocalShortage {
+                worker.log(.warning, "no upstream connection to \(server.name): \(error) (the proxy's own limit, not the server's failure)")
+                return .localResources
+            }
             worker.log(.warning, "connect to \(server.name) failed: \(error)")
             if !forCopy { worker.counters.connectFailed(serverID: server.id) }
-            return nil
+            return .serverFailed
         }
+    }
+
+    /// A connection between requests (or one that has sent nothing yet) holding no buffer and
+    /// no upstream: what may be closed at `max_connections` to admit a new client.
+    var isReusable: Bool {
+        guard case .awaitingHead = machine.state else { return false }
+        return input.isEmpty && output.isEmpty && upstream == nil && stream.established
     }
 
     /// Counts this request in flight for its pool until it ends, however it ends.
@@ -710,9 +751,11 @@ final class ClientConnection: Channel {
         if RetryPolicy.isConnectFailure(attempt) {
             worker.counters.connectFailed(serverID: failedUpstream.server.id)
         }
+        // A server that failed a fresh connection is not retried at once: another server of the
+        // pool, or the 502 (three connects to one refusing server only tripled the wait).
         if case .retry(let excluding, let headOnly) = machine.retryDecision(attempt),
-           let server = pool.next(excluding: excluding ?? -1),
-           let next = acquireUpstream(server, pool: pool.pool, app: pool.app) {
+           let server = pool.next(excluding: excluding ?? -1, strictly: excluding != nil),
+           case .connection(let next) = acquireUpstream(server, pool: pool.pool, app: pool.app) {
             worker.log(.info, "retrying request on \(server.name) after \(reason) on \(failedUpstream.server.name)")
             // The request bytes still sit in the failed connection's output buffer.
             var requestBytes = failedUpstream.output
@@ -822,14 +865,16 @@ final class ClientConnection: Channel {
     /// `status` is what the request is recorded with when no response started (499: the
     /// client left; 408: it stalled; 502/504: the upstream failed); `error` the upstream failure
     /// behind the abort, `termination` the client's or the proxy's part in it.
-    private func abort(status: Int, error: WindowedStats.Outcome? = nil, termination: Termination = .none) {
+    private func abort(status: Int, error: WindowedStats.Outcome? = nil, termination: Termination = .none, reset: Bool = false) {
         if !record.recorded {
             record.cutShort(status: status, responseStarted: machine.finalResponseStarted, termination: termination)
             recordExchange(error: error)
         }
         endInflight()
         closeUpstream()
-        if machine.aborted() {
+        if reset {
+            resetAndClose()
+        } else if machine.aborted() {
             // Deliver what was already queued, then close: truncation stays visible.
             startClosing()
         } else {

@@ -225,6 +225,9 @@ package struct ExchangeMachine {
         case upstreamHeadTimedOut
         /// End the exchange at once; `blameUpstream`: count a timeout against the upstream.
         case abort(status: Int, error: WindowedStats.Outcome?, termination: Termination, blameUpstream: Bool)
+        /// The client did not take the last bytes in time: reset the connection, so the kernel
+        /// drops what it still holds for that client instead of keeping it in an orphaned socket.
+        case reset
     }
 
     /// What the deadline that just passed means.
@@ -247,8 +250,12 @@ package struct ExchangeMachine {
             }
             // The upstream stopped sending its body.
             return .abort(status: 504, error: .timeout, termination: .none, blameUpstream: facts.upstream != nil)
-        case .tunnel, .closing:
+        case .tunnel:
             return .close
+        case .closing(let shutdownSent):
+            // Past the half-close the response was delivered: a plain close. Before it, the
+            // client stopped reading what was queued.
+            return shutdownSent ? .close : .reset
         case .closed:
             return .none
         }

@@ -233,8 +233,9 @@ final class LocalPool {
     var hasRoutableServer: Bool { servers.contains { $0.routable } }
 
     /// The next routable server, skipping `excluding` (a server that just failed this request)
-    /// when another is available. Never looks at another pool.
-    func next(excluding: Int = -1) -> ServerEntry? {
+    /// when another is available — or, with `strictly`, always (a server that refused a connect
+    /// is not asked again at once: nil when it is the only one). Never looks at another pool.
+    func next(excluding: Int = -1, strictly: Bool = false) -> ServerEntry? {
         let count = servers.count
         var fallback: ServerEntry? = nil
         for _ in 0..<count {
@@ -244,6 +245,6 @@ final class LocalPool {
             if candidate.id != excluding { return candidate }
             fallback = candidate
         }
-        return fallback
+        return strictly ? nil : fallback
     }
 }

@@ -37,6 +37,11 @@ public final class ProxyServer: @unchecked Sendable {
     private var started = false
     /// Set when `stop` begins: readers of the figures stop asking the loops.
     private let stopping = Atomic<Bool>(false)
+    /// Listening sockets handed over by the process this one replaces (a hot upgrade), by
+    /// `KIND@HOST:PORT` as configured; used instead of binding. Set before `start`.
+    public var inherited = InheritedSockets()
+    /// The listening descriptors, by the same keys: what a hot upgrade hands on.
+    public private(set) var listenerDescriptors: [String: [Int32]] = [:]
     /// When `start` finished (monotonic ns): the beginning of the "total" window.
     public private(set) var startedNs: Int64 = 0
 
@@ -48,7 +53,9 @@ public final class ProxyServer: @unchecked Sendable {
         self.servers = servers
         settings = ProxySettings(config: config)
         counters = DataPlaneCounters(loops: Self.workerCount(config.workers))
-        shared = SharedProxyState(maxClients: Self.clientLimit(config.limits.maxConnections))
+        let available = ProcessResources.raiseOpenFileLimit()
+        shared = SharedProxyState(maxClients: Self.clientLimit(config.limits.maxConnections),
+                                  idleUpstreamsPerLoop: max(16, (available - 64) / 4 / Self.workerCount(config.workers)))
     }
 
     /// The number of worker loops for `workers auto` or a number.
@@ -91,6 +98,24 @@ public final class ProxyServer: @unchecked Sendable {
             guard var address = SocketAddress.resolve(host: endpoint.host, port: endpoint.port) else {
                 throw ConfigError(file: config.path, line: endpoint.line, message: "cannot resolve listen address '\(endpoint.host)'")
             }
+            let key = Self.listenerKey(kind, endpoint)
+            if let fds = inherited.take(key) {
+                // The sockets of the process this one replaces: the same accept queues, so no
+                // connection waiting in them is lost. Shared out among the loops.
+                for (index, fd) in fds.enumerated() {
+                    Posix.setNonBlocking(fd)
+                    try workers[index % workers.count].addListener(fd: fd, kind: kind, tls: endpoint.tls)
+                }
+                if let bound = Posix.localAddress(fds[0]) { address = bound }
+                listenerDescriptors[key] = fds
+                recordAddress(address, kind: kind, endpoint: endpoint)
+                continue
+            }
+            // Our listeners share a port among loops (SO_REUSEPORT), which would also let a second
+            // cutover join silently: refuse a port someone already listens on.
+            if address.port != 0 && Posix.addressInUse(address) {
+                throw StartupError("cannot listen on \(address): another process is listening there (a second cutover on the same address? stop it first)")
+            }
             for worker in workers {
                 let fd: Int32
                 do {
@@ -102,16 +127,12 @@ public final class ProxyServer: @unchecked Sendable {
                     address = bound  // the other loops share the port the kernel picked
                 }
                 try worker.addListener(fd: fd, kind: kind, tls: endpoint.tls)
+                listenerDescriptors[key, default: []].append(fd)
             }
-            switch kind {
-            case .main:
-                listenAddresses.append(address)
-                if endpoint.tls && !config.listen.prefix(while: { $0 != endpoint }).contains(where: \.tls) {
-                    shared.httpsPort.store(address.port, ordering: .relaxed)
-                }
-            case .preview: previewAddresses.append(address)
-            case .redirect: redirectAddresses.append(address)
-            }
+            recordAddress(address, kind: kind, endpoint: endpoint)
+        }
+        for key in inherited.closeRest() {
+            logger.log(.warning, "hot upgrade: \(key) is no longer in the configuration; its inherited socket is closed")
         }
         for worker in workers {
             let done = DispatchSemaphore(value: 0)
@@ -127,6 +148,40 @@ public final class ProxyServer: @unchecked Sendable {
         accessLog?.start()
         let preview = previewAddresses.isEmpty ? "" : ", preview on \(previewAddresses.map(\.description).joined(separator: ", "))"
         logger.log(.info, "listening on \(listenAddresses.map(\.description).joined(separator: ", "))\(preview) with \(count) worker(s)")
+    }
+
+    private func recordAddress(_ address: SocketAddress, kind: ListenerKind, endpoint: Endpoint) {
+        switch kind {
+        case .main:
+            listenAddresses.append(address)
+            if endpoint.tls && !config.listen.prefix(while: { $0 != endpoint }).contains(where: \.tls) {
+                shared.httpsPort.store(address.port, ordering: .relaxed)
+            }
+        case .preview: previewAddresses.append(address)
+        case .redirect: redirectAddresses.append(address)
+        }
+    }
+
+    /// How a listener is named between the two processes of a hot upgrade: its kind and its
+    /// address as configured (`main@127.0.0.1:8080`; port 0 included — the socket says which).
+    static func listenerKey(_ kind: ListenerKind, _ endpoint: Endpoint) -> String {
+        "\(kind.rawValue)@\(endpoint.host.contains(":") ? "[\(endpoint.host)]" : endpoint.host):\(endpoint.port)"
+    }
+
+    /// The new process serves: stop accepting (our copies of the listening sockets are closed;
+    /// the sockets live on in the new process, their queues intact). Then `stop` drains.
+    public func handOver() {
+        guard started else { return }
+        for worker in workers {
+            let done = DispatchSemaphore(value: 0)
+            let box = UncheckedBox(worker)
+            worker.loop.execute {
+                box.value.stopAccepting()
+                done.signal()
+            }
+            done.wait()
+        }
+        listenerDescriptors.removeAll()
     }
 
     /// The certificates new TLS connections get from now on (start, and every reload).
@@ -149,16 +204,17 @@ public final class ProxyServer: @unchecked Sendable {
 
     /// Stops accepting, lets in-flight requests finish for up to `timeouts.drain`, closes
     /// keep-alive connections, and returns when every loop has stopped.
-    public func stop() {
+    public func stop(soft: Bool = false) {
         guard started else { return }
         let drainMs = config.timeouts.drainMs
+        if soft { shared.gentleDrain.store(true, ordering: .relaxed) }
         shared.draining.store(true, ordering: .relaxed)
         stopping.store(true, ordering: .releasing)
         for worker in workers {
             let box = UncheckedBox(worker)
             worker.loop.execute {
                 let worker = box.value
-                worker.beginDrain { worker.loop.requestStop() }
+                worker.beginDrain(soft: soft) { worker.loop.requestStop() }
             }
             DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(drainMs)) {
                 box.value.loop.execute {

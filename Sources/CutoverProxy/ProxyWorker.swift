@@ -6,6 +6,7 @@ import CutoverMetrics
 import CutoverRouting
 import CutoverSystem
 import CutoverTLS
+import Dispatch
 import Synchronization
 
 /// Settings every loop reads; fixed for the life of the process (a reload that changes them
@@ -31,6 +32,8 @@ final class SharedProxyState: Sendable {
     let openClients = Atomic<Int>(0)
     let maxClients: Int
     let draining = Atomic<Bool>(false)
+    /// The drain is the gentle one of a hot upgrade (set before `draining`).
+    let gentleDrain = Atomic<Bool>(false)
     /// The certificates new TLS connections start from (a reload replaces it; connections keep
     /// the one they started with). Read once per accepted TLS connection, never per request.
     let tls = Mutex<TLSServerContext?>(nil)
@@ -45,8 +48,13 @@ final class SharedProxyState: Sendable {
     /// Bumped by every replacement: a loop copies the table once per change, not per request.
     let upstreamTLSGeneration = Atomic<Int>(0)
 
-    init(maxClients: Int) {
+    /// Idle upstream connections one loop may keep: a quarter of the descriptors left after
+    /// the reserve, shared by the loops (clients have half, live upstream connections the rest).
+    let idleUpstreamsPerLoop: Int
+
+    init(maxClients: Int, idleUpstreamsPerLoop: Int = .max) {
         self.maxClients = maxClients
+        self.idleUpstreamsPerLoop = idleUpstreamsPerLoop
     }
 }
 
@@ -77,6 +85,10 @@ final class ProxyWorker {
     /// is called, on every loop at once: a loop whose own drain message is still queued must
     /// not promise keep-alive to a client another loop has already started closing.
     var endsKeepAlive: Bool { isDraining || shared.draining.load(ordering: .relaxed) }
+    /// Idle keep-alive connections are closed at once when a drain begins — unless it is the
+    /// gentle drain after a hot upgrade, where they wait for their next request (answered with
+    /// `Connection: close`): closing one as its client sends would lose that request.
+    var closesIdleConnections: Bool { endsKeepAlive && !shared.gentleDrain.load(ordering: .relaxed) }
 
     init(loop: EventLoop, settings: ProxySettings, shared: SharedProxyState, publisher: RoutingPublisher,
          counters: DataPlaneCounters, logger: Logger, apps: AppRegistry, accessLog: AccessLogRing?) {
@@ -87,7 +99,8 @@ final class ProxyWorker {
         self.publisher = publisher
         self.logger = logger
         upstreamPool = UpstreamIdlePool(
-            maxPerServer: settings.limits.upstreamIdlePerServer, idleTimeoutMs: settings.timeouts.upstreamIdleMs)
+            maxPerServer: settings.limits.upstreamIdlePerServer, idleTimeoutMs: settings.timeouts.upstreamIdleMs,
+            maxTotal: shared.idleUpstreamsPerLoop)
         requestIDPrefix = UInt64.random(in: 0...UInt64.max) ^ UInt64(loop.index)
         let snapshot = publisher.snapshot()
         self.accessLog = accessLog
@@ -103,8 +116,26 @@ final class ProxyWorker {
         if publisher.generation != routing.generation {
             let snapshot = publisher.snapshot()
             routing = LocalRouting(table: snapshot.table, generation: snapshot.generation, metrics: metrics, previous: routing)
+            trimIdleUpstreams(snapshot.table)
         }
         return routing
+    }
+
+    /// After a new table: idle connections to servers whose pool takes no traffic now (no
+    /// share, no pin, no copies, no preview) are closed — after a switch the old color's idle
+    /// connections would otherwise hold descriptors until `upstream_idle`.
+    private func trimIdleUpstreams(_ table: RoutingTable) {
+        guard upstreamPool.total > 0 else { return }
+        let preview = listeners.contains { $0.kind == .preview }
+        var live = Set<Int>()
+        for app in table.apps {
+            var pools = app.policy.split.shares.filter { $0.basisPoints > 0 }.map(\.pool)
+            pools += app.policy.pins.map { PoolID($0.color) }
+            if preview || app.policy.mirror.basisPoints > 0 { pools.append(app.policy.candidate) }
+            for pool in pools { for server in app.servers(pool) { live.insert(server.id) } }
+        }
+        let closed = upstreamPool.trim(keeping: live)
+        if closed > 0 { counters.idleTrimmed(closed) }
     }
 
     func nextRequestID() -> (UInt64, UInt64) {
@@ -166,6 +197,12 @@ final class ProxyWorker {
     /// The handshake deadline of the TLS context connections were last accepted with.
     private(set) var tlsHandshakeTimeoutMs = 10_000
 
+    /// Closes this loop's listeners (a hot upgrade handed them to the new process).
+    func stopAccepting() {
+        for listener in listeners { loop.closeSharedChannel(listener) }
+        listeners.removeAll()
+    }
+
     func addListener(fd: Int32, kind: ListenerKind = .main, tls: Bool = false) throws(IOError) {
         let listener = Listener(fd: fd, worker: self, kind: kind, tls: tls)
         try loop.register(listener)
@@ -175,6 +212,9 @@ final class ProxyWorker {
     func acceptConnections(on listener: Listener) {
         while !acceptPaused && !isDraining {
             if shared.openClients.load(ordering: .relaxed) >= shared.maxClients {
+                // At the cap, an idle connection of this loop makes room (nginx's reusable
+                // connections): a new client is served rather than kept out for client_idle.
+                if Posix.isReadable(listener.fd) && evictIdleConnection() { continue }
                 // Resumed when a client of this loop closes, or by the retry in case the
                 // connection that frees a place belongs to another loop.
                 pauseAccepting(retryAfterMs: 100, listener: listener)
@@ -225,8 +265,28 @@ final class ProxyWorker {
                 shared.openClients.subtract(1, ordering: .relaxed)
                 continue
             }
-            client.setDeadline(after: session == nil ? settings.timeouts.clientIdleMs : tlsHandshakeTimeoutMs)
+            // A connection that sends nothing is closed at client_header, not client_idle: the
+            // idle allowance is for keep-alive clients between requests.
+            client.setDeadline(after: session == nil ? settings.timeouts.clientHeaderMs : tlsHandshakeTimeoutMs)
         }
+    }
+
+    /// Closes this loop's reusable connection nearest its deadline — the longest idle one (a
+    /// keep-alive connection between requests, or one that has not sent a byte). False when
+    /// this loop has none. A scan of the loop's channels: it runs only at `max_connections`.
+    private func evictIdleConnection() -> Bool {
+        var reusable: [ClientConnection] = []
+        loop.forEachChannel { channel in
+            if let client = channel as? ClientConnection, client.isReusable { reusable.append(client) }
+        }
+        // One whose request is already in the socket (accepted in this batch, not read yet) is
+        // not idle: the next one.
+        for client in reusable.sorted(by: { $0.deadline < $1.deadline }) where !Posix.isReadable(client.fd) {
+            counters.idleClientEvicted()
+            client.close()
+            return true
+        }
+        return false
     }
 
     private func pauseAccepting(retryAfterMs: Int, listener: Listener) {
@@ -269,15 +329,29 @@ final class ProxyWorker {
 
     /// Stops accepting, closes idle keep-alive connections and lets in-flight exchanges finish
     /// (their responses carry `Connection: close`). `done` runs once every client is gone.
-    func beginDrain(done: @escaping () -> Void) {
+    /// `soft` (after a hot upgrade): idle connections are left a second to send their next
+    /// request — answered with `Connection: close` — and only those still idle then are closed.
+    func beginDrain(soft: Bool = false, done: @escaping () -> Void) {
         isDraining = true
         onDrained = done
         for listener in listeners { loop.closeChannel(listener) }
         listeners.removeAll()
+        if soft {
+            let box = UncheckedBox(self)
+            DispatchQueue.global().asyncAfter(deadline: .now() + .seconds(1)) {
+                box.value.loop.execute { box.value.closeIdleClients() }
+            }
+        } else {
+            closeIdleClients()
+        }
+        upstreamPool.closeAll()
+        checkDrained()
+    }
+
+    private func closeIdleClients() {
         loop.forEachChannel { channel in
             if let client = channel as? ClientConnection, client.isIdle { client.close() }
         }
-        upstreamPool.closeAll()
         checkDrained()
     }
 

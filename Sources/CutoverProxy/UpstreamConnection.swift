@@ -206,14 +206,20 @@ package final class UpstreamIdlePool {
     private var idle: [[UpstreamConnection]] = []
     let maxPerServer: Int
     let idleTimeoutMs: Int
+    /// Idle connections this loop may hold in all: they spend descriptors too, and with a low
+    /// limit a pool full of them made new connects fail with EMFILE.
+    let maxTotal: Int
+    private(set) var total = 0
 
-    package init(maxPerServer: Int, idleTimeoutMs: Int) {
+    package init(maxPerServer: Int, idleTimeoutMs: Int, maxTotal: Int = .max) {
         self.maxPerServer = maxPerServer
         self.idleTimeoutMs = idleTimeoutMs
+        self.maxTotal = maxTotal
     }
 
     package func take(serverID: Int) -> UpstreamConnection? {
         guard serverID < idle.count, let connection = idle[serverID].popLast() else { return nil }
+        total -= 1
         connection.clearDeadline()
         connection.reused = true
         connection.phase = .open
@@ -228,23 +234,41 @@ package final class UpstreamIdlePool {
         connection.owner = nil
         connection.shadowOwner = nil
         connection.releaseBuffers()
-        guard idle[id].count < maxPerServer, connection.phase == .open else {
+        guard idle[id].count < maxPerServer, total < maxTotal, connection.phase == .open else {
             connection.close()
             return
         }
         connection.phase = .idle
         connection.setDeadline(after: idleTimeoutMs)
         idle[id].append(connection)
+        total += 1
     }
 
     func remove(_ connection: UpstreamConnection) {
         let id = connection.server.id
         guard id < idle.count, let position = idle[id].firstIndex(where: { $0 === connection }) else { return }
         idle[id].remove(at: position)
+        total -= 1
+    }
+
+    /// Closes the idle connections to servers not in `keep` (their pool takes no traffic any
+    /// more: the old color after a switch). Returns how many were closed.
+    package func trim(keeping keep: Set<Int>) -> Int {
+        var closed = 0
+        for id in idle.indices where !idle[id].isEmpty && !keep.contains(id) {
+            let list = idle[id]
+            idle[id] = []
+            total -= list.count
+            closed += list.count
+            for connection in list { connection.close() }
+        }
+        return closed
     }
 
     func closeAll() {
-        for list in idle { for connection in list { connection.close() } }
+        let lists = idle
         idle.removeAll()
+        total = 0
+        for list in lists { for connection in list { connection.close() } }
     }
 }

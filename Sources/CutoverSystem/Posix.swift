@@ -5,6 +5,14 @@ import Glibc
 // EAGAIN into `.wouldBlock`, traps on EBADF/EFAULT (those are cutover's bugs, not the peer's)
 // and throws `IOError` for everything else. Typed throws: no allocation on the error path.
 
+extension IOError {
+    /// The process itself ran out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM):
+    /// nothing about the peer.
+    public var isLocalShortage: Bool {
+        errnoCode == EMFILE || errnoCode == ENFILE || errnoCode == ENOBUFS || errnoCode == ENOMEM
+    }
+}
+
 public struct IOError: Error, CustomStringConvertible, Sendable {
     public let errnoCode: Int32
     public let function: StaticString
@@ -92,6 +100,14 @@ package enum Posix {
         }
     }
 
+    /// SO_LINGER with a zero timeout: the close that follows sends RST and the kernel drops
+    /// whatever is still queued for the peer (nginx's `reset_timedout_connection`). Used when a
+    /// client timed out: its unread bytes must not sit in kernel memory after we are done.
+    public static func resetOnClose(_ fd: Int32) {
+        var option = linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
+    }
+
     package static func bind(_ fd: Int32, _ address: SocketAddress) throws(IOError) {
         _ = try address.withSockAddr { pointer, length throws(IOError) in
             try check("bind") { Glibc.bind(fd, pointer, length) }
@@ -168,6 +184,14 @@ package enum Epoll {
     }
 
     @inline(__always)
+    /// Removes `fd` from the interest list. Needed before closing a descriptor whose open file
+    /// another process shares (a listener handed over): closing alone would leave it
+    /// registered, since epoll follows the open file, not the descriptor.
+    package static func remove(_ epollFD: Int32, fd: Int32) {
+        var event = epoll_event()
+        _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, &event)
+    }
+
     package static func wait(_ epollFD: Int32, _ events: UnsafeMutablePointer<epoll_event>, _ capacity: Int32, timeoutMs: Int32) throws(IOError) -> Int {
         switch try Posix.check("epoll_wait", { epoll_wait(epollFD, events, capacity, timeoutMs) }) {
         case .processed(let count): return Int(count)
@@ -269,8 +293,41 @@ extension Posix {
         }
     }
 
-    /// Opens a listening socket on `address` with SO_REUSEPORT.
-    public static func openListener(_ address: SocketAddress, backlog: Int32 = 1024) throws(IOError) -> Int32 {
+    /// A socket is readable now (poll with no wait): a listener with a connection waiting, or
+    /// a connection with bytes (or an end) not read yet. Asked only at `max_connections`,
+    /// before closing an idle connection to make room.
+    public static func isReadable(_ fd: Int32) -> Bool {
+        var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&descriptor, 1, 0) == 1 && descriptor.revents & Int16(POLLIN) != 0
+    }
+
+    /// True when some socket — of this process or another — is bound to `address` and not
+    /// just lingering: a probe bound with SO_REUSEADDR but without SO_REUSEPORT gets
+    /// EADDRINUSE. Listeners with SO_REUSEPORT (ours) would otherwise share the port with a
+    /// second process silently, and the kernel would split clients between two routing tables.
+    public static func addressInUse(_ address: SocketAddress) -> Bool {
+        guard let fd = try? Posix.socket(family: address.family) else { return false }
+        defer { Posix.close(fd) }
+        try? Posix.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
+        if address.family == AF_INET6 { try? Posix.setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1) }
+        do {
+            try Posix.bind(fd, address)
+            return false
+        } catch {
+            return error.errnoCode == EADDRINUSE
+        }
+    }
+
+    /// The kernel's cap on a listen backlog (`net.core.somaxconn`), asked for in full: a burst
+    /// of connections waits in the kernel instead of being refused. 4096 if unreadable.
+    public static let listenBacklog: Int32 = {
+        guard let bytes = try? FileIO.readWhole("/proc/sys/net/core/somaxconn", maxBytes: 32),
+              let value = Int32(String(decoding: bytes.prefix { $0 >= 0x30 && $0 <= 0x39 }, as: UTF8.self)) else { return 4096 }
+        return Swift.max(128, Swift.min(value, 65_535))
+    }()
+
+    /// Opens a listening socket on `address` with SO_REUSEPORT, its backlog `listenBacklog`.
+    public static func openListener(_ address: SocketAddress, backlog: Int32 = Posix.listenBacklog) throws(IOError) -> Int32 {
         let fd = try Posix.socket(family: address.family)
         do {
             try Posix.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)

@@ -26,6 +26,11 @@ struct AdminClient {
             print(text)
             return 1
         }
+        if object["busy"]?.boolValue == true {
+            // No slot: nothing was run, so nothing is unknown. Exit 3 like an unreachable socket.
+            FileHandle.standardError.write(Data("cutover: busy: \(object["error"]?.stringValue ?? "no admin slot free"); nothing was run\n".utf8))
+            return 3
+        }
         let ok = object["ok"]?.boolValue ?? false
         if json {
             print(text)
@@ -52,6 +57,8 @@ enum Pretty {
         }
         switch command {
         case "status": return status(reply)
+        case "upgrade":
+            return "upgraded: pid \(text(reply["old_pid"])) (\(text(reply["old_version"]))) → pid \(text(reply["new_pid"])) (\(text(reply["new_version"]))), \(text(reply["binary"])); the old process drains"
         case "overview":
             guard let overview = try? Overview(reply) else { return reply.serialized() }
             return TopFrame.render(overview, .init(width: 132, height: 1_000, keys: false)).joined(separator: "\n")

@@ -7,6 +7,7 @@ import CutoverSystem
 import CutoverTLS
 import Foundation
 import Glibc
+import Synchronization
 
 // The `cutover` command line. Exit codes: 0 ok, 1 refused or failed, 2 usage, 3 cannot reach
 // the admin socket.
@@ -41,6 +42,8 @@ let usage = """
       cutover verify <blue|green>
       cutover drain <app> <host:port> | undrain <app> <host:port>
       cutover reload | reopen
+      cutover upgrade [--binary PATH]            hot upgrade: the new binary takes the sockets, this process
+                                                drains (SIGUSR2 does the same with the installed binary)
       cutover stats [10s|1m|5m|total]           per app and color: rps, 5xx, latency percentiles
       cutover top [--interval DURATION] [--once]  a full-screen view, refreshed every second (keys: s switch,
                                                 r rollback, p/u pause/resume a release, w weight, q quit);
@@ -52,7 +55,8 @@ let usage = """
     cutover --help | --version
 
     Signals: SIGTERM/SIGINT drain in-flight requests (up to timeouts.drain) and exit 0;
-    SIGHUP does what `cutover reload` does; SIGUSR1 reopens the access log (logrotate).
+    SIGHUP does what `cutover reload` does; SIGUSR1 reopens the access log (logrotate);
+    SIGUSR2 does what `cutover upgrade` does.
     Exit codes: 0 ok, 1 refused or failed, 2 usage, 3 cannot reach the admin socket.
     """
 
@@ -107,26 +111,88 @@ func loadConfig(_ path: String) -> Config {
 func blockSignals() -> sigset_t {
     var set = sigset_t()
     sigemptyset(&set)
-    for signal in [SIGINT, SIGTERM, SIGHUP, SIGUSR1] { sigaddset(&set, signal) }
+    for signal in [SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2] { sigaddset(&set, signal) }
     pthread_sigmask(SIG_BLOCK, &set, nil)
     return set
 }
 
-/// Runs until SIGTERM/SIGINT; SIGHUP reloads; SIGUSR1 reopens the access log.
+/// Runs until SIGTERM/SIGINT; SIGHUP reloads; SIGUSR1 reopens the access log. Under systemd
+/// (`Type=notify`) it says READY=1 once listening with every server's health known,
+/// RELOADING=1/READY=1 around a reload, STOPPING=1 when the drain begins, and keeps STATUS= to
+/// the active color.
 func serve(_ runtime: CutoverRuntime, logger: Logger, signals: sigset_t, extraStop: () -> Void = {}) -> Never {
+    let environment = ProcessInfo.processInfo.environment
+    let service = ServiceNotify(environment: environment)
+    // Started by a hot upgrade: report on this pipe once serving (or why not).
+    let upgradeReport = environment[InheritedSockets.readyVariable].flatMap { Int32($0) }
+    if let encoded = environment[InheritedSockets.variable], let inherited = InheritedSockets(encoded: encoded) {
+        runtime.inherited = inherited
+    }
+    runtime.version = version
+    let handedOver = Atomic<Bool>(false)
+    runtime.onHandedOver = { pid in
+        // systemd follows the new process from now on; this one drains and exits.
+        handedOver.store(true, ordering: .releasing)
+        service.send("MAINPID=\(pid)", "STATUS=handed over to pid \(pid) (hot upgrade); draining")
+        // The drain starts once the `upgrade` reply is on its way (it is written right after this
+        // returns); the data plane stopped accepting already.
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(300)) {
+            kill(ProcessIdentity.processID, SIGTERM)
+        }
+    }
     do {
         try runtime.start()
     } catch {
+        if let upgradeReport { Successor.report(upgradeReport, "error \(error)") }
+        service.send("STATUS=failed to start: \(error)")
         fail("cutover: \(error)", code: 1)
+    }
+    if let upgradeReport {
+        let health = runtime.config.health
+        _ = runtime.controlPlane.waitUntilHealthKnown(timeoutMs: health.intervalMs + health.timeoutMs + 2_000)
+        Successor.report(upgradeReport, "ready \(ProcessIdentity.processID) \(version)")
+    }
+    var status = ""
+    func updateStatus(_ extra: String...) {
+        let now = runtime.controlPlane.serviceStatus
+        guard now != status || !extra.isEmpty else { return }
+        status = now
+        if let problem = service.send(lines: extra + ["STATUS=\(now)"]) { logger.log(.warning, "sd_notify: \(problem)") }
+    }
+    if service.enabled && upgradeReport == nil {
+        let health = runtime.config.health
+        if !runtime.controlPlane.waitUntilHealthKnown(timeoutMs: health.intervalMs + health.timeoutMs + 2_000) {
+            logger.log(.warning, "sd_notify: READY=1 before every server's first check ended")
+        }
+        updateStatus("READY=1", "MAINPID=\(ProcessIdentity.processID)")
     }
     var waitSet = signals
     while true {
         var received: Int32 = 0
-        sigwait(&waitSet, &received)
+        if service.enabled {
+            // A second at most between looks at the status line.
+            var timeout = timespec(tv_sec: 1, tv_nsec: 0)
+            received = sigtimedwait(&waitSet, nil, &timeout)
+            if received < 0 {
+                updateStatus()
+                continue
+            }
+        } else {
+            sigwait(&waitSet, &received)
+        }
+        if received == SIGUSR2 {
+            // The same as `cutover upgrade`: the binary this process was started from.
+            let reply = runtime.upgrade(binary: nil, actor: .current())
+            logger.log(reply["ok"]?.boolValue == true ? .info : .error,
+                       "SIGUSR2: \(reply["ok"]?.boolValue == true ? "upgraded to pid \(reply["new_pid"]?.intValue ?? 0)" : reply["error"]?.stringValue ?? "upgrade failed")")
+            continue
+        }
         if received == SIGHUP {
+            service.send("RELOADING=1", "MONOTONIC_USEC=\(monotonicNanoseconds() / 1_000)")
             if case .failed = runtime.controlPlane.reload(actor: .current()) {
                 logger.log(.warning, "SIGHUP: reload failed; the running configuration is unchanged")
             }
+            updateStatus("READY=1")
             continue
         }
         if received == SIGUSR1 {
@@ -137,6 +203,9 @@ func serve(_ runtime: CutoverRuntime, logger: Logger, signals: sigset_t, extraSt
                 logger.log(.info, "SIGUSR1: access log reopened")
             }
             continue
+        }
+        if !handedOver.load(ordering: .acquiring) {
+            service.send("STOPPING=1", "STATUS=draining (up to \(runtime.config.timeouts.drainMs) ms)")
         }
         logger.log(.info, "signal \(received): draining (up to \(runtime.config.timeouts.drainMs) ms)")
         runtime.stop()
@@ -163,6 +232,7 @@ func adminLine(_ command: String, _ arguments: Arguments) -> String {
     var words = [command] + arguments.positional
     if let app = arguments.value("--app") { words += ["app", app] }
     if let watch = arguments.value("--watch") { words += ["watch", watch] }
+    if let binary = arguments.value("--binary") { words += ["binary", Successor.absolutePath(binary)] }
     if arguments.flags.contains("--force") { words.append("force") }
     if let reason = arguments.value("--reason") {
         words.append("reason")
@@ -181,7 +251,7 @@ func adminSocket(_ arguments: Arguments) -> String {
 }
 
 let adminCommands: Set<String> = ["status", "health", "history", "switch", "rollback", "verify", "drain", "undrain", "reload",
-                                    "stats", "reopen", "weight", "pin", "unpin", "pins", "mirror", "release", "overview"]
+                                    "stats", "reopen", "weight", "pin", "unpin", "pins", "mirror", "release", "overview", "upgrade"]
 
 let words = Array(CommandLine.arguments.dropFirst())
 guard let command = words.first else { fail(usage, code: 2) }
@@ -221,6 +291,8 @@ do {
         let config = loadConfig(path)
         let logger = Logger()
         let runtime = makeRuntime(config: config, path: path, logger: logger, resetState: arguments.flags.contains("--reset-state"))
+        // A hot upgrade starts the binary at this path (as installed then) with these arguments.
+        runtime.upgradeCommand = (Successor.absolutePath(CommandLine.arguments[0]), Array(CommandLine.arguments.dropFirst()))
         serve(runtime, logger: logger, signals: signals)
     case "demo":
         let arguments = try Arguments(rest, valueOptions: ["--listen", "--blue-port", "--green-port", "--metrics-listen", "--preview-listen",
@@ -259,8 +331,16 @@ do {
             }
             tls = (tlsListen, "run/demo-tls.pem", "run/demo-tls.key")
         }
+        // The default metrics port taken (another demo, a Prometheus exporter): a free port
+        // instead, named in the "metrics on …" log line. A port asked for is never changed.
+        var metricsListen = arguments.value("--metrics-listen") ?? "127.0.0.1:9108"
+        if arguments.value("--metrics-listen") == nil, let address = SocketAddress.resolve(host: "127.0.0.1", port: 9108),
+           Posix.addressInUse(address) {
+            logger.log(.warning, "127.0.0.1:9108 is taken: metrics and the status page go to a free port (see the line below)")
+            metricsListen = "127.0.0.1:0"
+        }
         let text = DemoConfig.text(listen: listen, bluePort: blue.port, greenPort: green.port,
-                                   metricsListen: arguments.value("--metrics-listen", default: "127.0.0.1:9108")!,
+                                   metricsListen: metricsListen,
                                    previewListen: arguments.value("--preview-listen", default: "127.0.0.1:8081").flatMap { $0 == "off" ? nil : $0 },
                                    tls: tls)
         let config: Config
@@ -281,10 +361,20 @@ do {
         let arguments = try Arguments(rest, valueOptions: ["-c", "--config"], flagOptions: [])
         guard arguments.positional == ["verify"] else { throw UsageError(message: "usage: cutover audit verify [-c FILE]") }
         let path = arguments.value("-c", "--config", default: "conf/cutover.conf")!
-        guard let log = loadConfig(path).auditLog else { fail("cutover: \(path) has no audit_log", code: 1) }
+        let config = loadConfig(path)
+        guard let log = config.auditLog else { fail("cutover: \(path) has no audit_log", code: 1) }
         switch AuditLog.verify(path: log) {
         case .ok(let lines):
-            print("\(log): ok — \(lines) record(s), hash chain intact")
+            // The state file anchors the record that was last when it was saved: a log cut short
+            // below it is a log that lost records, however intact its remaining chain.
+            var anchor = ""
+            if let statePath = config.stateFile, let state = try? StateFile.load(path: statePath), let hash = state.auditAnchor {
+                guard let line = AuditLog.line(withHash: hash, path: log) else {
+                    fail("\(log): cut short: the record \(statePath) anchors (sha256 \(hash.prefix(16))…) is not in the log; records were removed from its end", code: 1)
+                }
+                anchor = "; the state file's anchor is record \(line)"
+            }
+            print("\(log): ok — \(lines) record(s), hash chain intact\(anchor)")
         case .broken(let line, let reason):
             fail("\(log):\(line): \(reason)", code: 1)
         }
@@ -301,7 +391,7 @@ do {
         let top = TopCommand(socket: adminSocket(arguments), intervalMs: intervalMs)
         exit(arguments.flags.contains("--once") ? top.once() : top.run())
     case let name where adminCommands.contains(name):
-        let arguments = try Arguments(rest, valueOptions: ["-c", "--config", "-s", "--socket", "--reason", "--app", "--watch"],
+        let arguments = try Arguments(rest, valueOptions: ["-c", "--config", "-s", "--socket", "--reason", "--app", "--watch", "--binary"],
                                       flagOptions: ["--json", "--force"])
         let line = adminLine(name, arguments)
         // The socket checks the words; the usage errors it returns are exit code 2 here.

@@ -143,7 +143,7 @@ final class AdminSocketTests: XCTestCase {
         let help = try admin.command("help")
         XCTAssertEqual(help["ok"], true)
         XCTAssertEqual(help["commands"]?.arrayValue?.compactMap { $0["command"]?.stringValue.map { String($0.split(separator: " ")[0]) } },
-                       ["help", "status", "switch", "rollback", "weight", "pin", "unpin", "mirror", "release", "pins", "health", "drain", "undrain", "reload", "verify", "stats", "overview", "reopen", "history"])
+                       ["help", "status", "switch", "rollback", "weight", "pin", "unpin", "mirror", "release", "pins", "health", "drain", "undrain", "reload", "verify", "stats", "overview", "upgrade", "reopen", "history"])
         XCTAssertEqual(try admin.command("status")["active"], "blue")
         XCTAssertEqual(try admin.command("frobnicate")["error"], "unknown command 'frobnicate'; try 'help'")
         XCTAssertEqual(try admin.command("switch purple")["error"], "usage: switch <blue|green> [watch <duration>] [force] [reason <text…>]")
@@ -163,11 +163,75 @@ final class AdminSocketTests: XCTestCase {
         // A client that never finishes its line is dropped after the idle timeout (500 ms here).
         let silent = try AdminConnection(path: setup.socket)
         silent.send(Array("stat".utf8))
+        XCTAssertEqual(try silent.reply()["error"], "no complete command line within 500 ms of connecting")
         XCTAssertTrue(silent.closedWithin(5))
 
         // Meanwhile traffic flows and the socket answers others.
         XCTAssertEqual(try RawHTTPClient(port: setup.port).request().status, 200)
         XCTAssertEqual(try AdminConnection(path: setup.socket).command("health")["ok"], true)
+    }
+
+    /// Silent connections cannot lock operators out: each must send a complete line within the
+    /// line timeout (500 ms here), one uid holds at most 8 slots, root and the proxy's own user
+    /// have 4 more than the 32, and a client refused a slot is told "busy" (the CLI exits 3).
+    func testSilentConnectionsCannotLockOperatorsOut() throws {
+        let blue = try TestUpstream.named("blue")
+        let green = try TestUpstream.named("green")
+        defer { blue.stop(); green.stop() }
+        let folder = try makeFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let setup = try start(folder: folder, blue: blue.port, green: green.port, extra: "admin_mode 0666")
+        defer { setup.runtime.stop() }
+
+        // This test runs as root: the 32 slots and the 4 kept for operators.
+        var silent: [AdminConnection] = []
+        for _ in 0..<36 { silent.append(try AdminConnection(path: setup.socket)) }
+        let refused = try AdminConnection(path: setup.socket)
+        let busy = try refused.reply()
+        XCTAssertEqual(busy["busy"], true, busy.serialized())
+        XCTAssertTrue(busy["error"]?.stringValue?.hasPrefix("every admin slot is taken") ?? false, busy.serialized())
+        let cli = try OperatorViewsTests.cutover(["rollback", "-s", setup.socket])
+        XCTAssertEqual(cli.status, 3, cli.stdout + cli.stderr)
+        XCTAssertTrue(cli.stderr.hasPrefix("cutover: busy: every admin slot is taken"), cli.stderr)
+        XCTAssertTrue(cli.stderr.contains("nothing was run"), cli.stderr)
+
+        // Within the line timeout every silent connection is told why and closed.
+        for connection in silent {
+            XCTAssertEqual(try connection.reply()["error"], "no complete command line within 500 ms of connecting")
+            XCTAssertTrue(connection.closedWithin(5))
+        }
+        XCTAssertEqual(try AdminConnection(path: setup.socket).command("status")["ok"], true, "the slots are free again")
+
+        // Another user holds at most 8 slots: the ninth connection of `nobody` is refused. (The
+        // folder of the socket is opened to others for this.)
+        chmod(setup.folder.appendingPathComponent("run").path, 0o755)
+        let script = """
+            import socket, sys
+            held = []
+            for _ in range(9):
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(sys.argv[1])
+                held.append(s)
+            held[-1].settimeout(5)
+            print(held[-1].recv(4096).decode().strip())
+            """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/runuser")
+        process.arguments = ["-u", "nobody", "--", "python3", "-c", script, setup.socket]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = out
+        try process.run()
+        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        XCTAssertTrue(output.contains("\"busy\":true"), output)
+        XCTAssertTrue(output.contains("user nobody holds 8 admin connections already"), output)
+
+        // A line over 4 KiB closes the connection also when it arrives in one piece with its newline.
+        let long = try AdminConnection(path: setup.socket)
+        long.send(Array((String(repeating: "x", count: 6000) + "\nstatus\n").utf8))
+        XCTAssertEqual(try long.reply()["error"], "command line longer than 4096 bytes")
+        XCTAssertTrue(long.closedWithin(2), "closed, and the status after it was not run")
     }
 
     func testSwitchThroughTheSocketUnderLoadLosesNothing() throws {

@@ -103,8 +103,8 @@ final class CommandLineTests: XCTestCase {
         private let lock = NSCondition()
         private var log = ""
 
-        init(arguments: [String], directory: URL = CommandLineTests.repositoryRoot) throws {
-            process.executableURL = CommandLineTests.binary
+        init(arguments: [String], directory: URL = CommandLineTests.repositoryRoot, executable: String? = nil) throws {
+            process.executableURL = executable.map { URL(fileURLWithPath: $0) } ?? CommandLineTests.binary
             process.arguments = arguments
             process.currentDirectoryURL = directory
             let err = Pipe()

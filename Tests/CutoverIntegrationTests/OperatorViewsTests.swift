@@ -50,7 +50,7 @@ final class OperatorViewsTests: XCTestCase {
             """.write(toFile: config, atomically: true, encoding: .utf8)
         let proxy = try CommandLineTests.RunningProxy(arguments: ["run", "-c", config])
         let port = try XCTUnwrap(proxy.listeningPort())
-        let log = try XCTUnwrap(proxy.waitForLog("/metrics\n"))
+        let log = try XCTUnwrap(proxy.waitForLog(", the status page on "))
         let metrics = try XCTUnwrap(log.range(of: "metrics on http://127.0.0.1:"))
         let metricsPort = try XCTUnwrap(UInt16(log[metrics.upperBound...].prefix { $0.isNumber }))
         let setup = Setup(folder: folder, config: config, proxy: proxy, port: port, metricsPort: metricsPort, blue: blue, green: green)

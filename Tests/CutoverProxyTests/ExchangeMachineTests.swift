@@ -84,7 +84,9 @@ final class ExchangeMachineTests: XCTestCase {
                        "the upstream stopped sending its body")
         var closing = routed()
         closing.startClosing()
-        XCTAssertEqual(closing.deadlinePassed(facts()), .close)
+        XCTAssertEqual(closing.deadlinePassed(facts()), .reset, "the last response not taken in time: reset, nothing left queued")
+        closing.writeSideShutDown()
+        XCTAssertEqual(closing.deadlinePassed(facts()), .close, "delivered and half-closed: the linger ends quietly")
     }
 
     // MARK: Responses

@@ -24,5 +24,17 @@ int cutover_terminal_size(int fd, unsigned short *rows, unsigned short *columns)
 void cutover_watch_terminal_signals(void);
 /// The signals noted since the last call (bits as above), and clears them.
 int cutover_take_terminal_signals(void);
+/// fork + execve with `keep` descriptors inherited (FD_CLOEXEC cleared in the child) and an
+/// empty signal mask. Returns the child's pid, or -1 with errno set.
+int cutover_spawn(const char *path, char *const argv[], char *const envp[], const int *keep, int keep_count);
+/// waitpid(pid, status, WNOHANG).
+int cutover_wait_nohang(int pid, int *status);
+/// The exit code of a wait status (128 + signal for a signal).
+int cutover_exit_code(int status);
+/// flock(LOCK_EX) and flock(LOCK_UN): 0, or -1 with errno set.
+int cutover_lock_exclusive(int fd);
+int cutover_unlock(int fd);
+/// pipe2(fds, O_CLOEXEC).
+int cutover_pipe_cloexec(int fds[2]);
 
 #endif

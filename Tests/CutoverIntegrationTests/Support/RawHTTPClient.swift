@@ -43,7 +43,7 @@ func fnv1a64(_ bytes: [UInt8]) -> UInt64 {
 final class RawHTTPClient {
     let port: UInt16
     let host: String
-    private var fd: Int32
+    private(set) var fd: Int32
     private var buffer: [UInt8] = []
     private var start = 0
     private var scratch = [UInt8](repeating: 0, count: 256 * 1024)
