@@ -277,12 +277,21 @@ extension ControlPlane {
     }
 
     public func execute(_ command: AdminCommand, actor: AuditActor) -> JSON {
+        if command.changesState, awaitingHandover.load(ordering: .acquiring) {
+            return ["ok": false, "error": "this process is taking over from the previous one (hot upgrade) and changes nothing yet; retry in a moment"]
+        }
         if command.changesState, let successor = handedOverTo.withLock({ $0 }) {
             return ["ok": false, "error": .string("this process handed over to pid \(successor) (hot upgrade) and changes nothing; reconnect to the admin socket")]
         }
         switch command {
         case .upgrade(let binary):
             guard let upgradeHandler else { return ["ok": false, "error": "hot upgrade is for `cutover run` (not the demo or an embedded proxy)"] }
+            if binary != nil && actor.uid != 0 && actor.uid != ProcessIdentity.userID {
+                // Running a chosen file as the service user (its keys, its audit log) is root's
+                // or the service user's call, not every admin_group member's.
+                return ["ok": false, "error": "upgrade binary PATH is for root or the proxy's own user; `upgrade` alone starts the installed binary"]
+            }
+            if let busy = releaseBlockingUpgrade() { return ["ok": false, "error": .string(busy)] }
             return upgradeHandler(binary, actor)
         case .help:
             return AdminCommands.helpReply

@@ -40,6 +40,8 @@ public final class AdminServer: @unchecked Sendable {
     public private(set) var listenerFD: Int32 = -1
     /// The socket went to a new process: `stop` leaves its file in place.
     private let handedOver = Atomic<Bool>(false)
+    /// Started on a socket inherited in a hot upgrade.
+    private var inheritedSocket = false
 
     public init(path: String, idleTimeoutMs: Int = 30_000, lineTimeoutMs: Int = 5_000, logger: Logger, control: ControlLoop,
                 handler: @escaping @Sendable (String, AuditActor) -> JSON) {
@@ -55,7 +57,10 @@ public final class AdminServer: @unchecked Sendable {
     /// a socket another running cutover answers on is an error.
     public func start(mode: UInt32, group: String?, inheritedFD: Int32? = nil) throws {
         if let inheritedFD {
-            // A hot upgrade: the old process's socket, its file and permissions as they are.
+            // A hot upgrade: the old process's socket, its file and permissions as they are. The
+            // file is never removed by this process: if it fails to take over, the old process
+            // goes on answering there.
+            inheritedSocket = true
             Posix.setNonBlocking(inheritedFD)
             listenerFD = inheritedFD
             let box = UncheckedBox(self)
@@ -111,7 +116,7 @@ public final class AdminServer: @unchecked Sendable {
                                    shutDown: { ($0 as? AdminClient)?.close() })
         }
         commands.stop()
-        if !isHandedOver { FileIO.remove(path) }
+        if !isHandedOver && !inheritedSocket { FileIO.remove(path) }
     }
 
     /// The new process of a hot upgrade answers on the socket now: stop accepting and leave
@@ -119,6 +124,7 @@ public final class AdminServer: @unchecked Sendable {
     /// then their connection closes; their next command goes to the new process.
     public func handOver() {
         handedOver.store(true, ordering: .releasing)
+        listenerFD = -1
         if let listener {
             self.listener = nil
             control.removeListener(listener, closing: { _ in false }, shutDown: { _ in })
@@ -220,7 +226,8 @@ final class AdminClient: Channel {
     private var lineStartedAt: Int64? = nil
     /// When the client last sent anything (loop ms).
     private var lastReceivedAt: Int64 = 0
-    /// Since when the client owes a complete line: its connection, then each reply sent.
+    /// Since when the client owes its first complete line: its connection (after a reply, the
+    /// idle timeout applies).
     private var waitingSince: Int64 = 0
     /// A complete line arrived since `waitingSince`'s connection (a silent connection is not).
     private var sentALine = false

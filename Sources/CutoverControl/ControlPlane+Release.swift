@@ -60,6 +60,9 @@ extension ControlPlane {
         if let successor = handedOverTo.withLock({ $0 }) {
             return StateFileError(path: config.stateFile ?? "state", message: "\(command) refused: this process handed over to pid \(successor) (hot upgrade)")
         }
+        if awaitingHandover.load(ordering: .acquiring) {
+            return StateFileError(path: config.stateFile ?? "state", message: "\(command) refused: the handover from the previous process is not confirmed yet")
+        }
         guard let path = config.stateFile else { return nil }
         var next = next
         next.auditAnchor = audit?.lastRecordHash
@@ -124,7 +127,11 @@ extension ControlPlane {
             logger.log(.warning, "audit: \(message)")
             appendAudit(AuditRecord(event: "recovery", to: current.active, reason: message, generation: current.generation,
                                     details: ["recorded_generation": String(recorded), "state_generation": String(running)]))
-        } else if recorded < running {
+        } else if recorded < running,
+                  let index = records.lastIndex(where: { $0 == last }),
+                  !records[(index + 1)...].contains(where: { ($0["event"]?.stringValue ?? "").hasPrefix("release_") || $0["event"]?.stringValue == "auto_rollback" }) {
+            // (A release plan's steps move the generation with records of their own, written
+            // after the step: those are no gap.)
             let message = "generation \(recorded + 1)\(running > recorded + 1 ? "…\(running)" : "") took effect without an audit record (the process stopped before writing it, or the log could not be written); running \(what)"
             logger.log(.warning, "audit: \(message)")
             appendAudit(AuditRecord(event: "recovery", to: current.active, reason: message, generation: current.generation,

@@ -104,6 +104,9 @@ public final class ControlPlane: @unchecked Sendable {
     /// Set once a hot upgrade's new process serves: this one changes nothing any more (its
     /// state file and audit log are the new process's).
     let handedOverTo = Mutex<Int32?>(nil)
+    /// A hot upgrade's new process, until the old one confirms the handover: it serves, but
+    /// changes nothing (the old process may still decide to keep serving).
+    let awaitingHandover = Atomic<Bool>(false)
     /// Runs `upgrade [binary PATH]`: set by the runtime of `cutover run`.
     public var upgradeHandler: (@Sendable (String?, AuditActor) -> JSON)?
     let wallAtStart = Date()
@@ -282,6 +285,23 @@ public final class ControlPlane: @unchecked Sendable {
     public func holdingChanges<R>(_ body: () -> R) -> R {
         switchLock.withLock(body)
     }
+
+    /// Why an upgrade must wait: a release plan running or a watch after a switch (their
+    /// protection would be paused in the new process), else nil.
+    func releaseBlockingUpgrade() -> String? {
+        lock.withLock {
+            guard let run = release else { return nil }
+            if run.watch != nil { return "a watch after a switch is running: wait for it to pass before an upgrade" }
+            if case .running = run.machine.phase {
+                return "a release plan (\(run.machine.plan.name)) is running: pause it, or let it finish, before an upgrade"
+            }
+            return nil
+        }
+    }
+
+    /// The new process of an upgrade: no state change until `handoverConfirmed`.
+    public func awaitHandover() { awaitingHandover.store(true, ordering: .releasing) }
+    public func handoverConfirmed() { awaitingHandover.store(false, ordering: .releasing) }
 
     /// From now on nothing changes here: the new process (`pid`) owns the state.
     public func handOver(to pid: Int32) {

@@ -190,32 +190,41 @@ public final class CutoverRuntime: @unchecked Sendable {
             return ["ok": false, "error": .string("upgrade: \(path) is not an executable file; nothing changed")]
         }
         return controlPlane.holdingChanges { () -> JSON in
+            // Two upgrades at once (SIGUSR2 and the command): the second finds the first done.
+            if let successor = handedOverTo.withLock({ $0 }) { return ["ok": false, "error": .string("already handed over to pid \(successor)")] }
             let oldPID = ProcessIdentity.processID
             var sockets = InheritedSockets(descriptors: server.listenerDescriptors)
             if let admin, admin.listenerFD >= 0 { sockets.descriptors["admin"] = [admin.listenerFD] }
             if let metrics, metrics.listenerFD >= 0 { sockets.descriptors["metrics"] = [metrics.listenerFD] }
             let pipe: (read: Int32, write: Int32)
+            let go: (read: Int32, write: Int32)
             do {
                 pipe = try Successor.reportPipe()
+                go = try Successor.reportPipe()
             } catch {
                 return ["ok": false, "error": .string("upgrade: \(error); nothing changed")]
             }
+            defer { Successor.closeDescriptor(go.write) }  // closing it tells the new process to go too
             var environment = ProcessInfo.processInfo.environment
             environment[InheritedSockets.variable] = sockets.encoded
             environment[InheritedSockets.readyVariable] = String(pipe.write)
+            environment[InheritedSockets.goVariable] = String(go.read)
             environment["CUTOVER_UPGRADE_FROM"] = "\(oldPID) \(version)"
             controlPlane.appendAudit(AuditRecord(event: "upgrade_started", actor: actor, generation: controlPlane.persistentState.generation,
                                                  details: ["binary": path, "old_version": version, "old_pid": String(oldPID)]))
             logger.log(.info, "upgrade: starting \(path) with \(sockets.all.count) inherited sockets")
             let pid: Int32
             do {
-                pid = try Successor.spawn(path: path, arguments: command.arguments, environment: environment, keep: sockets.all + [pipe.write])
+                pid = try Successor.spawn(path: path, arguments: command.arguments, environment: environment,
+                                          keep: sockets.all + [pipe.write, go.read])
             } catch {
                 Successor.closeDescriptor(pipe.read)
                 Successor.closeDescriptor(pipe.write)
+                Successor.closeDescriptor(go.read)
                 return failed("cannot start \(path): \(error)", actor: actor)
             }
             Successor.closeDescriptor(pipe.write)
+            Successor.closeDescriptor(go.read)
             let report = Successor.readReport(pipe.read, timeoutMs: upgradeTimeoutMs)
             Successor.closeDescriptor(pipe.read)
             switch report {
@@ -226,6 +235,8 @@ public final class CutoverRuntime: @unchecked Sendable {
                 admin?.handOver()
                 server.handOver()
                 controlPlane.quiesce()
+                // Nothing changes here any more: the new process may change the state now.
+                Successor.sendGo(go.write)
                 handedOverTo.withLock { $0 = pid }
                 controlPlane.appendAudit(AuditRecord(event: "upgrade", actor: actor, generation: controlPlane.persistentState.generation,
                                                      details: ["binary": path, "old_version": version, "new_version": newVersion,

@@ -9,6 +9,9 @@ import Glibc
 public struct InheritedSockets: Sendable, Equatable {
     public static let variable = "CUTOVER_INHERIT"
     public static let readyVariable = "CUTOVER_UPGRADE_FD"
+    /// The read end of a pipe on which the old process writes `go` once it has stopped
+    /// accepting (or closes it: it is gone); until then the new process changes nothing.
+    public static let goVariable = "CUTOVER_UPGRADE_GO_FD"
 
     /// Descriptors by key: `KIND@ADDRESS` for listeners, `admin`, `metrics`.
     public var descriptors: [String: [Int32]]
@@ -110,6 +113,23 @@ public enum Successor {
         let bytes = Array((line + "\n").utf8)
         _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         close(fd)
+    }
+
+    /// Waits (blocking) until the old process says `go` or closes the pipe.
+    public static func awaitGo(_ fd: Int32) {
+        var byte: UInt8 = 0
+        while true {
+            let count = read(fd, &byte, 1)
+            if count < 0 && Posix.lastError() == EINTR { continue }
+            if count <= 0 || byte == 0x0A { break }
+        }
+        close(fd)
+    }
+
+    /// Tells the new process to go ahead (the caller closes the pipe).
+    public static func sendGo(_ fd: Int32) {
+        let bytes = Array("go\n".utf8)
+        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     }
 
     /// The exit code when `pid` has exited (reaped), nil while it runs.

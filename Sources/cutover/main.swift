@@ -125,6 +125,9 @@ func serve(_ runtime: CutoverRuntime, logger: Logger, signals: sigset_t, extraSt
     let service = ServiceNotify(environment: environment)
     // Started by a hot upgrade: report on this pipe once serving (or why not).
     let upgradeReport = environment[InheritedSockets.readyVariable].flatMap { Int32($0) }
+    let upgradeGo = environment[InheritedSockets.goVariable].flatMap { Int32($0) }
+    // Until the old process confirms it stopped, this one serves but changes nothing.
+    if upgradeGo != nil { runtime.controlPlane.awaitHandover() }
     if let encoded = environment[InheritedSockets.variable], let inherited = InheritedSockets(encoded: encoded) {
         runtime.inherited = inherited
     }
@@ -151,6 +154,14 @@ func serve(_ runtime: CutoverRuntime, logger: Logger, signals: sigset_t, extraSt
         let health = runtime.config.health
         _ = runtime.controlPlane.waitUntilHealthKnown(timeoutMs: health.intervalMs + health.timeoutMs + 2_000)
         Successor.report(upgradeReport, "ready \(ProcessIdentity.processID) \(version)")
+        if let upgradeGo {
+            let controlPlane = runtime.controlPlane
+            Thread.detachNewThread {
+                Successor.awaitGo(upgradeGo)
+                controlPlane.handoverConfirmed()
+                logger.log(.info, "upgrade: the previous process handed over; changes are accepted")
+            }
+        }
     }
     var status = ""
     func updateStatus(_ extra: String...) {
@@ -292,7 +303,9 @@ do {
         let logger = Logger()
         let runtime = makeRuntime(config: config, path: path, logger: logger, resetState: arguments.flags.contains("--reset-state"))
         // A hot upgrade starts the binary at this path (as installed then) with these arguments.
-        runtime.upgradeCommand = (Successor.absolutePath(CommandLine.arguments[0]), Array(CommandLine.arguments.dropFirst()))
+        // (Not --reset-state: the new process must take over the state this one runs.)
+        runtime.upgradeCommand = (Successor.absolutePath(CommandLine.arguments[0]),
+                                  Array(CommandLine.arguments.dropFirst()).filter { $0 != "--reset-state" })
         serve(runtime, logger: logger, signals: signals)
     case "demo":
         let arguments = try Arguments(rest, valueOptions: ["--listen", "--blue-port", "--green-port", "--metrics-listen", "--preview-listen",
