@@ -515,6 +515,19 @@ final class ClientConnection: Channel {
         return input.isEmpty && output.isEmpty && upstream == nil && stream.established
     }
 
+    /// Since when (loop ms) a reusable connection has been idle, read back from its deadline:
+    /// one that never sent a request waits under `client_header` from its accept, one between
+    /// requests under `client_idle` from its last response. nil: accepted less than a second
+    /// ago (its first request may be on its way).
+    var idleSinceMs: Int64? {
+        let timeouts = worker.settings.timeouts
+        if record.startedNs == 0 {
+            let accepted = deadline - Int64(timeouts.clientHeaderMs)
+            return loop.now - accepted < 1_000 ? nil : accepted
+        }
+        return deadline - Int64(timeouts.clientIdleMs)
+    }
+
     /// Counts this request in flight for its pool until it ends, however it ends.
     private func beginInflight(_ pool: PoolID) {
         inflightPool = pool

@@ -275,13 +275,15 @@ final class ProxyWorker {
     /// keep-alive connection between requests, or one that has not sent a byte). False when
     /// this loop has none. A scan of the loop's channels: it runs only at `max_connections`.
     private func evictIdleConnection() -> Bool {
-        var reusable: [ClientConnection] = []
+        var reusable: [(client: ClientConnection, since: Int64)] = []
         loop.forEachChannel { channel in
-            if let client = channel as? ClientConnection, client.isReusable { reusable.append(client) }
+            if let client = channel as? ClientConnection, client.isReusable, let since = client.idleSinceMs {
+                reusable.append((client, since))
+            }
         }
-        // One whose request is already in the socket (accepted in this batch, not read yet) is
-        // not idle: the next one.
-        for client in reusable.sorted(by: { $0.deadline < $1.deadline }) where !Posix.isReadable(client.fd) {
+        // The longest idle first; one whose request is already in the socket (not read yet)
+        // is not idle: the next one.
+        for (client, _) in reusable.sorted(by: { $0.since < $1.since }) where !Posix.isReadable(client.fd) {
             counters.idleClientEvicted()
             client.close()
             return true
