@@ -170,7 +170,10 @@ final class HardeningTests: XCTestCase {
         setsockopt(client.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
         try client.send("GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
         let started = Date()
-        // The proxy gives up on the client after client_body (1 s) and closes its side.
+        // Accepted first (the loop may not have taken the connection yet)…
+        let accepted = Date().addingTimeInterval(5)
+        while proxy.server.connectionCounts.clients == 0 && Date() < accepted { usleep(5_000) }
+        // …then the proxy gives up on the client after client_body (1 s) and closes its side.
         let deadline = Date().addingTimeInterval(10)
         while proxy.server.connectionCounts.clients > 0 && Date() < deadline { usleep(20_000) }
         let closedAfter = Date().timeIntervalSince(started)
