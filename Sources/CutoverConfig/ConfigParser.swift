@@ -102,11 +102,12 @@ private struct Directive {
 
 extension ConfigParser {
     fileprivate static func tokenize(_ text: String, file: String) -> [Directive] {
-        // "\r\n" is a single Character in Swift, so it must be named explicitly.
-        let lines = text.split(omittingEmptySubsequences: false) { $0 == "\n" || $0 == "\r\n" }
+        // Lines end at "\n" (a scalar, never joined to its neighbours); the "\r" of a CRLF
+        // line end stays behind and is a blank like any other.
+        let lines = text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false)
         var directives: [Directive] = []
         for (index, line) in lines.enumerated() {
-            let tokens = tokensBeforeComment(line)
+            let tokens = tokensBeforeComment(Substring(line))
             if tokens.isEmpty { continue }
             directives.append(directive(tokens, file: file, line: index + 1))
         }
@@ -115,9 +116,11 @@ extension ConfigParser {
 
     /// Splits on blanks and drops everything from a token that starts with `#`.
     /// A `#` inside a token is literal, so values never need quoting.
+    /// Blanks are found among scalars, not Characters: a space followed by a combining mark is
+    /// one Character and would otherwise glue two tokens (or hide a `#`) where the line has a blank.
     private static func tokensBeforeComment(_ line: Substring) -> [Substring] {
-        let tokens = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" })
-        return Array(tokens.prefix(while: { !$0.hasPrefix("#") }))
+        let tokens = line.unicodeScalars.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" })
+        return tokens.prefix(while: { $0.first != "#" }).map(Substring.init)
     }
 
     /// Builds a directive from non-empty `tokens`, checking the brace layout:
@@ -142,9 +145,9 @@ extension ConfigParser {
     /// The line reported for whole-file problems (no `listen`, no `app`): the
     /// last line of the file, where the missing directive would be added.
     static func lastLineNumber(of text: String) -> Int {
-        let segments = text.split(omittingEmptySubsequences: false) { $0 == "\n" || $0 == "\r\n" }
-        let endsWithNewline = text.last == "\n" || text.last == "\r\n"
-        return max(1, segments.count - (endsWithNewline ? 1 : 0))
+        let newlines = text.utf8.reduce(0) { $0 + ($1 == UInt8(ascii: "\n") ? 1 : 0) }
+        let endsWithNewline = text.utf8.last == UInt8(ascii: "\n")
+        return max(1, newlines + 1 - (endsWithNewline ? 1 : 0))
     }
 }
 

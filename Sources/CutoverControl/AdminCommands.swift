@@ -251,7 +251,9 @@ public enum AdminCommands {
     }
 
     public static func parse(_ line: String) -> Result<AdminCommand, ParseError> {
-        let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+        // Split on scalars, not Characters: a space followed by a combining mark is one Character,
+        // and would glue two words together where the line plainly has a blank.
+        let words = line.unicodeScalars.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(Substring.init)
         guard let name = words.first else { return .failure(.empty) }
         guard let spec = table.first(where: { $0.name == name.lowercased() }) else {
             return .failure(.unknownCommand(String(name.prefix(64))))

@@ -240,6 +240,20 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertEqual(config.apps[0].blue, [Endpoint(host: "127.0.0.1", port: 1, line: 6)])
     }
 
+    /// Found by Tests/Fuzz/config: a blank followed by a combining mark is one Swift Character,
+    /// so a split on Characters glued tokens together and missed a `#` that a mark followed.
+    func testBlanksAndCommentsAreFoundAmongScalarsNotCharacters() throws {
+        let text = "listen 127.0.0.1:8080 #\u{0301} a comment that starts with a combining mark\n"
+            + "app a {\n host *\n blue 127.0.0.1:1\n green 127.0.0.1:2\n}\n"
+        let config = try ConfigParser.parse(text, path: "t.conf")
+        XCTAssertEqual(config.listen.count, 1)
+        XCTAssertThrowsError(try ConfigParser.parse("listen \u{0301}127.0.0.1:8080\n", path: "t.conf")) { error in
+            // The mark is its own token: the address is not glued to the directive's name.
+            XCTAssertEqual((error as? ConfigError)?.line, 1)
+            XCTAssertFalse((error as? ConfigError)?.message.contains("unknown directive") ?? true, "\(error)")
+        }
+    }
+
     func testColorOther() {
         XCTAssertEqual(Color.blue.other, .green)
         XCTAssertEqual(Color.green.other, .blue)

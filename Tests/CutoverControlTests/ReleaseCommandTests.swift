@@ -47,3 +47,14 @@ final class ReleaseCommandTests: XCTestCase {
         XCTAssertFalse(AdminCommand.pins.changesState)
     }
 }
+
+extension ReleaseCommandTests {
+    /// Found by Tests/Fuzz/admin: "a \u{200D}b" (a space, then a zero-width joiner) is one Swift
+    /// Character, so splitting on Characters made two words of three; a tab did not.
+    func testWordsAreSplitOnScalarsNotCharacters() {
+        let withSpace = AdminCommands.parse("undrain web \u{200D}10.0.0.1:80")
+        let withTab = AdminCommands.parse("undrain web\t\u{200D}10.0.0.1:80")
+        XCTAssertEqual(withSpace, withTab)
+        XCTAssertEqual(withSpace, .success(.undrain(app: "web", server: "\u{200D}10.0.0.1:80")))
+    }
+}

@@ -61,6 +61,8 @@ func line(_ command: AdminCommand) -> String? {
         return text + tail(reason)
     case .mirror(let basisPoints, let name, let reason):
         return "mirror \(percent(basisPoints))" + app(name) + tail(reason)
+    case .upgrade(let binary):
+        return "upgrade" + (binary.map { " binary \($0)" } ?? "")
     case .release(let release):
         switch release {
         case .start(let plan, let color, let force, let reason):
@@ -86,7 +88,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     func what() -> String { "line \"\(escaped(input))\"" }
     let result = AdminCommands.parse(text)
     check(AdminCommands.parse(text) == result, "\(what()): parsed twice differently")
-    let words = text.split(whereSeparator: { $0 == " " || $0 == "\t" })
+    let words = text.unicodeScalars.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(Substring.init)
     switch result {
     case .failure(.empty):
         check(words.isEmpty, "\(what()): 'empty' for a line with words")

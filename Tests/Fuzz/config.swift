@@ -53,7 +53,7 @@ let sandbox: String = {
 func planPathsAreSafe(_ text: String) -> Bool {
     let lines = text.split(omittingEmptySubsequences: false) { $0 == "\n" || $0 == "\r\n" }
     for line in lines {
-        let tokens = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" }).prefix(while: { !$0.hasPrefix("#") })
+        let tokens = line.unicodeScalars.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" }).prefix(while: { $0.first != "#" }).map(Substring.init)
         guard let first = tokens.first, first == "plans" else { continue }
         for token in tokens.dropFirst() {
             let plain = token.unicodeScalars.allSatisfy { scalar in

@@ -16,7 +16,9 @@
 #
 # Environment:
 #   CUTOVER_FUZZ_BUILD  build folder (default Tests/Fuzz/.build-fuzz, ignored by git)
-#   CUTOVER_FUZZ_ARGS   more libFuzzer options for every harness (e.g. -runs=10000000)
+#   CUTOVER_FUZZ_ARGS   more libFuzzer options for every harness, e.g. -runs=10000000, or
+#                       "-fork=1 -ignore_crashes=1 -runs=10000000" to go on after a finding (every
+#                       failing input is saved; the run still exits 1)
 #   CUTOVER_FUZZ_KEEP   1: keep each run's corpus and log (their folder is printed)
 #   SWIFTC              the compiler (default: swiftc on PATH)
 set -euo pipefail
@@ -164,7 +166,8 @@ for harness in "${harnesses[@]}"; do
     log="$work/log"
     extra=()
     read -r -a extra <<< "${CUTOVER_FUZZ_ARGS:-}"
-    echo "== fuzz $harness: ${seconds}s ${CUTOVER_FUZZ_ARGS:-} (log: $log)"
+    if [ "$seconds" = 0 ]; then budget="no time limit"; else budget="${seconds}s"; fi
+    echo "== fuzz $harness: $budget ${CUTOVER_FUZZ_ARGS:-} (log: $log)"
     start=$(date +%s)
     set +e
     # New inputs go to the temporary corpus; the committed seeds are only read.
@@ -177,25 +180,34 @@ for harness in "${harnesses[@]}"; do
     status=$?
     set -e
     elapsed=$(( $(date +%s) - start ))
+    # The last status line: "#N DONE cov: C ft: F corp: K/SIZE …", or in fork mode
+    # "#N: cov: C ft: F corp: K exec/s: E oom/timeout/crash: O/T/X …".
+    last=$(grep -E '^#[0-9]+:?[[:space:]].*cov: ' "$log" | tail -1 || true)
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    [ -n "$execs" ] || execs=$(echo "$last" | sed -nE 's/^#([0-9]+).*/\1/p')
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
-    done_line=$(grep -E '^#[0-9]+.*(DONE|cov:)' "$log" | tail -1 || true)
-    cov=$(echo "$done_line" | sed -nE 's/.*cov: ([0-9]+).*/\1/p')
-    ft=$(echo "$done_line" | sed -nE 's/.* ft: ([0-9]+).*/\1/p')
-    corp=$(echo "$done_line" | sed -nE 's/.* corp: ([0-9]+\/[0-9A-Za-z]+).*/\1/p')
+    if [ -z "$rate" ] && [ -n "$execs" ] && [ "$elapsed" -gt 0 ]; then rate=$((execs / elapsed)); fi
+    cov=$(echo "$last" | sed -nE 's/.*cov: ([0-9]+).*/\1/p')
+    ft=$(echo "$last" | sed -nE 's/.* ft: ([0-9]+).*/\1/p')
+    corp=$(echo "$last" | sed -nE 's/.* corp: ([0-9]+(\/[0-9A-Za-z]+)?).*/\1/p')
     notes=$(grep -c '^FUZZ NOTE' "$log" || true)
+    artifacts=$(find "$work/artifacts" -type f | wc -l)
     line="$harness: execs ${execs:-?} in ${elapsed}s (${rate:-?}/s), cov ${cov:-?}, ft ${ft:-?}, corpus ${corp:-?}"
     [ "$notes" -gt 0 ] && line+=", notes in the log: $notes ($(grep -m1 -o '^FUZZ NOTE ([^,]*' "$log" | sed 's/^FUZZ NOTE (//'))"
-    if [ $status -ne 0 ]; then
+    if [ $status -ne 0 ] || [ "$artifacts" -gt 0 ]; then
         failed=1
-        line+=" — FAILED (libFuzzer exit $status)"
+        line+=" — FAILED (libFuzzer exit $status, $artifacts saved inputs)"
         echo "$line"
         echo "-- end of the log ($log):"
         grep -E 'FUZZ ASSERTION FAILED|ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer)|SUMMARY' "$log" | head -5 || true
         tail -40 "$log"
+        shown=0
         for artifact in "$work/artifacts"/*; do
+            shown=$((shown + 1))
+            [ $shown -le 5 ] || { echo "-- ($artifacts saved inputs in all, in $work/artifacts)"; break; }
             [ -f "$artifact" ] || continue
-            echo "-- saved input: $artifact ($(stat -c %s "$artifact") bytes); reproduce with $build/bin/$harness $artifact"
+            echo "-- saved input: $artifact ($(stat -c %s "$artifact") bytes); reproduce with"
+            echo "   SWIFT_BACKTRACE=enable=no $build/bin/$harness $artifact"
             od -A x -t x1z -v "$artifact" | head -64
         done
     else
