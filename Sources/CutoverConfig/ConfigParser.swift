@@ -102,25 +102,44 @@ private struct Directive {
 
 extension ConfigParser {
     fileprivate static func tokenize(_ text: String, file: String) -> [Directive] {
-        // Lines end at "\n" (a scalar, never joined to its neighbours); the "\r" of a CRLF
-        // line end stays behind and is a blank like any other.
-        let lines = text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false)
         var directives: [Directive] = []
-        for (index, line) in lines.enumerated() {
-            let tokens = tokensBeforeComment(Substring(line))
-            if tokens.isEmpty { continue }
-            directives.append(directive(tokens, file: file, line: index + 1))
+        var lineNumber = 1
+        var tokens: [Substring] = []
+        var inComment = false
+        var tokenStart: String.Index?
+        // Bytes, not Characters: a blank followed by a combining mark is one Character and
+        // would glue two tokens (or hide a `#`) where the line plainly has a blank. Blanks and
+        // "\n" are ASCII, never part of a longer UTF-8 sequence, so every index where a token
+        // starts or ends is a scalar boundary. The "\r" of a CRLF line end is a blank.
+        let utf8 = text.utf8
+        func endToken(at end: String.Index) {
+            guard let start = tokenStart else { return }
+            tokenStart = nil
+            if inComment { return }
+            if utf8[start] == UInt8(ascii: "#") {
+                inComment = true  // a token that starts with `#` comments out the rest of the line
+            } else {
+                tokens.append(Substring(text.unicodeScalars[start..<end]))
+            }
         }
+        func endLine(at end: String.Index) {
+            endToken(at: end)
+            if !tokens.isEmpty { directives.append(directive(tokens, file: file, line: lineNumber)) }
+            tokens.removeAll(keepingCapacity: true)
+            inComment = false
+            lineNumber += 1
+        }
+        var index = utf8.startIndex
+        while index != utf8.endIndex {
+            switch utf8[index] {
+            case UInt8(ascii: "\n"): endLine(at: index)
+            case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\r"): endToken(at: index)
+            default: if tokenStart == nil { tokenStart = index }
+            }
+            index = utf8.index(after: index)
+        }
+        endLine(at: index)
         return directives
-    }
-
-    /// Splits on blanks and drops everything from a token that starts with `#`.
-    /// A `#` inside a token is literal, so values never need quoting.
-    /// Blanks are found among scalars, not Characters: a space followed by a combining mark is
-    /// one Character and would otherwise glue two tokens (or hide a `#`) where the line has a blank.
-    private static func tokensBeforeComment(_ line: Substring) -> [Substring] {
-        let tokens = line.unicodeScalars.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" })
-        return tokens.prefix(while: { $0.first != "#" }).map(Substring.init)
     }
 
     /// Builds a directive from non-empty `tokens`, checking the brace layout:

@@ -20,6 +20,15 @@
 #                       "-fork=1 -ignore_crashes=1 -runs=10000000" to go on after a finding (every
 #                       failing input is saved; the run still exits 1)
 #   CUTOVER_FUZZ_KEEP   1: keep each run's corpus and log (their folder is printed)
+#   CUTOVER_FUZZ_WORKERS
+#                       processes per harness (default 1), sharing one corpus; -runs=N counts
+#                       per process, and the executions printed are their sum
+#   CUTOVER_FUZZ_COVERAGE
+#                       1: measure line coverage instead of fuzzing: the harnesses are built
+#                       with coverage mapping (no AddressSanitizer, in BUILD-coverage), run once
+#                       over the seeds and over CUTOVER_FUZZ_CORPUS/HARNESS (a kept run's corpus),
+#                       and llvm-cov reports the parser files each harness is for
+#   CUTOVER_FUZZ_CORPUS a folder with a corpus folder per harness (coverage mode)
 #   SWIFTC              the compiler (default: swiftc on PATH)
 set -euo pipefail
 
@@ -31,6 +40,9 @@ if [ $# -gt 0 ]; then harnesses=("$@"); else harnesses=("${all_harnesses[@]}"); 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 build=${CUTOVER_FUZZ_BUILD:-$here/.build-fuzz}
+coverage=${CUTOVER_FUZZ_COVERAGE:-0}
+workers=${CUTOVER_FUZZ_WORKERS:-1}
+[ "$coverage" = 1 ] && build=$build-coverage
 swiftc=${SWIFTC:-$(command -v swiftc || true)}
 [ -n "$swiftc" ] || { echo "fuzz: swiftc not found" >&2; exit 2; }
 # The toolchain's own clang (its sanitizer runtimes match swiftc's).
@@ -42,6 +54,10 @@ mkdir -p "$build/modules" "$build/objects" "$build/stamps" "$build/bin" "$build/
 # (without the release-only -enforce-exclusivity=unchecked: exclusivity stays checked here).
 swift_flags=(-O -g -sanitize=fuzzer,address -swift-version 6 -parse-as-library -package-name cutover)
 c_flags=(-O1 -g -fsanitize=address,fuzzer-no-link -fno-omit-frame-pointer)
+if [ "$coverage" = 1 ]; then
+    swift_flags=(-O -g -sanitize=fuzzer -profile-generate -profile-coverage-mapping -swift-version 6 -parse-as-library -package-name cutover)
+    c_flags=(-O1 -g -fsanitize=fuzzer-no-link -fprofile-instr-generate -fcoverage-mapping)
+fi
 toolchain=$("$swiftc" --version 2>&1 | head -1 || true)
 
 # C targets: a module map for each (as SwiftPM makes from include/NAME.h) and an object.
@@ -157,6 +173,41 @@ for harness in "${harnesses[@]}"; do
     build_harness "$harness"
 done
 
+# The files each harness is for: coverage mode reports these.
+harness_sources() {
+    case $1 in
+        request_head) echo CutoverHTTP/RequestHead.swift CutoverHTTP/HeadScanner.swift CutoverHTTP/ByteClasses.swift CutoverHTTP/HeaderKind+Classify.swift ;;
+        response_head) echo CutoverHTTP/ResponseHead.swift CutoverHTTP/HeadScanner.swift ;;
+        chunked) echo CutoverHTTP/ChunkedDecoder.swift ;;
+        config) echo CutoverConfig/ConfigParser.swift ;;
+        admin) echo CutoverControl/AdminCommands.swift ;;
+    esac
+}
+
+if [ "$coverage" = 1 ]; then
+    bin_dir=$(dirname "$swiftc")
+    work_root=$(mktemp -d "${TMPDIR:-/tmp}/cutover-fuzz-coverage.XXXXXX")
+    for harness in "${harnesses[@]}"; do
+        work="$work_root/$harness"
+        mkdir -p "$work/sandbox"
+        corpora=("$here/corpus/$harness")
+        [ -n "${CUTOVER_FUZZ_CORPUS:-}" ] && [ -d "$CUTOVER_FUZZ_CORPUS/$harness" ] && corpora+=("$CUTOVER_FUZZ_CORPUS/$harness")
+        inputs=$(find "${corpora[@]}" -type f | wc -l)
+        # -runs=0: every input of the corpora once, then exit.
+        CUTOVER_FUZZ_SANDBOX="$work/sandbox" LLVM_PROFILE_FILE="$work/%p.profraw" SWIFT_BACKTRACE=enable=no \
+            "$build/bin/$harness" -runs=0 -max_len="$(max_len "$harness")" "${corpora[@]}" > "$work/log" 2>&1 \
+            || { echo "fuzz coverage: $harness failed on its corpus (log: $work/log)"; tail -20 "$work/log"; exit 1; }
+        "$bin_dir/llvm-profdata" merge -sparse "$work"/*.profraw -o "$work/merged.profdata"
+        sources=()
+        for file in $(harness_sources "$harness"); do sources+=("$root/Sources/$file"); done
+        echo "== coverage of $harness over $inputs inputs (${corpora[*]})"
+        "$bin_dir/llvm-cov" report -show-region-summary=false -show-branch-summary=false "$build/bin/$harness" -instr-profile="$work/merged.profdata" "${sources[@]}" \
+            | sed "s|$root/Sources/||"
+    done
+    rm -rf "$work_root"
+    exit 0
+fi
+
 failed=0
 work_root=$(mktemp -d "${TMPDIR:-/tmp}/cutover-fuzz.XXXXXX")
 summary=()
@@ -173,23 +224,38 @@ for harness in "${harnesses[@]}"; do
     # New inputs go to the temporary corpus; the committed seeds are only read.
     # SWIFT_BACKTRACE: the runtime's own crash backtracer would run under ASan after a failed
     # check (and report itself); libFuzzer prints the stack.
-    CUTOVER_FUZZ_SANDBOX="$work/sandbox" ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} SWIFT_BACKTRACE=enable=no \
-        "$build/bin/$harness" -max_total_time="$seconds" -print_final_stats=1 -max_len="$(max_len "$harness")" \
-        -timeout=10 -rss_limit_mb=2048 -dict="$here/$harness.dict" -artifact_prefix="$work/artifacts/" \
-        "${extra[@]}" "$work/corpus" "$here/corpus/$harness" > "$log" 2>&1
-    status=$?
+    pids=()
+    for worker in $(seq 1 "$workers"); do
+        # Workers share the corpus folder (libFuzzer reloads it), each with its own log and sandbox.
+        CUTOVER_FUZZ_SANDBOX="$work/sandbox/$worker" ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} SWIFT_BACKTRACE=enable=no \
+            "$build/bin/$harness" -max_total_time="$seconds" -print_final_stats=1 -max_len="$(max_len "$harness")" \
+            -timeout=10 -rss_limit_mb=2048 -dict="$here/$harness.dict" -artifact_prefix="$work/artifacts/" \
+            "${extra[@]}" "$work/corpus" "$here/corpus/$harness" > "$log.$worker" 2>&1 &
+        pids+=($!)
+    done
+    status=0
+    for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
     set -e
     elapsed=$(( $(date +%s) - start ))
-    # The last status line: "#N DONE cov: C ft: F corp: K/SIZE …", or in fork mode
-    # "#N: cov: C ft: F corp: K exec/s: E oom/timeout/crash: O/T/X …".
-    last=$(grep -E '^#[0-9]+:?[[:space:]].*cov: ' "$log" | tail -1 || true)
-    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-    [ -n "$execs" ] || execs=$(echo "$last" | sed -nE 's/^#([0-9]+).*/\1/p')
-    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
-    if [ -z "$rate" ] && [ -n "$execs" ] && [ "$elapsed" -gt 0 ]; then rate=$((execs / elapsed)); fi
-    cov=$(echo "$last" | sed -nE 's/.*cov: ([0-9]+).*/\1/p')
-    ft=$(echo "$last" | sed -nE 's/.* ft: ([0-9]+).*/\1/p')
-    corp=$(echo "$last" | sed -nE 's/.* corp: ([0-9]+(\/[0-9A-Za-z]+)?).*/\1/p')
+    cat "$log".* > "$log"
+    # Per worker, the last status line: "#N DONE cov: C ft: F corp: K/SIZE …", or in fork mode
+    # "#N: cov: C ft: F corp: K exec/s: E oom/timeout/crash: O/T/X …"; executions add up, the
+    # coverage shown is the largest a worker reached.
+    execs=0 cov= ft= corp=
+    for worker_log in "$log".*; do
+        last=$(grep -E '^#[0-9]+:?[[:space:]].*cov: ' "$worker_log" | tail -1 || true)
+        worker_execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$worker_log" | tail -1)
+        [ -n "$worker_execs" ] || worker_execs=$(echo "$last" | sed -nE 's/^#([0-9]+).*/\1/p')
+        execs=$((execs + ${worker_execs:-0}))
+        worker_cov=$(echo "$last" | sed -nE 's/.*cov: ([0-9]+).*/\1/p')
+        if [ -n "$worker_cov" ] && [ "$worker_cov" -ge "${cov:-0}" ]; then
+            cov=$worker_cov
+            ft=$(echo "$last" | sed -nE 's/.* ft: ([0-9]+).*/\1/p')
+            corp=$(echo "$last" | sed -nE 's/.* corp: ([0-9]+(\/[0-9A-Za-z]+)?).*/\1/p')
+        fi
+    done
+    rate=
+    [ "$elapsed" -gt 0 ] && rate=$((execs / elapsed))
     notes=$(grep -c '^FUZZ NOTE' "$log" || true)
     artifacts=$(find "$work/artifacts" -type f | wc -l)
     line="$harness: execs ${execs:-?} in ${elapsed}s (${rate:-?}/s), cov ${cov:-?}, ft ${ft:-?}, corpus ${corp:-?}"
