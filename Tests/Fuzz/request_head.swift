@@ -15,13 +15,6 @@
 import CutoverHTTP
 import Glibc
 
-struct FieldSummary: Equatable {
-    var name: ByteRange
-    var value: ByteRange
-    var kind: HeaderKind
-    var listedInConnection: Bool
-}
-
 struct RequestSummary: Equatable {
     var method: HTTPMethod
     var methodName: ByteRange
@@ -50,17 +43,8 @@ struct RequestSummary: Equatable {
         expectContinue = head.expectContinue
         requestID = head.requestID
         self.consumed = consumed
-        self.fields = (0..<head.fieldCount).map {
-            FieldSummary(name: fields[$0].name, value: fields[$0].value, kind: fields[$0].kind,
-                         listedInConnection: fields[$0].listedInConnection)
-        }
+        self.fields = FieldSummary.of(fields, count: head.fieldCount)
     }
-}
-
-enum RequestOutcome: Equatable {
-    case needMore
-    case invalid(status: Int, reason: String)
-    case complete(RequestSummary)
 }
 
 /// Limit sets: the defaults, and small ones a short input can reach (one with a URI limit
@@ -73,18 +57,10 @@ let requestLimitChoices: [HTTPLimits] = [
     HTTPLimits(maxHeaderBytes: 1024, maxHeaders: 20, maxURIBytes: 512),
 ]
 
-func parseRequest(_ prefixes: PrefixBuffer, ends: [Int], limits: HTTPLimits, fieldCapacity: Int) -> RequestOutcome {
+func parseRequest(_ prefixes: PrefixBuffer, ends: [Int], limits: HTTPLimits, fieldCapacity: Int) -> HeadOutcome<RequestSummary> {
     var parser = RequestHeadParser(limits: limits)
-    let fields = UnsafeMutableBufferPointer<HeaderField>.allocate(capacity: fieldCapacity)
-    defer { fields.deallocate() }
-    for end in ends {
-        switch parser.parse(prefixes.prefix(end), fields: fields) {
-        case .needMore: continue
-        case .invalid(let error): return .invalid(status: error.status, reason: error.reason.description)
-        case .complete(let head, let consumed): return .complete(RequestSummary(head, consumed: consumed, fields: fields))
-        }
-    }
-    return .needMore
+    return feed(prefixes, ends: ends, fieldCapacity: fieldCapacity,
+                parse: { parser.parse($0, fields: $1) }, summary: RequestSummary.init)
 }
 
 let clientAddress = Array("203.0.113.9".utf8)
@@ -107,10 +83,6 @@ func forward(_ head: RequestHead, source: UnsafeRawBufferPointer, fields: Unsafe
             return OwnedBytes(UnsafeRawBufferPointer(start: output.baseAddress, count: writer.count))
         }
     }
-}
-
-func slice(_ buffer: UnsafeRawBufferPointer, _ range: ByteRange) -> UnsafeRawBufferPointer {
-    UnsafeRawBufferPointer(rebasing: buffer[range.lowerBound..<range.upperBound])
 }
 
 func roundTrip(_ head: RequestHead, source: UnsafeRawBufferPointer, fields: UnsafeMutableBufferPointer<HeaderField>) {
@@ -201,21 +173,11 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
 
     // Pipelining: the same parser, reset, on the bytes after the head; a fresh parser agrees.
     if consumed < message.count {
-        let rest = OwnedBytes(UnsafeRawBufferPointer(rebasing: message[consumed...]))
         parser.reset()
-        let reused = parser.parse(rest.buffer, fields: fields)
-        let fresh = UnsafeMutableBufferPointer<HeaderField>.allocate(capacity: fieldCapacity)
-        defer { fresh.deallocate() }
         var freshParser = RequestHeadParser(limits: limits)
-        let expected = freshParser.parse(rest.buffer, fields: fresh)
-        switch (reused, expected) {
-        case (.needMore, .needMore): break
-        case (.invalid(let a), .invalid(let b)): check(a == b, "after reset: \(a) vs \(b)")
-        case (.complete(let a, let ca), .complete(let b, let cb)):
-            check(RequestSummary(a, consumed: ca, fields: fields) == RequestSummary(b, consumed: cb, fields: fresh),
-                  "after reset: a different head")
-        default: fail("after reset: \(reused) vs a fresh parser's \(expected)")
-        }
+        checkResetParserAgrees(rest: UnsafeRawBufferPointer(rebasing: message[consumed...]), fields: fields,
+                               reused: { parser.parse($0, fields: $1) }, fresh: { freshParser.parse($0, fields: $1) },
+                               summary: RequestSummary.init)
     }
     return 0
 }

@@ -160,11 +160,13 @@ build_harness() {  # build_harness NAME → bin/NAME
     local stamps=()
     for module in $modules; do stamps+=("$build/stamps/$module"); done
     local stamp
-    stamp=$(stamp_of harness "$name" "$here/Common.swift" "$here/$name.swift" "${stamps[@]}")
+    local harness_files=("$here/Common.swift" "$here/$name.swift")
+    case $name in request_head|response_head) harness_files+=("$here/HeadHarness.swift") ;; esac
+    stamp=$(stamp_of harness "$name" "${harness_files[@]}" "${stamps[@]}")
     if [ "$(cat "$build/stamps/harness-$name" 2>/dev/null)" = "$stamp" ] && [ -x "$build/bin/$name" ]; then return; fi
     echo "fuzz: linking $name"
     "$swiftc" "${swift_flags[@]}" "${include_flags[@]}" -module-name "Fuzz_$name" -use-ld=lld \
-        "$here/Common.swift" "$here/$name.swift" "${objects[@]}" "${libs[@]}" -o "$build/bin/$name"
+        "${harness_files[@]}" "${objects[@]}" "${libs[@]}" -o "$build/bin/$name"
     echo "$stamp" > "$build/stamps/harness-$name"
 }
 
