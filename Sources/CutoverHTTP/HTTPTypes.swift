@@ -63,6 +63,10 @@ public enum HeaderKind: UInt8, Sendable {
     /// `X-Real-IP`, `X-Forwarded-Ssl`, `X-Forwarded-Scheme`, `X-Forwarded-Port`,
     /// `Front-End-Https`): cutover is the edge, so a client's are removed, never trusted.
     case spoofableForwarding
+    /// A field named `Close`: the name is reserved (RFC 9110 §7.6.1) because it collides with
+    /// the `close` connection option. Next to the `Connection: close` the proxy may send, the
+    /// next hop would take it for a hop-by-hop field, so it is removed in both directions.
+    case close
 
     /// Fields the proxy always removes before forwarding (RFC 9110 §7.6.1) or replaces with
     /// values of its own (framing, X-Forwarded-*, X-Request-Id).

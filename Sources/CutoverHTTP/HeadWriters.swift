@@ -121,7 +121,7 @@ public enum ResponseHeadWriter {
             let field = fields[index]
             if field.listedInConnection { continue }
             switch field.kind {
-            case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .contentLength, .upgrade:
+            case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .contentLength, .upgrade, .close:
                 continue
             default:
                 break

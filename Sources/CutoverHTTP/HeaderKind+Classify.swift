@@ -14,6 +14,7 @@ extension HeaderKind {
         switch range.count {
         case 2: return matches("te") ? .te : .other
         case 4: return matches("host") ? .host : .other
+        case 5: return matches("close") ? .close : .other
         case 6:
             if matches("cookie") { return .cookie }
             return matches("expect") ? .expect : .other

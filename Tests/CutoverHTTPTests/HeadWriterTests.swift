@@ -278,6 +278,17 @@ final class HeadWriterTests: XCTestCase {
                        "HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n")
     }
 
+    /// Found by Tests/Fuzz/response_head: an upstream's `Close: x` field went out next to the
+    /// proxy's own `Connection: close`, which makes it hop-by-hop for the next hop — written a
+    /// second time, the head lost it. `Close` is a reserved field name (RFC 9110 §7.6.1).
+    func testAFieldNamedCloseIsRemovedInBothDirections() {
+        XCTAssertEqual(respond("HTTP/1.1 200 OK\r\nClose: x\r\nContent-Length: 2\r\nX-Kept: k\r\n\r\n",
+                               framing: .contentLength(2), keepAlive: false),
+                       "HTTP/1.1 200 OK\r\nX-Kept: k\r\nContent-Length: 2\r\nConnection: close\r\n\r\n")
+        XCTAssertEqual(forward("GET / HTTP/1.1\r\nHost: a.example\r\nclose: y\r\nX-Kept: k\r\n\r\n"),
+                       "GET / HTTP/1.1\r\nHost: a.example\r\nX-Kept: k\r\n" + Self.added())
+    }
+
     func testBodilessResponsesKeepLengthAsInformation() {
         XCTAssertEqual(respond("HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n", method: .head, framing: .none),
                        "HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n")

@@ -113,7 +113,7 @@ func roundTrip(_ head: ResponseHead, source: UnsafeRawBufferPointer, fields: Uns
         let field = fields[index]
         if field.listedInConnection { continue }
         switch field.kind {
-        case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .contentLength, .upgrade: continue
+        case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .contentLength, .upgrade, .close: continue
         default: kept.append(index)
         }
     }

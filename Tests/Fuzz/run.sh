@@ -205,6 +205,12 @@ if [ "$coverage" = 1 ]; then
         echo "== coverage of $harness over $inputs inputs (${corpora[*]})"
         "$bin_dir/llvm-cov" report -show-region-summary=false -show-branch-summary=false "$build/bin/$harness" -instr-profile="$work/merged.profdata" "${sources[@]}" \
             | sed "s|$root/Sources/||"
+        # The lines no input reached, per file (from the lcov export: DA:LINE,0).
+        "$bin_dir/llvm-cov" export -format=lcov "$build/bin/$harness" -instr-profile="$work/merged.profdata" "${sources[@]}" \
+            | awk -v root="$root/Sources/" '
+                /^SF:/ { file = substr($0, 4); sub(root, "", file); missed = "" }
+                /^DA:/ { split(substr($0, 4), part, ","); if (part[2] == 0) missed = missed " " part[1] }
+                /^end_of_record/ { if (missed != "") print "not reached: " file ":" missed }'
     done
     rm -rf "$work_root"
     exit 0
