@@ -87,6 +87,9 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let input = UnsafeRawBufferPointer(start: data, count: size)
     func what() -> String { "line \"\(escaped(input))\"" }
     let result = AdminCommands.parse(text)
+    if case .failure(let error) = result {
+        check(!error.message.isEmpty && !error.message.contains("\n"), "\(what()): error message '\(error.message)'")
+    }
     check(AdminCommands.parse(text) == result, "\(what()): parsed twice differently")
     let words = text.unicodeScalars.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(Substring.init)
     switch result {

@@ -76,6 +76,7 @@ responses = [
     (1, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX: 0123456789012345678901234567890123456789\r\n\r\n"),
     (1, "HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n\r\n"),
     (8, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X\r\n\r\n"),
+    (0x40, "HTTP/1.0 200 OK\r\nClose: x\r\nContent-Length: 0\r\n\r\n"),
 ]
 
 bodies = [
@@ -185,6 +186,8 @@ admin = [
     "", "   ", "bogus command", "SWITCH\tgreen", "weight green 101", "weight green 10.001", "pin api header X-Tenant a,a green",
     "pin api header X-Tenant a green force", "unpin api header X a b", "overview 301", "history 0", "switch green watch 0s",
     "release start", "release begin x", "stats 2m", "drain api",
+    "upgrade", "upgrade binary /usr/local/bin/cutover", "upgrade binary cutover", "upgrade /usr/bin/cutover",
+    "undrain web \t\u200d10.0.0.1:80",
 ]
 
 
