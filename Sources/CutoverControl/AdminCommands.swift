@@ -244,7 +244,9 @@ public enum AdminCommands {
         public var message: String {
             switch self {
             case .empty: return "empty command; try 'help'"
-            case .unknownCommand(let name): return "unknown command '\(name)'; try 'help'"
+            // The name is the caller's bytes: control characters are escaped so the message stays
+            // one line in a terminal and a log.
+            case .unknownCommand(let name): return "unknown command '\(Escaping.escaped(name, .json))'; try 'help'"
             case .usage(let usage): return "usage: \(usage)"
             }
         }

@@ -23,7 +23,7 @@ struct ShadowSide {
         for index in 0..<head.fieldCount {
             let field = fields[index]
             switch field.kind {
-            case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .contentLength, .upgrade:
+            case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .contentLength, .upgrade, .close:
                 continue  // framing and hop-by-hop: the proxy's business, not the app's answer
             default:
                 break

@@ -57,4 +57,11 @@ extension ReleaseCommandTests {
         XCTAssertEqual(withSpace, withTab)
         XCTAssertEqual(withSpace, .success(.undrain(app: "web", server: "\u{200D}10.0.0.1:80")))
     }
+
+    /// Found by Tests/Fuzz/admin: an unknown command's name is echoed in the error; a line feed
+    /// or a terminal escape in it must not reach a terminal or a log as such.
+    func testUnknownCommandNamesAreEchoedWithoutControlCharacters() {
+        guard case .failure(let error) = AdminCommands.parse("fro\u{1B}[2J\nb x") else { return XCTFail("accepted") }
+        XCTAssertEqual(error.message, "unknown command 'fro\\u001b[2J\\nb'; try 'help'")
+    }
 }

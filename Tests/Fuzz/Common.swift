@@ -125,7 +125,7 @@ func escaped(_ bytes: UnsafeRawBufferPointer) -> String {
         case 0x0A: text += "\\n"
         case 0x5C: text += "\\\\"
         case 0x20..<0x7F: text.unicodeScalars.append(Unicode.Scalar(byte))
-        default: text += "\\x" + String(byte, radix: 16)
+        default: text += "\\x" + (byte < 0x10 ? "0" : "") + String(byte, radix: 16)
         }
     }
     return text

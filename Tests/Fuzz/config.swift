@@ -40,6 +40,11 @@ let sandbox: String = {
         guard let made = mkdtemp(&template) else { fail("mkdtemp failed") }
         folder = String(cString: made)
     }
+    // The parser names plan files by their normalised path; so must the expected names.
+    if let resolved = realpath(folder, nil) {
+        folder = String(cString: resolved)
+        free(resolved)
+    }
     mkdir(folder + "/dir", 0o700)
     for file in sandboxFiles {
         guard let handle = fopen(folder + "/" + file.name, "w") else { fail("cannot write the sandbox file \(file.name)") }

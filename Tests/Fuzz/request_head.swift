@@ -140,11 +140,23 @@ func roundTrip(_ head: RequestHead, source: UnsafeRawBufferPointer, fields: Unsa
         if original.kind == .expect { expectSeen = true }
     }
     check(again.expectContinue == expectSeen, "\(what()): Expect changed")
-    // Forwarding the forwarded head changes nothing (when the client named the authority:
-    // otherwise the first hop adds Host from the fallback and the second X-Forwarded-Host).
+    // Forwarding the forwarded head changes nothing when the client named the authority;
+    // otherwise the first hop adds Host from the fallback and the second X-Forwarded-Host, and
+    // from the second hop on nothing changes.
+    let twice = forward(again, source: out, fields: fields2)
     if !head.authority.isEmpty {
-        let twice = forward(again, source: out, fields: fields2)
         check(bytesEqual(twice.buffer, out), "\(what()): forwarded again as \"\(escaped(twice.buffer))\"")
+    } else {
+        let second = twice.buffer
+        let fields3 = UnsafeMutableBufferPointer<HeaderField>.allocate(capacity: again.fieldCount + 16)
+        defer { fields3.deallocate() }
+        var parser3 = RequestHeadParser(limits: HTTPLimits(maxHeaderBytes: 1 << 24, maxHeaders: again.fieldCount + 16,
+                                                           maxURIBytes: 1 << 24))
+        let result3 = parser3.parse(second, fields: fields3)
+        guard case .complete(let third, _) = result3 else { fail("\(what()): the second hop's head does not parse: \(result3)") }
+        let thrice = forward(third, source: second, fields: fields3)
+        check(bytesEqual(thrice.buffer, second),
+              "\(what()): the second hop's \"\(escaped(second))\" forwarded again as \"\(escaped(thrice.buffer))\"")
     }
 }
 

@@ -46,8 +46,12 @@ workers=${CUTOVER_FUZZ_WORKERS:-1}
 swiftc=${SWIFTC:-$(command -v swiftc || true)}
 [ -n "$swiftc" ] || { echo "fuzz: swiftc not found" >&2; exit 2; }
 # The toolchain's own clang (its sanitizer runtimes match swiftc's).
-clang=$(dirname "$swiftc")/clang
-[ -x "$clang" ] || clang=$(command -v clang)
+# The toolchain's folder, through symlinks (a version manager's shim is a symlink or a script;
+# the real driver sits next to clang, lld, llvm-cov and the sanitizer runtimes).
+toolchain_bin=$(dirname "$(readlink -f "$swiftc")")
+clang=$toolchain_bin/clang
+[ -x "$clang" ] || clang=$(command -v clang || true)
+[ -n "$clang" ] || { echo "fuzz: no clang next to $swiftc or on PATH (the toolchain's clang builds the C targets)" >&2; exit 2; }
 mkdir -p "$build/modules" "$build/objects" "$build/stamps" "$build/bin" "$build/cmodules"
 
 # -O with the sanitizers: fast enough to fuzz, and the code under test is the optimised code
@@ -194,7 +198,7 @@ harness_code_ends_at() {
 }
 
 if [ "$coverage" = 1 ]; then
-    bin_dir=$(dirname "$swiftc")
+    bin_dir=$toolchain_bin
     work_root=$(mktemp -d "${TMPDIR:-/tmp}/cutover-fuzz-coverage.XXXXXX")
     for harness in "${harnesses[@]}"; do
         work="$work_root/$harness"
@@ -213,7 +217,7 @@ if [ "$coverage" = 1 ]; then
         end_pattern=$(harness_code_ends_at "$harness")
         last_file=${sources[${#sources[@]}-1]}
         limit=0
-        [ -n "$end_pattern" ] && limit=$(grep -n -m1 "$end_pattern" "$last_file" | cut -d: -f1)
+        [ -n "$end_pattern" ] && limit=$(grep -n -m1 "$end_pattern" "$last_file" | cut -d: -f1 || true)
         # Per file, from the lcov export (DA:LINE,COUNT): lines with code, lines reached, and
         # the line numbers no input reached.
         "$bin_dir/llvm-cov" export -format=lcov "$build/bin/$harness" -instr-profile="$work/merged.profdata" "${sources[@]}" \
