@@ -205,7 +205,7 @@ if [ "$coverage" = 1 ]; then
         mkdir -p "$work/sandbox"
         corpora=("$here/corpus/$harness")
         [ -n "${CUTOVER_FUZZ_CORPUS:-}" ] && [ -d "$CUTOVER_FUZZ_CORPUS/$harness" ] && corpora+=("$CUTOVER_FUZZ_CORPUS/$harness")
-        inputs=$(find "${corpora[@]}" -type f | wc -l)
+        inputs=$(find -L "${corpora[@]}" -type f | wc -l)
         # -runs=0: every input of the corpora once, then exit.
         CUTOVER_FUZZ_SANDBOX="$work/sandbox" LLVM_PROFILE_FILE="$work/%p.profraw" SWIFT_BACKTRACE=enable=no \
             "$build/bin/$harness" -runs=0 -max_len="$(max_len "$harness")" "${corpora[@]}" > "$work/log" 2>&1 \
