@@ -68,6 +68,18 @@ public enum HeaderKind: UInt8, Sendable {
     /// next hop would take it for a hop-by-hop field, so it is removed in both directions.
     case close
 
+    /// Fields of an upstream's response that never reach the client as sent: framing and
+    /// hop-by-hop (the response writer drops them; the shadow diff ignores them).
+    @inlinable
+    public var isResponseFramingOrHopByHop: Bool {
+        switch self {
+        case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .contentLength, .upgrade, .close:
+            return true
+        default:
+            return false
+        }
+    }
+
     /// Fields the proxy always removes before forwarding (RFC 9110 §7.6.1) or replaces with
     /// values of its own (framing, X-Forwarded-*, X-Request-Id).
     @inlinable

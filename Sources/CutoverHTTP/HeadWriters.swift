@@ -120,12 +120,7 @@ public enum ResponseHeadWriter {
         for index in 0..<head.fieldCount {
             let field = fields[index]
             if field.listedInConnection { continue }
-            switch field.kind {
-            case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .contentLength, .upgrade, .close:
-                continue
-            default:
-                break
-            }
+            if field.kind.isResponseFramingOrHopByHop { continue }
             writer.writeField(field, source: source)
         }
         switch framing {

@@ -22,12 +22,8 @@ struct ShadowSide {
         result.reserveCapacity(head.fieldCount)
         for index in 0..<head.fieldCount {
             let field = fields[index]
-            switch field.kind {
-            case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .contentLength, .upgrade, .close:
-                continue  // framing and hop-by-hop: the proxy's business, not the app's answer
-            default:
-                break
-            }
+            // Framing and hop-by-hop: the proxy's business, not the app's answer.
+            if field.kind.isResponseFramingOrHopByHop { continue }
             let nameBytes = UnsafeRawBufferPointer(rebasing: source[field.name.lowerBound..<field.name.upperBound])
             let name = ShadowHeaderNames.hashLowercased(nameBytes)
             if ignored.contains(name) { continue }
